@@ -1,0 +1,54 @@
+"""moa: Mixture-of-Agents in the terminal and in your own Python code.
+
+    from moa_cli import MoA
+    moa = MoA(references=["model-a", "model-b"], aggregator="model-a")
+    print(moa.run("Why is the sky blue?").answer)
+
+Importing this package is cheap: the public names are loaded on first use so that
+`moa --version` and `moa --help` start fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MoA",
+    "AnswerStream",
+    "TurnResult",
+    "Proposal",
+    "Usage",
+    "MoaError",
+    "ConfigError",
+    "ProviderError",
+    "TurnFailed",
+    "__version__",
+]
+
+_LAZY = {
+    "MoA": "moa_cli.api",
+    "AnswerStream": "moa_cli.api",
+    "TurnResult": "moa_cli.types",
+    "Proposal": "moa_cli.types",
+    "Usage": "moa_cli.types",
+    "MoaError": "moa_cli.errors",
+    "ConfigError": "moa_cli.errors",
+    "ProviderError": "moa_cli.errors",
+    "TurnFailed": "moa_cli.errors",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from moa_cli.api import AnswerStream, MoA
+    from moa_cli.errors import ConfigError, MoaError, ProviderError, TurnFailed
+    from moa_cli.types import Proposal, TurnResult, Usage
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'moa_cli' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,209 @@
+"""The public Python API: MoA in your own code, sync or async, with streaming.
+
+    from moa_cli import MoA
+
+    moa = MoA(references=["ollama:llama3.2:1b", "ollama:qwen2.5:1.5b"], aggregator="ollama:qwen2.5:1.5b")
+    result = moa.run("Why is the sky blue?")          # blocking; a TurnResult
+    print(result.answer, result.usage.total_tokens)
+
+    stream = moa.stream("Write a haiku about rain")  # blocking iterator over the answer
+    for text in stream:
+        print(text, end="", flush=True)
+    print(stream.result.to_dict())                   # same object `moa ask --json` prints
+
+    async with MoA() as moa:                         # async: connections reused across turns
+        result = await moa.arun("Hello")
+        async for text in moa.astream("And again"):
+            ...
+
+Arguments left as None come from flags/env/config/defaults exactly as for the `moa` command.
+The CLI itself is built on this class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from moa_cli.config import Settings, load_settings
+from moa_cli.engine import EventSink, Plan, run_turn
+from moa_cli.events import AnswerDelta, Event
+from moa_cli.providers.registry import ProviderPool
+from moa_cli.types import Message, TurnResult
+
+_DONE = object()
+
+
+def plan_from_settings(settings: Settings) -> Plan:
+    return Plan(
+        references=tuple(settings.references),
+        aggregator=settings.aggregator,
+        rounds=settings.rounds,
+        temperature=settings.temperature,
+        max_tokens=settings.max_tokens,
+        num_proc=settings.num_proc,
+        layer_deadline=settings.layer_deadline,
+        aggregator_prompt=settings.aggregator_prompt,
+        seed=settings.seed,
+    )
+
+
+def build_messages(prompt: str | Sequence[Message], system: str | None = None) -> list[Message]:
+    """A prompt string becomes one user message; a message list is used as given.
+
+    `system` is put first unless the conversation already has a system message.
+    """
+    messages: list[Message] = (
+        [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]  # type: ignore[misc]
+    )
+    if system and not (messages and messages[0]["role"] == "system"):
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+class MoA:
+    """A configured Mixture-of-Agents. Cheap to create; providers connect on first use."""
+
+    def __init__(
+        self,
+        references: Sequence[str] | str | None = None,
+        aggregator: str | None = None,
+        *,
+        rounds: int | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        num_proc: int | None = None,
+        layer_deadline: float | None = None,
+        system: str | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+        aggregator_prompt: str | None = None,
+        seed: int | None = None,
+        local: bool = False,
+        settings: Settings | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        if settings is None:
+            overrides: dict[str, Any] = {
+                "references": references,
+                "aggregator": aggregator,
+                "rounds": rounds,
+                "temperature": temperature,
+                "max_tokens": max_tokens,
+                "num_proc": num_proc,
+                "layer_deadline": layer_deadline,
+                "system": system,
+                "timeout": timeout,
+                "retries": retries,
+                "aggregator_prompt": aggregator_prompt,
+                "seed": seed,
+            }
+            settings = load_settings(overrides, env, force_local=local)
+        self.settings = settings
+        self._pool: ProviderPool | None = None
+
+    @property
+    def plan(self) -> Plan:
+        return plan_from_settings(self.settings)
+
+    def check(self) -> None:
+        """Raise ConfigError now (missing key, missing model file) instead of mid-turn."""
+        ProviderPool(self.settings).check([*self.settings.references, self.settings.aggregator])
+
+    async def __aenter__(self) -> MoA:
+        self._pool = ProviderPool(self.settings)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.aclose()
+
+    async def arun(
+        self,
+        prompt: str | Sequence[Message],
+        *,
+        on_event: EventSink | None = None,
+        system: str | None = None,
+    ) -> TurnResult:
+        """Run one turn. `prompt` is a string or the whole conversation as messages."""
+        messages = build_messages(prompt, system or self.settings.system)
+        if self._pool is not None:
+            return await run_turn(messages, self.plan, self._pool, on_event)
+        pool = ProviderPool(self.settings)  # outside `async with`: one pool per call
+        try:
+            return await run_turn(messages, self.plan, pool, on_event)
+        finally:
+            await pool.aclose()
+
+    def run(self, prompt: str | Sequence[Message], *, on_event: EventSink | None = None) -> TurnResult:
+        """Blocking `arun` for code without an event loop."""
+        return asyncio.run(self.arun(prompt, on_event=on_event))
+
+    def astream(self, prompt: str | Sequence[Message], *, on_event: EventSink | None = None) -> AsyncAnswerStream:
+        """Iterate over the answer's text as it streams; `.result` holds the TurnResult after."""
+        return AsyncAnswerStream(self, prompt, on_event)
+
+    def stream(self, prompt: str | Sequence[Message], *, on_event: EventSink | None = None) -> AnswerStream:
+        """Blocking iterator over the answer's text; `.result` holds the TurnResult after."""
+        return AnswerStream(self.astream(prompt, on_event=on_event))
+
+
+class AsyncAnswerStream:
+    """`async for text in moa.astream(...)`; the turn runs in a task that stops if you stop."""
+
+    def __init__(self, moa: MoA, prompt: str | Sequence[Message], on_event: EventSink | None) -> None:
+        self._moa = moa
+        self._prompt = prompt
+        self._on_event = on_event
+        self.result: TurnResult | None = None
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        def sink(event: Event) -> None:
+            if isinstance(event, AnswerDelta):
+                queue.put_nowait(event.text)
+            if self._on_event is not None:
+                self._on_event(event)
+
+        task = asyncio.create_task(self._moa.arun(self._prompt, on_event=sink))
+        task.add_done_callback(lambda _: queue.put_nowait(_DONE))
+        try:
+            while (item := await queue.get()) is not _DONE:
+                yield item
+            self.result = task.result()  # re-raises TurnFailed and friends
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+
+class AnswerStream:
+    """Blocking iteration over an AsyncAnswerStream, on a private event loop."""
+
+    def __init__(self, inner: AsyncAnswerStream) -> None:
+        self._inner = inner
+
+    @property
+    def result(self) -> TurnResult | None:
+        return self._inner.result
+
+    def __iter__(self) -> Iterator[str]:
+        with asyncio.Runner() as runner:
+            agen = self._inner.__aiter__()
+            try:
+                while True:
+                    try:
+                        yield runner.run(agen.__anext__())
+                    except StopAsyncIteration:
+                        return
+            finally:
+                runner.run(agen.aclose())

@@ -1,0 +1,87 @@
+"""The Typer root: `moa ask`, `moa chat`, `moa config`, `moa models`.
+
+Only Typer and moa's own light modules are imported here; each command imports the
+engine, rich and the SDKs when it runs, so `moa --help` and `moa --version` start fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from moa_cli import __version__
+from moa_cli.cli import config_cmd
+from moa_cli.cli.ask import ask, run_ask
+
+app = typer.Typer(
+    name="moa",
+    help=(
+        "Mixture-of-Agents in the terminal: several models answer, an aggregator writes the final answer.\n\n"
+        "Pipe text in to ask once: echo 'Why is the sky blue?' | moa"
+    ),
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"moa {__version__}")
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def root(
+    ctx: typer.Context,
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", "-V", callback=_version, is_eager=True, help="Show the version and exit."),
+    ] = None,
+) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    if sys.stdin is not None and not sys.stdin.isatty():
+        run_ask(None, {})  # `echo ... | moa` is `moa ask`
+        return
+    typer.echo(ctx.get_help())
+
+
+app.command("ask")(ask)
+app.add_typer(config_cmd.app, name="config")
+
+
+# The original demo's spellings; users paste commands from its README.
+UNDERSCORE_ALIASES = frozenset(
+    {"--reference_models", "--max_tokens", "--num_proc", "--multi_turn", "--no_multi_turn",
+     "--layer_deadline", "--aggregator_prompt"}
+)
+
+
+def normalise_argv(argv: list[str]) -> list[str]:
+    """`--max_tokens 5` -> `--max-tokens 5`, for the known aliases only, never after `--`."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[i:]
+        name, sep, value = arg.partition("=")
+        out.append(name.replace("_", "-") + sep + value if name in UNDERSCORE_ALIASES else arg)
+    return out
+
+
+def main() -> None:
+    """Entry point: usage errors become one line on stderr and exit 2, never a box or a traceback."""
+    try:
+        code = app(args=normalise_argv(sys.argv[1:]), prog_name="moa", standalone_mode=False)
+    except typer.Abort:
+        sys.stderr.write("moa: aborted\n")
+        code = 130
+    except typer.TyperException as exc:  # click's ClickException and UsageError derive from it
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        sys.stderr.write(f"moa: error: {' '.join(message.split())}{hint}\n")
+        code = getattr(exc, "exit_code", 2)
+    sys.exit(code if isinstance(code, int) else 0)

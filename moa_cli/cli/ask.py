@@ -1,0 +1,87 @@
+"""`moa ask`: one turn, prompt from the argument and/or stdin, answer on stdout."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+
+from moa_cli.cli import options as opt
+from moa_cli.cli.errors import handle_errors
+from moa_cli.errors import ConfigError
+
+
+def read_prompt(argument: str | None) -> str:
+    """Piped stdin first, then the argument, separated by a blank line."""
+    parts: list[str] = []
+    stdin = sys.stdin
+    if stdin is not None and not stdin.isatty():
+        data = stdin.buffer.read().decode("utf-8", errors="replace") if hasattr(stdin, "buffer") else stdin.read()
+        if data.strip():
+            parts.append(data.strip("\n"))
+    if argument and argument.strip():
+        parts.append(argument)
+    if not parts:
+        raise ConfigError('no prompt: give it as an argument (moa ask "...") or pipe it on stdin')
+    return "\n\n".join(parts)
+
+
+def ask(
+    prompt: Annotated[Optional[str], typer.Argument(help="The prompt. Piped stdin comes first when both are given.", show_default=False)] = None,
+    aggregator: opt.Aggregator = None,
+    reference_models: opt.References = None,
+    local: opt.Local = False,
+    rounds: opt.Rounds = None,
+    aggregator_prompt: opt.AggregatorPrompt = None,
+    temperature: opt.Temperature = None,
+    max_tokens: opt.MaxTokens = None,
+    seed: opt.Seed = None,
+    system: opt.System = None,
+    num_proc: opt.NumProc = None,
+    timeout: opt.Timeout = None,
+    retries: opt.Retries = None,
+    layer_deadline: opt.LayerDeadline = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object: answer, proposals, usage.")] = False,
+    verbose: opt.Verbose = False,
+) -> None:
+    """Ask once: the references answer in parallel, the aggregator's answer streams to stdout.
+
+    Examples:
+
+      moa ask "Why is the sky blue?"
+
+      cat notes.md | moa ask "Summarise this" > summary.md
+
+      moa ask --rounds 2 -r ollama:llama3.2:1b -r ollama:qwen2.5:1.5b -a ollama:qwen2.5:1.5b "Hi"
+    """
+    flags = opt.overrides(
+        aggregator=aggregator,
+        references=reference_models,
+        rounds=rounds,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        seed=seed,
+        system=system,
+        num_proc=num_proc,
+        timeout=timeout,
+        retries=retries,
+        layer_deadline=layer_deadline,
+        aggregator_prompt=aggregator_prompt,
+        verbose=verbose,
+    )
+    run_ask(prompt, flags, local=local, json_output=json_output)
+
+
+def run_ask(prompt: str | None, flags: dict[str, Any], *, local: bool = False, json_output: bool = False) -> None:
+    """The body of `moa ask` (also used by a bare `moa` with piped stdin)."""
+    with handle_errors(json_mode=json_output):
+        text = read_prompt(prompt)
+        from moa_cli.cli.runtime import load, run_one_turn  # deferred: keeps --help fast
+
+        settings = load(flags, local=local)
+        result = run_one_turn(settings, text, json_output=json_output)
+        if json_output:
+            import json
+
+            sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")

@@ -1,0 +1,61 @@
+"""`moa config path` and `moa config show` (secrets masked)."""
+
+from __future__ import annotations
+
+import typer
+
+from moa_cli.cli.errors import handle_errors
+
+app = typer.Typer(help="Show where the config file is and what moa will use.", no_args_is_help=True)
+
+
+def mask(secret: str) -> str:
+    """Enough of a key to tell which one it is, never enough to use it."""
+    if len(secret) <= 8:
+        return "****"
+    return f"{secret[:3]}…{secret[-2:]} ({len(secret)} chars)"
+
+
+@app.command("path")
+def path() -> None:
+    """Print the config file's path (it need not exist yet)."""
+    from moa_cli.config import resolve_paths
+    import os
+
+    typer.echo(str(resolve_paths(os.environ).config_file))
+
+
+@app.command("show")
+def show() -> None:
+    """Print the effective settings and where each came from, with keys masked."""
+    with handle_errors():
+        from moa_cli.config import load_settings
+
+        s = load_settings()
+        assert s.paths is not None
+        rows: list[tuple[str, str, str]] = []
+
+        def add(name: str, value: object) -> None:
+            rows.append((name, str(value), s.sources.get(name, "default")))
+
+        add("config_file", s.paths.config_file)
+        add("aggregator", s.aggregator)
+        add("references", ", ".join(s.references))
+        for name in ("rounds", "temperature", "max_tokens", "num_proc", "seed", "system", "timeout",
+                     "retries", "layer_deadline", "multi_turn", "default_provider", "log_level"):
+            add(name, getattr(s, name))
+        prompt_source = s.sources.get("aggregator_prompt", "default")
+        rows.append(("aggregator_prompt", f"{len(s.aggregator_prompt)} chars", prompt_source))
+        rows.append(("history_file", str(s.paths.history_file), "MOA_HOME" if s.paths.home else "default"))
+        width = max(len(r[0]) for r in rows)
+        for name, value, source in rows:
+            typer.echo(f"{name:<{width}}  {value}  [{source}]")
+        typer.echo("\nproviders:")
+        for p in s.providers.values():
+            if p.api_key_env:
+                key = s.env.get(p.api_key_env, "")
+                key_text = f"{p.api_key_env}={mask(key)}" if key else f"{p.api_key_env} (not set)"
+            else:
+                key_text = "no key needed"
+            where = p.base_url or ("TOGETHER_BASE_URL=" + s.env["TOGETHER_BASE_URL"] if p.kind == "together" and s.env.get("TOGETHER_BASE_URL") else "default endpoint")
+            typer.echo(f"  {p.name:<11} {p.kind:<9} {where}  {key_text}")

@@ -1,0 +1,132 @@
+"""Options shared by `moa ask` and `moa chat`.
+
+The original demo's underscore spellings (`--reference_models`, `--max_tokens`, ...) are
+accepted too: `app.main()` rewrites them before parsing, so `--help` lists each option once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+LINEUP = "Line-up"
+SAMPLING = "Sampling"
+LIMITS = "Limits"
+
+Aggregator = Annotated[
+    Optional[str],
+    typer.Option("--aggregator", "-a", help="Model that writes the final answer.", rich_help_panel=LINEUP),
+]
+References = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--reference-models",
+        
+        "-r",
+        help="Reference (proposer) model; repeat it or give a comma list. Use provider:model for other providers.",
+        rich_help_panel=LINEUP,
+    ),
+]
+Local = Annotated[
+    bool, typer.Option("--local", help="Use the offline line-up on the bundled model.", rich_help_panel=LINEUP)
+]
+Rounds = Annotated[
+    Optional[int],
+    typer.Option("--rounds", min=1, help="Proposer layers before the aggregator (default 1).", rich_help_panel=LINEUP),
+]
+AggregatorPrompt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--aggregator-prompt",
+        
+        help="File whose text replaces the built-in aggregator prompt.",
+        rich_help_panel=LINEUP,
+        dir_okay=False,
+    ),
+]
+Temperature = Annotated[
+    Optional[float],
+    typer.Option("--temperature", "-t", min=0.0, max=2.0, help="Sampling temperature (default 0.7).", rich_help_panel=SAMPLING),
+]
+MaxTokens = Annotated[
+    Optional[int],
+    typer.Option(
+        "--max-tokens", min=1, help="Most tokens per answer (default 512).", rich_help_panel=SAMPLING
+    ),
+]
+Seed = Annotated[
+    Optional[int], typer.Option("--seed", help="Base seed; each sample gets its own.", rich_help_panel=SAMPLING)
+]
+System = Annotated[
+    Optional[str], typer.Option("--system", "-s", help="System prompt for every model.", rich_help_panel=SAMPLING)
+]
+NumProc = Annotated[
+    Optional[int],
+    typer.Option(
+        "--num-proc",
+        
+        min=1,
+        help="Most model calls in flight at once (default all references of a layer).",
+        rich_help_panel=LIMITS,
+    ),
+]
+Timeout = Annotated[
+    Optional[float],
+    typer.Option("--timeout", min=0.001, help="Seconds allowed per call (default 120).", rich_help_panel=LIMITS),
+]
+Retries = Annotated[
+    Optional[int],
+    typer.Option("--retries", min=0, help="Retries on 408/429/5xx and connection errors (default 2).", rich_help_panel=LIMITS),
+]
+LayerDeadline = Annotated[
+    Optional[float],
+    typer.Option(
+        "--layer-deadline",
+        
+        min=0.001,
+        help="Seconds after which a layer goes on with the answers it has.",
+        rich_help_panel=LIMITS,
+    ),
+]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs on stderr.")]
+
+
+def overrides(
+    *,
+    aggregator: str | None,
+    references: list[str] | None,
+    rounds: int | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    seed: int | None,
+    system: str | None,
+    num_proc: int | None,
+    timeout: float | None,
+    retries: int | None,
+    layer_deadline: float | None,
+    aggregator_prompt: Path | None,
+    verbose: bool,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Flag values as config overrides (None = not given, so env and file apply)."""
+    from moa_cli.config import read_prompt_file
+
+    values: dict[str, Any] = {
+        "aggregator": aggregator,
+        "references": references or None,
+        "rounds": rounds,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "seed": seed,
+        "system": system,
+        "num_proc": num_proc,
+        "timeout": timeout,
+        "retries": retries,
+        "layer_deadline": layer_deadline,
+        "aggregator_prompt": read_prompt_file(aggregator_prompt) if aggregator_prompt else None,
+        "log_level": "DEBUG" if verbose else None,
+        **extra,
+    }
+    return values

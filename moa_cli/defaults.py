@@ -1,0 +1,41 @@
+"""Every built-in default in one place: line-ups, sampling, limits and known providers."""
+
+from __future__ import annotations
+
+# The original MoA project's latest Together recipe.
+TOGETHER_REFERENCES: tuple[str, ...] = (
+    "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+    "Qwen/Qwen2.5-72B-Instruct-Turbo",
+    "Qwen/Qwen2.5-Coder-32B-Instruct",
+    "deepseek-ai/DeepSeek-V3",
+)
+TOGETHER_AGGREGATOR = "Qwen/Qwen2.5-72B-Instruct-Turbo"
+
+TEMPERATURE = 0.7
+MAX_TOKENS = 512
+ROUNDS = 1
+TIMEOUT = 120.0  # seconds per call; a long answer from a 70B model can take a minute
+RETRIES = 2  # the SDK's own retry count for 408/429/5xx and connection errors
+
+# The offline line-up (Self-MoA over the bundled model): three samples, distinct seeds.
+LOCAL_MODEL = "local:smollm2"
+LOCAL_REFERENCES: tuple[str, ...] = (LOCAL_MODEL, LOCAL_MODEL, LOCAL_MODEL)
+LOCAL_AGGREGATOR = LOCAL_MODEL
+LOCAL_MAX_TOKENS = 256
+LOCAL_SEED = 1
+
+DEFAULT_PROVIDER = "together"
+
+# Providers that need no configuration. `kind` picks the client; key_env names the env var.
+BUILTIN_PROVIDERS: dict[str, dict[str, str | None]] = {
+    "together": {"kind": "together", "base_url": None, "api_key_env": "TOGETHER_API_KEY"},
+    "ollama": {"kind": "openai", "base_url": "http://localhost:11434/v1", "api_key_env": None},
+    "openai": {"kind": "openai", "base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY"},
+    "openrouter": {
+        "kind": "openai",
+        "base_url": "https://openrouter.ai/api/v1",
+        "api_key_env": "OPENROUTER_API_KEY",
+    },
+    "groq": {"kind": "openai", "base_url": "https://api.groq.com/openai/v1", "api_key_env": "GROQ_API_KEY"},
+    "local": {"kind": "local", "base_url": None, "api_key_env": None},
+}

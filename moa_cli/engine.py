@@ -1,0 +1,202 @@
+"""The Mixture-of-Agents engine: layers of proposers, then one aggregator (arXiv 2406.04692).
+
+    layer 1          every reference answers the conversation as it is
+    layer 2..R       every reference answers with layer k-1's answers in its system message
+    aggregator       answers with layer R's answers in its system message; only it is streamed
+
+The engine knows nothing of terminals or HTTP. It reports what happens through an event
+callback (`events.py`) and returns a `TurnResult`. A reference that fails is left out of
+the next layer; if a whole layer fails, or the aggregator does, `TurnFailed` is raised.
+Cancelling the task that runs `run_turn` cancels every call and closes its HTTP stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from loguru import logger
+
+from moa_cli.events import (
+    AnswerDelta,
+    CallDelta,
+    CallFailed,
+    CallFinished,
+    CallFirstToken,
+    CallStarted,
+    Event,
+    TurnDone,
+)
+from moa_cli.errors import ProviderError, TurnFailed
+from moa_cli.prompts import AGGREGATOR_PROMPT, inject_references
+from moa_cli.providers.base import Provider
+from moa_cli.types import CallInfo, CompletionRequest, Message, Proposal, TurnResult, Usage
+
+EventSink = Callable[[Event], None]
+
+
+class Router(Protocol):
+    def resolve(self, spec: str) -> tuple[Provider, str]:
+        """The provider for a model spec, and the model name to send it."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one turn runs: the line-up and its sampling settings."""
+
+    references: tuple[str, ...]
+    aggregator: str
+    rounds: int = 1
+    temperature: float = 0.7
+    max_tokens: int = 512
+    num_proc: int | None = None
+    layer_deadline: float | None = None
+    aggregator_prompt: str = AGGREGATOR_PROMPT
+    seed: int | None = None
+
+    def seed_for(self, layer: int, index: int) -> int | None:
+        """Distinct seeds per sample, so repeated models (Self-MoA) give distinct answers."""
+        if self.seed is None:
+            return None
+        return self.seed + (layer - 1) * len(self.references) + index
+
+
+def _ignore(_: Event) -> None:
+    pass
+
+
+class _Turn:
+    """State of one running turn."""
+
+    def __init__(self, plan: Plan, router: Router, emit: EventSink) -> None:
+        self.plan = plan
+        self.router = router
+        self.emit = emit
+        self.slots = asyncio.Semaphore(plan.num_proc or len(plan.references))
+
+    async def call(self, call: CallInfo, messages: list[Message]) -> Proposal:
+        """Run one model call to completion. Failures become a Proposal with `error`."""
+        provider, model = self.router.resolve(call.model)
+        request = CompletionRequest(
+            model=model,
+            messages=messages,
+            temperature=self.plan.temperature,
+            max_tokens=self.plan.max_tokens,
+            seed=self.plan.seed if call.is_aggregator else self.plan.seed_for(call.layer, call.index),
+        )
+        delta = AnswerDelta if call.is_aggregator else CallDelta
+        parts: list[str] = []
+        usage: Usage | None = None
+        async with self.slots:
+            started = time.perf_counter()
+            self.emit(CallStarted(call))
+            try:
+                async for item in provider.stream(request):
+                    if isinstance(item, Usage):
+                        usage = item
+                        continue
+                    if not parts:
+                        self.emit(CallFirstToken(call, time.perf_counter() - started))
+                    parts.append(item)
+                    self.emit(delta(call, item))
+                text = "".join(parts)
+                if not text.strip():
+                    raise ProviderError(call.model, "returned an empty answer")
+            except ProviderError as exc:
+                return self._failed(call, exc.reason, started)
+            except Exception as exc:  # a provider bug must not crash the turn with a traceback
+                logger.opt(exception=exc).debug("unexpected error from {}", call.model)
+                return self._failed(call, f"unexpected error: {type(exc).__name__}: {exc}", started)
+        seconds = time.perf_counter() - started
+        self.emit(CallFinished(call, text, seconds, usage))
+        return Proposal(call.model, call.layer, text=text, seconds=seconds, usage=usage)
+
+    def _failed(self, call: CallInfo, reason: str, started: float, timed_out: bool = False) -> Proposal:
+        seconds = time.perf_counter() - started
+        self.emit(CallFailed(call, reason, seconds, timed_out))
+        return Proposal(call.model, call.layer, error=reason, seconds=seconds, timed_out=timed_out)
+
+    async def layer(self, layer: int, messages: list[Message]) -> list[Proposal]:
+        """Run every reference of a layer; honour the layer deadline."""
+        calls = [CallInfo(model, layer, i) for i, model in enumerate(self.plan.references)]
+        started = time.perf_counter()
+        tasks = {asyncio.create_task(self.call(c, messages)): c for c in calls}
+        results: dict[CallInfo, Proposal] = {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.plan.layer_deadline if self.plan.layer_deadline else None
+        pending = set(tasks)
+        try:
+            while pending:
+                # Before the deadline, wake at it; after it, wait for the first answer.
+                timeout = None if deadline is None or loop.time() >= deadline else deadline - loop.time()
+                done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    results[tasks[task]] = task.result()
+                past_deadline = deadline is not None and loop.time() >= deadline
+                if past_deadline and any(p.text is not None for p in results.values()):
+                    break
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            for task in pending:
+                call = tasks[task]
+                reason = f"timed out at the layer deadline ({self.plan.layer_deadline:g}s)"
+                results[call] = self._failed(call, reason, started, timed_out=True)
+        finally:
+            # Reached with tasks still running only when the turn itself is cancelled.
+            running = [t for t in tasks if not t.done()]
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+        return [results[c] for c in calls]
+
+    async def run(self, messages: list[Message]) -> TurnResult:
+        started = time.perf_counter()
+        proposals: list[Proposal] = []
+        answers: list[str] = []
+        for layer in range(1, self.plan.rounds + 1):
+            layer_messages = messages if layer == 1 else inject_references(messages, self.plan.aggregator_prompt, answers)
+            results = await self.layer(layer, layer_messages)
+            proposals.extend(results)
+            answers = [p.text for p in results if p.text is not None]
+            if not answers:
+                reasons = "; ".join(f"{p.model}: {p.error}" for p in results)
+                failures = [ProviderError(p.model, p.error or "failed") for p in results]
+                raise TurnFailed(f"every reference model failed in layer {layer} ({reasons})", failures)
+
+        call = CallInfo(self.plan.aggregator, self.plan.rounds + 1, 0, "aggregator")
+        final = await self.call(call, inject_references(messages, self.plan.aggregator_prompt, answers))
+        if final.text is None:
+            raise TurnFailed(
+                f"the aggregator {final.model} failed: {final.error}",
+                [ProviderError(final.model, final.error or "failed")],
+            )
+        usage = Usage.total([p.usage for p in proposals if p.text is not None] + [final.usage])
+        result = TurnResult(
+            answer=final.text,
+            aggregator=self.plan.aggregator,
+            proposals=proposals,
+            usage=usage,
+            seconds=time.perf_counter() - started,
+            aggregator_usage=final.usage,
+        )
+        self.emit(TurnDone(result))
+        return result
+
+
+async def run_turn(
+    messages: list[Message],
+    plan: Plan,
+    router: Router,
+    on_event: EventSink | None = None,
+) -> TurnResult:
+    """Run one MoA turn over `messages` (the conversation so far, ending with the user's turn)."""
+    if not messages or messages[-1]["role"] != "user":
+        raise ValueError("the conversation must end with a user message")
+    return await _Turn(plan, router, on_event or _ignore).run(list(messages))

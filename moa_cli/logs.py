@@ -1,0 +1,16 @@
+"""loguru setup: quiet by default, `--verbose` or MOA_LOG_LEVEL raise it. Logs go to stderr."""
+
+from __future__ import annotations
+
+import sys
+
+from loguru import logger
+
+_FORMAT = "<dim>{time:HH:mm:ss.SSS}</dim> <level>{level: <7}</level> {name}: {message}"
+
+
+def configure(level: str = "WARNING") -> None:
+    """Route moa's logs to stderr at `level`. Nothing secret is ever logged by moa."""
+    logger.remove()
+    logger.add(sys.stderr, level=level.upper(), format=_FORMAT, colorize=None, backtrace=False, diagnose=False)
+    logger.enable("moa_cli")

@@ -1,0 +1,18 @@
+"""Any OpenAI-compatible endpoint (Ollama, vLLM, llama.cpp server, OpenRouter, Groq, OpenAI)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moa_cli.providers.chat_api import ChatAPIProvider
+
+
+class OpenAICompatProvider(ChatAPIProvider):
+    usage_request = {"stream_options": {"include_usage": True}}
+
+    def _make_client(self) -> Any:
+        import openai  # deferred for start-up time
+
+        return openai.AsyncOpenAI(
+            api_key=self._api_key, base_url=self._base_url, timeout=self._timeout, max_retries=self._retries
+        )

@@ -1,0 +1,314 @@
+"""Terminal rendering of a turn's events with rich: per-model progress and the streamed answer.
+
+Progress and warnings go to the stderr console; the answer alone goes to the stdout console.
+
+* stderr is a TTY: a live table, one row per model call (model, layer, state, seconds,
+  tokens), cleared when the answer starts. Otherwise: one plain line per finished call.
+* stdout is a TTY: the answer renders as Markdown while it streams. Finished blocks are
+  printed once, for good; only the unfinished tail block is live, and only its last
+  screenful is drawn. So each token costs a string append, redraws are capped at
+  `REFRESH_PER_SECOND`, and long answers never flicker or duplicate lines.
+  Otherwise: the plain text, written as it arrives.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.segment import Segment
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+
+from moa_cli.events import (
+    AnswerDelta,
+    CallDelta,
+    CallFailed,
+    CallFinished,
+    CallFirstToken,
+    CallStarted,
+    Event,
+)
+from moa_cli.types import CallInfo, TurnResult
+
+REFRESH_PER_SECOND = 8
+
+
+def make_console(*, stderr: bool = False, file: IO[str] | None = None, **kwargs: Any) -> Console:
+    """A console that honours NO_COLOR, TERM=dumb and TTY detection (rich does all three)."""
+    return Console(stderr=stderr, file=file, highlight=False, soft_wrap=False, **kwargs)
+
+
+# ---------------------------------------------------------------------------- progress
+
+
+@dataclass
+class _Row:
+    call: CallInfo
+    state: str = "running"
+    started: float = field(default_factory=time.perf_counter)
+    seconds: float | None = None
+    tokens: int = 0
+    error: str | None = None
+
+
+def _label(call: CallInfo) -> str:
+    return "aggregator" if call.is_aggregator else f"layer {call.layer}"
+
+
+class ProgressView:
+    """One row per model call; a live table on a terminal, plain lines otherwise."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.rows: dict[CallInfo, _Row] = {}
+        self.live: Live | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def animated(self) -> bool:
+        return self.console.is_terminal and not self.console.is_dumb_terminal
+
+    def start(self) -> None:
+        if self.animated and self.live is None:
+            self.live = Live(self, console=self.console, refresh_per_second=REFRESH_PER_SECOND, transient=True)
+            self.live.start()
+
+    def stop(self) -> None:
+        live, self.live = self.live, None
+        if live is not None:
+            live.stop()
+
+    def warn(self, message: str) -> None:
+        self.console.print(Text(f"moa: warning: {message}", style="yellow"))
+
+    def handle(self, event: Event) -> None:
+        with self._lock:
+            if isinstance(event, CallStarted):
+                self.rows[event.call] = _Row(event.call)
+            elif isinstance(event, (CallDelta, AnswerDelta)):
+                self.rows[event.call].tokens += 1
+            elif isinstance(event, CallFirstToken):
+                self.rows[event.call].state = "streaming"
+            elif isinstance(event, CallFinished):
+                row = self.rows[event.call]
+                row.state, row.seconds = "done", event.seconds
+                if event.usage and event.usage.completion_tokens is not None:
+                    row.tokens = event.usage.completion_tokens
+            elif isinstance(event, CallFailed):
+                row = self.rows[event.call]
+                row.state = "timed out" if event.timed_out else "failed"
+                row.seconds, row.error = event.seconds, event.error
+        if isinstance(event, CallFailed) and not event.call.is_aggregator:
+            self.warn(f"{event.call.model} ({_label(event.call)}) left out: {event.error}")
+        elif isinstance(event, CallFinished) and not self.animated and not event.call.is_aggregator:
+            row = self.rows[event.call]
+            self.console.print(
+                f"moa: {event.call.model} ({_label(event.call)}) done in {event.seconds:.1f}s, {row.tokens} tokens",
+                markup=False,
+            )
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        table = Table.grid(padding=(0, 2))
+        table.add_column(no_wrap=True)
+        table.add_column(no_wrap=True, overflow="ellipsis", max_width=max(20, options.max_width - 45))
+        table.add_column(no_wrap=True, style="dim")
+        table.add_column(no_wrap=True)
+        table.add_column(justify="right", no_wrap=True)
+        table.add_column(justify="right", no_wrap=True, style="dim")
+        now = time.perf_counter()
+        with self._lock:
+            rows = list(self.rows.values())
+        for row in rows:
+            seconds = row.seconds if row.seconds is not None else now - row.started
+            if row.state in ("running", "streaming"):
+                icon: Any = Spinner("dots", style="cyan")
+                state = Text(row.state, style="cyan")
+            elif row.state == "done":
+                icon, state = Text("✓", style="green"), Text("done", style="green")
+            else:
+                icon, state = Text("✗", style="red"), Text(row.state, style="red")
+            table.add_row(icon, row.call.model, _label(row.call), state, f"{seconds:.1f}s", f"{row.tokens} tok")
+        yield table
+
+
+# ---------------------------------------------------------------------------- answer
+
+
+def split_blocks(text: str) -> tuple[list[str], str]:
+    """Split Markdown into finished blocks and the unfinished tail.
+
+    A block ends at a blank line outside a code fence that is followed by a line starting
+    in column 0 (so an indented continuation of a list item stays with its item).
+    """
+    blocks: list[str] = []
+    lines = text.split("\n")
+    complete, tail_line = lines[:-1], lines[-1]  # the last line may still be growing
+    start = 0
+    in_fence = False
+    fence = ""
+    blank_before = False
+    for i, line in enumerate(complete):
+        stripped = line.lstrip()
+        if in_fence:
+            if stripped.startswith(fence):
+                in_fence = False
+            blank_before = False
+            continue
+        if not line.strip():
+            blank_before = True
+            continue
+        if blank_before and not line[:1].isspace() and i > start:
+            block = "\n".join(complete[start:i]).strip("\n")
+            if block:
+                blocks.append(block)
+            start = i
+        blank_before = False
+        if stripped.startswith(("```", "~~~")):
+            in_fence, fence = True, stripped[:3]
+    tail = "\n".join(complete[start:] + [tail_line])
+    return blocks, tail
+
+
+class _Tail:
+    """Renders Markdown but keeps only its last screenful: the live part never overflows."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        lines = console.render_lines(Markdown(self.text), options, pad=False)
+        height = max(1, console.size.height - 2)
+        for line in lines[-height:]:
+            yield from line
+            yield Segment.line()
+
+
+class AnswerView:
+    """Streams the aggregator's answer: Markdown on a terminal, plain text otherwise."""
+
+    def __init__(self, console: Console, *, markdown: bool | None = None) -> None:
+        self.console = console
+        self.markdown = console.is_terminal if markdown is None else markdown
+        self.text = ""
+        self._done = 0  # characters of `text` already printed for good
+        self._printed_blocks = 0
+        self._live: Live | None = None
+
+    def feed(self, piece: str) -> None:
+        self.text += piece
+        if not self.markdown:
+            self.console.file.write(piece)
+            self.console.file.flush()
+            return
+        if self._live is None:
+            self._live = Live(
+                console=self.console,
+                refresh_per_second=REFRESH_PER_SECOND,
+                transient=True,
+                vertical_overflow="visible",
+            )
+            self._live.start()
+        if "\n" in piece:  # a block can only end at a new line
+            blocks, tail = split_blocks(self.text[self._done :])
+            for block in blocks:
+                self._print_block(block)
+            self._done = len(self.text) - len(tail)
+        self._live.update(_Tail(self.text[self._done :]))
+
+    def _print_block(self, block: str) -> None:
+        renderables: list[Any] = [Markdown(block)]
+        if self._printed_blocks:
+            renderables.insert(0, Text(""))
+        self._printed_blocks += 1
+        assert self._live is not None
+        self._live.console.print(Group(*renderables))
+
+    def close(self) -> None:
+        """Print what is left for good and stop the live region."""
+        if not self.markdown:
+            if self.text and not self.text.endswith("\n"):
+                self.console.file.write("\n")
+            self.console.file.flush()
+            return
+        if self._live is not None:
+            tail = self.text[self._done :].strip("\n")
+            self._live.update(Text(""), refresh=True)
+            self._live.stop()
+            self._live = None
+            if tail:
+                if self._printed_blocks:
+                    self.console.print()
+                self.console.print(Markdown(tail))
+            self._done = len(self.text)
+
+
+# ---------------------------------------------------------------------------- a turn
+
+
+def footer_text(result: TurnResult) -> str:
+    """`3.2s · 1,234 tokens · failed: model (reason)`"""
+    parts = [f"{result.seconds:.1f}s"]
+    total = result.usage.total_tokens
+    parts.append(f"{total:,} tokens" if total is not None else "tokens unknown")
+    calls = len(result.proposals) + 1
+    parts.append(f"{calls} calls")
+    failed = result.failed
+    if failed:
+        names = ", ".join(f"{p.model} ({'timed out' if p.timed_out else 'failed'})" for p in failed)
+        parts.append(f"left out: {names}")
+    return " · ".join(parts)
+
+
+class TurnView:
+    """Routes a turn's events: progress to stderr, the answer to stdout."""
+
+    def __init__(
+        self,
+        err: Console,
+        out: Console,
+        *,
+        markdown: bool | None = None,
+        progress: bool = True,
+        show_answer: bool = True,
+    ) -> None:
+        self.progress = ProgressView(err) if progress else None
+        self.answer = AnswerView(out, markdown=markdown) if show_answer else None
+        self.err = err
+
+    def start(self) -> None:
+        if self.progress:
+            self.progress.start()
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, AnswerDelta):
+            if self.answer is not None:
+                if self.progress and self.progress.live is not None:
+                    self.progress.stop()  # one live region at a time: the answer takes over
+                self.answer.feed(event.text)
+            return
+        if self.progress:
+            self.progress.handle(event)
+        elif isinstance(event, CallFailed) and not event.call.is_aggregator:
+            self.err.print(Text(f"moa: warning: {event.call.model} ({_label(event.call)}) left out: {event.error}"))
+
+    def stop(self) -> None:
+        """Stop every live region (after success, failure or cancellation)."""
+        if self.progress:
+            self.progress.stop()
+        if self.answer is not None:
+            self.answer.close()
+
+    def footer(self, result: TurnResult) -> None:
+        self.err.print(Text(footer_text(result), style="dim"))
+
+
+def stdout_is_tty() -> bool:
+    return sys.stdout.isatty()

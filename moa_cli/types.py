@@ -1,0 +1,120 @@
+"""Plain value types shared by the engine, providers and front ends (stdlib only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict
+
+
+class Message(TypedDict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts reported by a provider. `None` means the provider did not say."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.total_tokens is not None
+
+    def to_dict(self) -> dict[str, int | None]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+    @staticmethod
+    def total(usages: list[Usage | None]) -> Usage:
+        """Sum of the calls' usage; unknown (all None) if any call did not report it.
+
+        A partial sum would understate the cost, so we say "unknown" rather than guess.
+        """
+        if not usages or any(u is None or not u.known for u in usages):
+            return Usage()
+        prompt = sum(u.prompt_tokens or 0 for u in usages if u is not None)
+        completion = sum(u.completion_tokens or 0 for u in usages if u is not None)
+        return Usage(prompt, completion, prompt + completion)
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    """One chat-completion call, as the engine hands it to a provider."""
+
+    model: str
+    messages: list[Message]
+    temperature: float = 0.7
+    max_tokens: int = 512
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """Identifies one model call within a turn.
+
+    `layer` starts at 1; the aggregator's layer is rounds + 1. `index` is the position of
+    the model in the line-up, so two samples of one model (Self-MoA) stay distinct.
+    """
+
+    model: str
+    layer: int
+    index: int
+    role: Literal["proposer", "aggregator"] = "proposer"
+
+    @property
+    def is_aggregator(self) -> bool:
+        return self.role == "aggregator"
+
+
+@dataclass(slots=True)
+class Proposal:
+    """What one reference model produced in one layer. `text` or `error` is None."""
+
+    model: str
+    layer: int
+    text: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    usage: Usage | None = None
+    timed_out: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "layer": self.layer,
+            "text": self.text,
+            "error": self.error,
+            "seconds": round(self.seconds, 3),
+            "usage": self.usage.to_dict() if self.usage and self.usage.known else None,
+        }
+
+
+@dataclass(slots=True)
+class TurnResult:
+    """The outcome of one MoA turn; `to_dict()` is exactly what `moa ask --json` prints."""
+
+    answer: str
+    aggregator: str
+    proposals: list[Proposal] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    seconds: float = 0.0
+    aggregator_usage: Usage | None = None
+
+    @property
+    def failed(self) -> list[Proposal]:
+        return [p for p in self.proposals if p.error is not None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "answer": self.answer,
+            "aggregator": self.aggregator,
+            "proposals": [p.to_dict() for p in self.proposals],
+            "usage": self.usage.to_dict(),
+            "seconds": round(self.seconds, 3),
+        }
