@@ -76,7 +76,9 @@ class ChatAPIProvider:
         self._base_url = base_url
         self._timeout = timeout
         self._retries = retries
-        self._client: Any = None
+        # Built now, not on the first call: importing an SDK takes a while and would
+        # otherwise be counted in the first call's time.
+        self._client: Any = self._make_client()
 
     def __repr__(self) -> str:  # never show the key
         return f"{type(self).__name__}(name={self.name!r}, base_url={self._base_url!r})"

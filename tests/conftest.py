@@ -1,0 +1,85 @@
+"""Shared fixtures: one fake LLM server per worker, and an isolated environment per test.
+
+Every test runs with MOA_HOME in a tmp dir (config, history and conversations never touch
+~), TOGETHER_BASE_URL pointing at the fake server, a dummy key, and no retries unless the
+test asks for them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.fixtures import *  # noqa: F403  (llm_server, _fake_server)
+from tests.fakes.llm_server import FakeLLMServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Variables from the developer's shell that would change moa's behaviour under test.
+_CLEARED = (
+    "TOGETHER_API_KEY", "TOGETHER_BASE_URL", "OPENAI_API_KEY", "OPENROUTER_API_KEY", "GROQ_API_KEY",
+    "NO_COLOR", "FORCE_COLOR", "MOA_HOME", "MOA_LOG_LEVEL", "MOA_AGGREGATOR", "MOA_REFERENCE_MODELS",
+    "MOA_TEMPERATURE", "MOA_MAX_TOKENS", "MOA_ROUNDS", "MOA_NUM_PROC", "MOA_TIMEOUT", "MOA_RETRIES",
+    "MOA_LAYER_DEADLINE", "MOA_SEED", "MOA_SYSTEM", "MOA_MULTI_TURN", "MOA_DEFAULT_PROVIDER",
+    "http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy",
+)
+
+
+@pytest.fixture
+def moa_home(tmp_path: Path) -> Path:
+    home = tmp_path / "moa-home"
+    home.mkdir()
+    return home
+
+
+@pytest.fixture
+def moa_env(monkeypatch: pytest.MonkeyPatch, moa_home: Path, llm_server: FakeLLMServer) -> dict[str, str]:
+    """The process environment for a test that talks to the fake server through Together."""
+    for name in _CLEARED:
+        monkeypatch.delenv(name, raising=False)
+    values = {
+        "MOA_HOME": str(moa_home),
+        "TOGETHER_API_KEY": "test-key-0123456789",
+        "TOGETHER_BASE_URL": llm_server.base_url,
+        "MOA_RETRIES": "0",
+        "MOA_TIMEOUT": "10",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return dict(os.environ)
+
+
+def run_moa(
+    args: list[str],
+    env: dict[str, str],
+    *,
+    input: str | None = None,
+    timeout: float = 30,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess (stdin closed unless `input` is given)."""
+    return subprocess.run(
+        [sys.executable, "-m", "moa_cli", *args],
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+@pytest.fixture
+def cli(moa_env: dict[str, str]) -> Iterator[object]:
+    """`cli(["ask", "hi"], input=...)` runs `python -m moa_cli` against the fake server."""
+
+    def call(args: list[str], *, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 30):
+        return run_moa(args, {**moa_env, **(env or {})}, input=input, timeout=timeout)
+
+    yield call
