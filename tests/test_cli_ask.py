@@ -1,0 +1,248 @@
+"""`moa ask` end to end: the real CLI in a subprocess, the real together SDK, the fake server."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.fakes.llm_server import FakeLLMServer, Reply
+
+LINEUP = ["-r", "alpha,beta", "-a", "judge"]
+
+
+def test_prompt_as_argument_prints_only_the_answer(cli, llm_server: FakeLLMServer) -> None:
+    llm_server.script("judge", Reply(text="Rayleigh scattering.\n\nShort waves scatter more."))
+    proc = cli(["ask", *LINEUP, "Why is the sky blue?"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "Rayleigh scattering.\n\nShort waves scatter more.\n"
+    assert "Traceback" not in proc.stderr
+    assert [r.last_user for r in llm_server.requests] == ["Why is the sky blue?"] * 3
+
+
+def test_prompt_from_stdin(cli, llm_server: FakeLLMServer) -> None:
+    proc = cli(["ask", *LINEUP], input="line one\nline two\n")
+    assert proc.returncode == 0, proc.stderr
+    assert llm_server.requests_for("alpha")[0].last_user == "line one\nline two"
+    assert proc.stdout == "Answer from judge.\n"
+
+
+def test_stdin_comes_first_then_the_argument(cli, llm_server: FakeLLMServer) -> None:
+    proc = cli(["ask", *LINEUP, "summarise this"], input="# Notes\nbuy milk\n")
+    assert proc.returncode == 0, proc.stderr
+    assert llm_server.requests_for("beta")[0].last_user == "# Notes\nbuy milk\n\nsummarise this"
+
+
+def test_bare_moa_with_piped_stdin_asks(cli, llm_server: FakeLLMServer) -> None:
+    proc = cli([], input="hello there", env={"MOA_REFERENCE_MODELS": "alpha", "MOA_AGGREGATOR": "judge"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "Answer from judge.\n"
+
+
+def test_json_output(cli, llm_server: FakeLLMServer) -> None:
+    llm_server.script("beta", Reply(status=404))
+    proc = cli(["ask", *LINEUP, "--rounds", "2", "--json", "q"])
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert set(data) == {"answer", "aggregator", "proposals", "usage", "seconds"}
+    assert data["answer"] == "Answer from judge." and data["aggregator"] == "judge"
+    layers = [(p["model"], p["layer"]) for p in data["proposals"]]
+    assert layers == [("alpha", 1), ("beta", 1), ("alpha", 2), ("beta", 2)]
+    failed = data["proposals"][1]
+    assert failed["text"] is None and "404" in failed["error"] and failed["usage"] is None
+    ok = data["proposals"][0]
+    assert ok["text"] == "Answer from alpha." and ok["error"] is None and ok["usage"]["total_tokens"] > 0
+    known = [p["usage"]["total_tokens"] for p in data["proposals"] if p["usage"]]
+    assert data["usage"]["total_tokens"] > sum(known)  # plus the aggregator's
+    assert data["usage"]["total_tokens"] == data["usage"]["prompt_tokens"] + data["usage"]["completion_tokens"]
+
+
+def test_one_reference_failing_warns_once_and_answers(cli, llm_server: FakeLLMServer) -> None:
+    llm_server.script("beta", Reply(status=500, error_message="boom"))
+    proc = cli(["ask", *LINEUP, "q"])
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "beta" in warnings[0] and "500" in warnings[0]
+    assert proc.stdout == "Answer from judge.\n"
+    assert "Answer from beta" not in (llm_server.requests_for("judge")[0].system or "")
+
+
+def test_a_404_model_is_named(cli, llm_server: FakeLLMServer) -> None:
+    llm_server.unknown_models_404 = True
+    llm_server.set_default("alpha", Reply())
+    llm_server.set_default("judge", Reply())
+    proc = cli(["ask", "-r", "alpha,no-such/model", "-a", "judge", "q"])
+    assert proc.returncode == 0, proc.stderr
+    assert "no-such/model" in proc.stderr and "404" in proc.stderr
+
+
+def test_aggregator_failing_exits_1_with_one_line(cli, llm_server: FakeLLMServer) -> None:
+    llm_server.script("judge", Reply(status=500))
+    proc = cli(["ask", *LINEUP, "q"])
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("moa: error:")]
+    assert len(errors) == 1 and "aggregator judge failed" in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_all_references_failing_exits_1(cli, llm_server: FakeLLMServer) -> None:
+    llm_server.script("alpha", Reply(status=503))
+    llm_server.script("beta", Reply(status=503))
+    proc = cli(["ask", *LINEUP, "q"])
+    assert proc.returncode == 1
+    assert "every reference model failed" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_json_error_is_a_json_object(cli, llm_server: FakeLLMServer) -> None:
+    llm_server.script("judge", Reply(status=500))
+    proc = cli(["ask", *LINEUP, "--json", "q"])
+    assert proc.returncode == 1
+    data = json.loads(proc.stdout)
+    assert "aggregator judge failed" in data["error"]
+
+
+def test_missing_key_exits_2_and_names_the_variable(cli, llm_server: FakeLLMServer) -> None:
+    proc = cli(["ask", *LINEUP, "q"], env={"TOGETHER_API_KEY": ""})
+    assert proc.returncode == 2
+    assert "TOGETHER_API_KEY" in proc.stderr and "Traceback" not in proc.stderr
+    assert llm_server.requests == []
+
+
+def test_missing_key_for_an_openai_compatible_provider(cli, llm_server: FakeLLMServer) -> None:
+    proc = cli(["ask", "-r", "groq:llama-3.1-8b-instant", "-a", "judge", "q"])
+    assert proc.returncode == 2
+    assert "GROQ_API_KEY" in proc.stderr
+
+
+def test_layer_deadline_with_a_slow_reference(cli, llm_server: FakeLLMServer) -> None:
+    llm_server.script("beta", Reply(text="slow", latency=10))
+    started = time.perf_counter()
+    proc = cli(["ask", *LINEUP, "--layer-deadline", "0.5", "--json", "q"])
+    elapsed = time.perf_counter() - started
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["proposals"][1]["text"] is None and "deadline" in data["proposals"][1]["error"]
+    assert "beta" in proc.stderr and "timed out" in proc.stderr
+    assert elapsed < 10 / 2  # the straggler's latency would dominate otherwise
+
+
+def test_429_then_success_is_retried_by_the_sdk(cli, llm_server: FakeLLMServer) -> None:
+    llm_server.script("alpha", Reply(status=429, headers={"retry-after-ms": "1"}), Reply(text="after retry"))
+    proc = cli(["ask", *LINEUP, "--retries", "1", "--json", "q"])
+    assert proc.returncode == 0, proc.stderr
+    assert len(llm_server.requests_for("alpha")) == 2
+    assert json.loads(proc.stdout)["proposals"][0]["text"] == "after retry"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--rounds", "0"], "--rounds"),
+        (["--temperature", "-1"], "--temperature"),
+        (["--max-tokens", "abc"], "--max-tokens"),
+        (["--num-proc", "0"], "--num-proc"),
+        (["--no-such-flag"], "No such option"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(cli, args: list[str], needle: str) -> None:
+    proc = cli(["ask", *LINEUP, *args, "q"])
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and needle in proc.stderr and proc.stderr.startswith("moa: error:")
+
+
+def test_no_prompt_exits_2(cli) -> None:
+    proc = cli(["ask", *LINEUP])
+    assert proc.returncode == 2 and "no prompt" in proc.stderr
+
+
+def test_underscore_aliases_from_the_original_demo(cli, llm_server: FakeLLMServer) -> None:
+    proc = cli(["ask", "--reference_models", "alpha", "--aggregator", "judge", "--max_tokens", "7", "--num_proc", "1", "q"])
+    assert proc.returncode == 0, proc.stderr
+    assert all(r.body["max_tokens"] == 7 for r in llm_server.requests)
+
+
+def test_bad_env_value_exits_2(cli) -> None:
+    proc = cli(["ask", *LINEUP, "q"], env={"MOA_TEMPERATURE": "hot"})
+    assert proc.returncode == 2 and "MOA_TEMPERATURE" in proc.stderr
+
+
+def test_malformed_config_file_names_file_and_line(cli, moa_home: Path) -> None:
+    (moa_home / "config.toml").write_text('temperature = 0.5\nrounds = "two"\n')
+    proc = cli(["ask", *LINEUP, "q"])
+    assert proc.returncode == 2
+    assert f"{moa_home / 'config.toml'}, line 2" in proc.stderr and "rounds" in proc.stderr
+    (moa_home / "config.toml").write_text("temperature = \n")
+    proc = cli(["ask", *LINEUP, "q"])
+    assert proc.returncode == 2 and "line 1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_openai_compatible_provider_mixed_with_together(cli, llm_server: FakeLLMServer, moa_home: Path) -> None:
+    (moa_home / "config.toml").write_text(
+        f'[providers.fakeai]\nkind = "openai"\nbase_url = "{llm_server.openai_base_url}"\napi_key_env = "FAKEAI_KEY"\n'
+    )
+    proc = cli(["ask", "-r", "fakeai:llama3.2:1b,alpha", "-a", "fakeai:judge", "q"], env={"FAKEAI_KEY": "sk-fake-secret"})
+    assert proc.returncode == 0, proc.stderr
+    models = sorted(r.model for r in llm_server.requests)
+    assert models == ["alpha", "judge", "llama3.2:1b"]
+    by_model = {r.model: r for r in llm_server.requests}
+    assert by_model["llama3.2:1b"].headers.get("authorization") == "Bearer sk-fake-secret"
+    assert by_model["alpha"].headers.get("authorization") == "Bearer test-key-0123456789"
+
+
+def test_secrets_never_reach_the_output(cli, llm_server: FakeLLMServer) -> None:
+    llm_server.script("judge", Reply(status=401))
+    proc = cli(["ask", *LINEUP, "--verbose", "q"])
+    combined = proc.stdout + proc.stderr
+    assert "test-key-0123456789" not in combined and "Bearer" not in combined
+    shown = cli(["config", "show"])
+    assert shown.returncode == 0 and "test-key-0123456789" not in shown.stdout
+    assert "TOGETHER_API_KEY=tes…89" in shown.stdout
+
+
+def test_flags_beat_env_beat_file(cli, llm_server: FakeLLMServer, moa_home: Path) -> None:
+    (moa_home / "config.toml").write_text("max_tokens = 11\ntemperature = 0.1\nrounds = 1\n")
+    proc = cli(["ask", *LINEUP, "--temperature", "0.3", "q"], env={"MOA_MAX_TOKENS": "22"})
+    assert proc.returncode == 0, proc.stderr
+    body = llm_server.requests_for("alpha")[0].body
+    assert body["max_tokens"] == 22 and body["temperature"] == 0.3
+
+
+def test_version_and_help() -> None:
+    version = subprocess.run([sys.executable, "-m", "moa_cli", "--version"], capture_output=True, text=True, timeout=30)
+    assert version.returncode == 0 and version.stdout.startswith("moa ")
+    helped = subprocess.run([sys.executable, "-m", "moa_cli", "ask", "--help"], capture_output=True, text=True, timeout=30)
+    assert helped.returncode == 0 and "--reference-models" in helped.stdout and "--layer-deadline" in helped.stdout
+
+
+def test_ctrl_c_exits_130_and_closes_connections(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
+    llm_server.script("alpha", Reply(text="word " * 500, token_delay=0.05))
+    llm_server.script("beta", Reply(text="word " * 500, token_delay=0.05))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moa_cli", "ask", *LINEUP, "q"],
+        env=moa_env,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while llm_server.active_streams < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert llm_server.active_streams == 2
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "Traceback" not in err and out == ""
+    assert llm_server.wait_until_idle(timeout=3)
+    assert all(r.disconnected for r in llm_server.requests)
