@@ -54,12 +54,12 @@ def test_nothing_imports_the_cli() -> None:
 
 
 def test_help_path_imports_no_heavy_package() -> None:
-    """`moa --help` must not pay for the SDKs, the engine or Markdown rendering."""
+    """`moa --help` must not pay for the SDKs, the engine or the REPL."""
     code = (
         "import sys, contextlib, io; sys.argv=['moa','ask','--help']\n"
         "from moa_cli.cli.app import main\n"
         "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit): main()\n"
-        "heavy = [m for m in ('together','openai','httpx','loguru','moa_cli.engine','rich.markdown','prompt_toolkit','llama_cpp') if m in sys.modules]\n"
+        "heavy = [m for m in ('together','openai','httpx','loguru','moa_cli.engine','prompt_toolkit','llama_cpp') if m in sys.modules]\n"
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
