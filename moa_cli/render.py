@@ -13,6 +13,7 @@ Progress and warnings go to the stderr console; the answer alone goes to the std
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -21,7 +22,6 @@ from typing import IO, Any
 
 from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.live import Live
-from rich.markdown import Markdown
 from rich.segment import Segment
 from rich.spinner import Spinner
 from rich.table import Table
@@ -78,7 +78,13 @@ class ProgressView:
 
     def start(self) -> None:
         if self.animated and self.live is None:
-            self.live = Live(self, console=self.console, refresh_per_second=REFRESH_PER_SECOND, transient=True)
+            self.live = Live(
+                self,
+                console=self.console,
+                refresh_per_second=REFRESH_PER_SECOND,
+                transient=True,
+                redirect_stdout=False,  # stdout is for the answer only
+            )
             self.live.start()
 
     def stop(self) -> None:
@@ -142,49 +148,70 @@ class ProgressView:
 # ---------------------------------------------------------------------------- answer
 
 
+def markdown(text: str) -> Any:
+    """A rich Markdown renderable. rich.markdown loads markdown_it (~80 ms), so only on first use."""
+    from rich.markdown import Markdown
+
+    return Markdown(text)
+
+
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+
+
 def split_blocks(text: str) -> tuple[list[str], str]:
     """Split Markdown into finished blocks and the unfinished tail.
 
     A block ends at a blank line outside a code fence that is followed by a line starting
-    in column 0 (so an indented continuation of a list item stays with its item).
+    in column 0 (so an indented continuation of a list item stays with its item). The
+    last line may still be growing, but once its first character is known it can start
+    a new block.
     """
     blocks: list[str] = []
     lines = text.split("\n")
-    complete, tail_line = lines[:-1], lines[-1]  # the last line may still be growing
     start = 0
-    in_fence = False
-    fence = ""
+    fence = ""  # the opening fence while inside a fenced code block
     blank_before = False
-    for i, line in enumerate(complete):
-        stripped = line.lstrip()
-        if in_fence:
-            if stripped.startswith(fence):
-                in_fence = False
+    for i, line in enumerate(lines):
+        last = i == len(lines) - 1  # still growing: only its first character is final
+        if fence:
+            if not last and _closes(line, fence):
+                fence = ""
             blank_before = False
             continue
         if not line.strip():
             blank_before = True
             continue
         if blank_before and not line[:1].isspace() and i > start:
-            block = "\n".join(complete[start:i]).strip("\n")
+            block = "\n".join(lines[start:i]).strip("\n")
             if block:
                 blocks.append(block)
             start = i
         blank_before = False
-        if stripped.startswith(("```", "~~~")):
-            in_fence, fence = True, stripped[:3]
-    tail = "\n".join(complete[start:] + [tail_line])
-    return blocks, tail
+        if not last and (match := _FENCE.match(line)):
+            fence = match.group(1)
+    return blocks, "\n".join(lines[start:])
+
+
+def _closes(line: str, fence: str) -> bool:
+    """A closing fence: the opener's character, at least as many times, and nothing else."""
+    match = _FENCE.match(line)
+    return bool(match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence) and not line[match.end() :].strip())
 
 
 class _Tail:
-    """Renders Markdown but keeps only its last screenful: the live part never overflows."""
+    """The live part of an answer: Markdown, cut to its last screenful so it never overflows.
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+    A live region taller than the terminal cannot be redrawn (the cursor cannot move up
+    into the scrollback), which is what makes long answers duplicate lines; so never let it.
+    """
+
+    def __init__(self) -> None:
+        self.text = ""
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        lines = console.render_lines(Markdown(self.text), options, pad=False)
+        if not self.text.strip():
+            return
+        lines = console.render_lines(markdown(self.text), options, pad=False)
         height = max(1, console.size.height - 2)
         for line in lines[-height:]:
             yield from line
@@ -192,62 +219,91 @@ class _Tail:
 
 
 class AnswerView:
-    """Streams the aggregator's answer: Markdown on a terminal, plain text otherwise."""
+    """Streams the aggregator's answer: Markdown on a terminal, plain text otherwise.
 
-    def __init__(self, console: Console, *, markdown: bool | None = None) -> None:
+    Per token, `feed` only appends to the unfinished tail; a finished block is rendered
+    and printed once, and the live tail is redrawn at most `refresh_per_second` times a
+    second by rich's refresh thread. So the work is linear in the answer's length.
+    """
+
+    def __init__(
+        self,
+        console: Console,
+        *,
+        markdown: bool | None = None,
+        auto_refresh: bool = True,
+        refresh_per_second: float = REFRESH_PER_SECOND,
+    ) -> None:
         self.console = console
         self.markdown = console.is_terminal if markdown is None else markdown
-        self.text = ""
-        self._done = 0  # characters of `text` already printed for good
+        self._parts: list[str] = []
+        self._tail = _Tail()  # the text not yet printed for good
         self._printed_blocks = 0
         self._live: Live | None = None
+        self._auto_refresh = auto_refresh
+        self._refresh_per_second = refresh_per_second
+
+    @property
+    def text(self) -> str:
+        """Everything fed so far."""
+        return "".join(self._parts)
 
     def feed(self, piece: str) -> None:
-        self.text += piece
+        if not piece:
+            return
+        self._parts.append(piece)
         if not self.markdown:
             self.console.file.write(piece)
             self.console.file.flush()
             return
         if self._live is None:
             self._live = Live(
+                self._tail,
                 console=self.console,
-                refresh_per_second=REFRESH_PER_SECOND,
+                auto_refresh=self._auto_refresh,
+                refresh_per_second=self._refresh_per_second,
                 transient=True,
-                vertical_overflow="visible",
+                redirect_stderr=False,  # stray stderr output must not end up on stdout
+                vertical_overflow="visible",  # _Tail keeps it within the screen
             )
             self._live.start()
-        if "\n" in piece:  # a block can only end at a new line
-            blocks, tail = split_blocks(self.text[self._done :])
+        tail = self._tail.text + piece
+        if "\n" not in piece:  # a block can only end at a new line
+            self._tail.text = tail  # the refresh thread redraws it
+            return
+        blocks, tail = split_blocks(tail)
+        # Atomic for the refresh thread (rich's own lock, taken by refresh and print
+        # alike): a frame showing a block both printed and still live would duplicate it.
+        with self._live._lock:
+            self._tail.text = tail
             for block in blocks:
                 self._print_block(block)
-            self._done = len(self.text) - len(tail)
-        self._live.update(_Tail(self.text[self._done :]))
+
+    def refresh(self) -> None:
+        """Redraw the live tail now (the refresh thread does it on its own)."""
+        if self._live is not None:
+            self._live.refresh()
 
     def _print_block(self, block: str) -> None:
-        renderables: list[Any] = [Markdown(block)]
+        renderables: list[Any] = [markdown(block)]
         if self._printed_blocks:
             renderables.insert(0, Text(""))
         self._printed_blocks += 1
-        assert self._live is not None
-        self._live.console.print(Group(*renderables))
+        self.console.print(Group(*renderables))
 
     def close(self) -> None:
         """Print what is left for good and stop the live region."""
         if not self.markdown:
-            if self.text and not self.text.endswith("\n"):
+            if self._parts and not self._parts[-1].endswith("\n"):
                 self.console.file.write("\n")
             self.console.file.flush()
             return
         if self._live is not None:
-            tail = self.text[self._done :].strip("\n")
-            self._live.update(Text(""), refresh=True)
-            self._live.stop()
-            self._live = None
-            if tail:
-                if self._printed_blocks:
-                    self.console.print()
-                self.console.print(Markdown(tail))
-            self._done = len(self.text)
+            live, self._live = self._live, None
+            tail, self._tail.text = self._tail.text.strip("\n"), ""
+            live.stop()  # transient: the live tail is erased ...
+            if tail:  # ... and printed for good
+                self._print_block(tail)
 
 
 # ---------------------------------------------------------------------------- a turn

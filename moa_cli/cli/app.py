@@ -14,6 +14,7 @@ import typer
 from moa_cli import __version__
 from moa_cli.cli import config_cmd
 from moa_cli.cli.ask import ask, run_ask
+from moa_cli.cli.chat import chat
 
 app = typer.Typer(
     name="moa",
@@ -22,7 +23,7 @@ app = typer.Typer(
         "Pipe text in to ask once: echo 'Why is the sky blue?' | moa"
     ),
     context_settings={"help_option_names": ["-h", "--help"]},
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
 
@@ -50,6 +51,7 @@ def root(
 
 
 app.command("ask")(ask)
+app.command("chat")(chat)
 app.add_typer(config_cmd.app, name="config")
 
 

@@ -28,7 +28,7 @@ def read_prompt(argument: str | None) -> str:
 
 
 def ask(
-    prompt: Annotated[Optional[str], typer.Argument(help="The prompt. Piped stdin comes first when both are given.", show_default=False)] = None,
+    prompt: Annotated[Optional[str], typer.Argument(metavar="PROMPT", help="The prompt. Piped stdin comes first when both are given.", show_default=False)] = None,
     aggregator: opt.Aggregator = None,
     reference_models: opt.References = None,
     local: opt.Local = False,

@@ -17,7 +17,7 @@ LIMITS = "Limits"
 
 Aggregator = Annotated[
     Optional[str],
-    typer.Option("--aggregator", "-a", help="Model that writes the final answer.", rich_help_panel=LINEUP),
+    typer.Option("--aggregator", "-a", metavar="MODEL",  help="Model that writes the final answer.", rich_help_panel=LINEUP),
 ]
 References = Annotated[
     Optional[list[str]],
@@ -25,6 +25,7 @@ References = Annotated[
         "--reference-models",
         
         "-r",
+        metavar="MODEL",
         help="Reference (proposer) model; repeat it or give a comma list. Use provider:model for other providers.",
         rich_help_panel=LINEUP,
     ),
@@ -34,12 +35,13 @@ Local = Annotated[
 ]
 Rounds = Annotated[
     Optional[int],
-    typer.Option("--rounds", min=1, help="Proposer layers before the aggregator (default 1).", rich_help_panel=LINEUP),
+    typer.Option("--rounds", metavar="N",  min=1, help="Proposer layers before the aggregator (default 1).", rich_help_panel=LINEUP),
 ]
 AggregatorPrompt = Annotated[
     Optional[Path],
     typer.Option(
         "--aggregator-prompt",
+        metavar="FILE",
         
         help="File whose text replaces the built-in aggregator prompt.",
         rich_help_panel=LINEUP,
@@ -48,24 +50,25 @@ AggregatorPrompt = Annotated[
 ]
 Temperature = Annotated[
     Optional[float],
-    typer.Option("--temperature", "-t", min=0.0, max=2.0, help="Sampling temperature (default 0.7).", rich_help_panel=SAMPLING),
+    typer.Option("--temperature", "-t", metavar="T",  min=0.0, max=2.0, help="Sampling temperature (default 0.7).", rich_help_panel=SAMPLING),
 ]
 MaxTokens = Annotated[
     Optional[int],
     typer.Option(
-        "--max-tokens", min=1, help="Most tokens per answer (default 512).", rich_help_panel=SAMPLING
+        "--max-tokens", metavar="N",  min=1, help="Most tokens per answer (default 512).", rich_help_panel=SAMPLING
     ),
 ]
 Seed = Annotated[
-    Optional[int], typer.Option("--seed", help="Base seed; each sample gets its own.", rich_help_panel=SAMPLING)
+    Optional[int], typer.Option("--seed", metavar="N",  help="Base seed; each sample gets its own.", rich_help_panel=SAMPLING)
 ]
 System = Annotated[
-    Optional[str], typer.Option("--system", "-s", help="System prompt for every model.", rich_help_panel=SAMPLING)
+    Optional[str], typer.Option("--system", "-s", metavar="TEXT",  help="System prompt for every model.", rich_help_panel=SAMPLING)
 ]
 NumProc = Annotated[
     Optional[int],
     typer.Option(
         "--num-proc",
+        metavar="N",
         
         min=1,
         help="Most model calls in flight at once (default all references of a layer).",
@@ -74,16 +77,17 @@ NumProc = Annotated[
 ]
 Timeout = Annotated[
     Optional[float],
-    typer.Option("--timeout", min=0.001, help="Seconds allowed per call (default 120).", rich_help_panel=LIMITS),
+    typer.Option("--timeout", metavar="SECONDS",  min=0.001, help="Seconds allowed per call (default 120).", rich_help_panel=LIMITS),
 ]
 Retries = Annotated[
     Optional[int],
-    typer.Option("--retries", min=0, help="Retries on 408/429/5xx and connection errors (default 2).", rich_help_panel=LIMITS),
+    typer.Option("--retries", metavar="N",  min=0, help="Retries on 408/429/5xx and connection errors (default 2).", rich_help_panel=LIMITS),
 ]
 LayerDeadline = Annotated[
     Optional[float],
     typer.Option(
         "--layer-deadline",
+        metavar="SECONDS",
         
         min=0.001,
         help="Seconds after which a layer goes on with the answers it has.",

@@ -8,6 +8,7 @@ how to build the client. We configure the SDK's retries and never add a loop of 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -64,6 +65,16 @@ def map_error(model: str, exc: BaseException, timeout: float) -> ProviderError |
     return None
 
 
+def _usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    total = raw.get("total_tokens")
+    return Usage(prompt, completion, total if isinstance(total, int) else prompt + completion)
+
+
 class ChatAPIProvider:
     """Streams chat completions through a Stainless-generated SDK client."""
 
@@ -105,21 +116,33 @@ class ChatAPIProvider:
             kwargs["seed"] = request.seed
         usage: Usage | None = None
         try:
-            response = await client.chat.completions.create(**kwargs)
-            try:
-                async for chunk in response:
-                    if getattr(chunk, "usage", None):
-                        u = chunk.usage
-                        usage = Usage(u.prompt_tokens, u.completion_tokens, u.total_tokens)
-                    for choice in chunk.choices or ():
-                        content = choice.delta.content if choice.delta else None
+            # The SDK sends the request (auth, retries, Retry-After, status errors); we read
+            # the SSE lines ourselves, because building the SDK's pydantic object for every
+            # chunk costs ~0.6 ms each: a full core for 16 references at 100 tokens/s.
+            async with client.chat.completions.with_streaming_response.create(**kwargs) as response:
+                async for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    if not isinstance(chunk, dict):
+                        raise ProviderError(request.model, "bad response from server: chunk is not an object")
+                    if chunk.get("error"):
+                        error = chunk["error"]
+                        message = error.get("message") if isinstance(error, dict) else error
+                        raise ProviderError(request.model, f"error mid-stream: {message}"[:200])
+                    if chunk.get("usage"):
+                        usage = _usage(chunk["usage"])
+                    for choice in chunk.get("choices") or ():
+                        content = (choice.get("delta") or {}).get("content")
                         if content:
                             yield content
-            finally:
-                # Closing the response closes the HTTP stream, also on cancellation.
-                await response.close()
         except ProviderError:
             raise
+        except json.JSONDecodeError:
+            raise ProviderError(request.model, "bad response from server: invalid JSON in the stream") from None
         except Exception as exc:
             mapped = map_error(request.model, exc, self._timeout)
             if mapped is None:

@@ -1,0 +1,337 @@
+"""The REPL's slash commands: each takes the chat state and a Console, prints, and says what next.
+
+    /help  /exit  /new  /models  /set KEY VALUE  /system [TEXT]  /proposals  /retry  /save [FILE]
+
+The functions here never run a turn: `/retry` returns `Outcome.RETRY` and the REPL runs
+it. They print to the Console they are given (stderr in the REPL), so stdout keeps
+carrying answers only. An unknown command or setting names the closest one (difflib).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from moa_cli.config import Settings, split_models
+from moa_cli.conversation import Conversation
+from moa_cli.errors import ConfigError
+
+if TYPE_CHECKING:  # rich itself loads later: the REPL imports this module before its first prompt
+    from rich.console import Console
+
+EXIT_WORDS = frozenset({"exit", "quit", ":q"})
+
+# A slash, then a word: "/usr/bin is ..." is a question, not a command.
+_COMMAND = re.compile(r"^/([A-Za-z][\w-]*)(?=\s|$)\s*(.*)$", re.DOTALL)
+
+
+class Outcome(Enum):
+    CONTINUE = "continue"
+    EXIT = "exit"
+    RETRY = "retry"  # run `ChatState.last_prompt` again
+
+
+@dataclass
+class ChatState:
+    """What the slash commands read and change. The REPL owns it."""
+
+    settings: Settings
+    conversation: Conversation
+    last_prompt: str | None = None  # the last prompt sent, whether or not it was answered
+    last_failed: bool = False  # that prompt failed or was cancelled: it is not in the conversation
+
+    @classmethod
+    def start(cls, settings: Settings) -> ChatState:
+        return cls(settings, Conversation(settings.system, multi_turn=settings.multi_turn))
+
+
+Handler = Callable[["ChatState", str, "Console"], Outcome]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str
+    usage: str
+    help: str
+    run: Handler
+
+
+def error(console: Console, message: str) -> None:
+    """One `moa: error: ...` line, as everywhere else in moa."""
+    text = f"moa: error: {' '.join(message.split())}"
+    console.print(text, style="red", markup=False, highlight=False, soft_wrap=True)
+
+
+def note(console: Console, message: str) -> None:
+    console.print(message, style="dim", markup=False, highlight=False, soft_wrap=True)
+
+
+def closest(word: str, choices: list[str]) -> str | None:
+    matches = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
+    return matches[0] if matches else None
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def _help(state: ChatState, arg: str, console: Console) -> Outcome:
+    from rich.text import Text
+
+    table = Text()
+    width = max(len(c.usage) for c in COMMANDS.values())
+    for command in COMMANDS.values():
+        table.append(f"  {command.usage:<{width}}  ", style="bold")
+        table.append(f"{command.help}\n")
+    table.append("\nKeys: ", style="bold")
+    table.append(
+        "Enter sends · Esc-Enter or Alt-Enter inserts a new line (pastes arrive whole) · "
+        "Up/Down and Ctrl-R search the history · Tab completes commands · "
+        "Ctrl-C cancels a running turn · Ctrl-D or /exit quits"
+    )
+    console.print(table)
+    return Outcome.CONTINUE
+
+
+def _exit(state: ChatState, arg: str, console: Console) -> Outcome:
+    return Outcome.EXIT
+
+
+def _new(state: ChatState, arg: str, console: Console) -> Outcome:
+    state.conversation.clear()
+    state.last_prompt, state.last_failed = None, False
+    note(console, "new conversation")
+    return Outcome.CONTINUE
+
+
+def lineup_lines(settings: Settings) -> list[str]:
+    s = settings
+    lines = [f"references ({len(s.references)}):"]
+    lines += [f"  {n}. {model}" for n, model in enumerate(s.references, start=1)]
+    lines.append(f"aggregator: {s.aggregator}")
+    deadline = f"{s.layer_deadline:g}s" if s.layer_deadline else "off"
+    lines.append(
+        f"rounds {s.rounds} · temperature {s.temperature:g} · max_tokens {s.max_tokens} · "
+        f"layer_deadline {deadline} · multi-turn {'on' if s.multi_turn else 'off'}"
+    )
+    return lines
+
+
+def _models(state: ChatState, arg: str, console: Console) -> Outcome:
+    console.print("\n".join(lineup_lines(state.settings)), markup=False, highlight=False)
+    return Outcome.CONTINUE
+
+
+def _parse_int(text: str) -> int:
+    if not re.fullmatch(r"[+-]?\d+", text):
+        raise ValueError("expected a whole number")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("expected a number") from None
+
+
+def _parse_deadline(text: str) -> float | None:
+    return None if text.lower() in ("off", "none") else _parse_float(text)
+
+
+def _parse_models(text: str) -> tuple[str, ...]:
+    models = split_models(text.replace(" ", ","))
+    if not models:
+        raise ValueError("expected one or more model names")
+    return models
+
+
+# Settings `/set` may change: field name -> parser of the typed value.
+SETTABLE: dict[str, Callable[[str], Any]] = {
+    "temperature": _parse_float,
+    "max_tokens": _parse_int,
+    "rounds": _parse_int,
+    "aggregator": str,
+    "references": _parse_models,
+    "layer_deadline": _parse_deadline,
+}
+
+
+def apply_setting(settings: Settings, key: str, value: str) -> Settings:
+    """A validated copy of `settings` with one value changed; ConfigError says what is wrong."""
+    name = key.lower().replace("-", "_")
+    name = {"reference_models": "references"}.get(name, name)
+    if name not in SETTABLE:
+        hint = closest(name, list(SETTABLE))
+        more = f"; did you mean {hint}?" if hint else ""
+        raise ConfigError(f"/set: unknown setting {key!r}{more} (settable: {', '.join(SETTABLE)})")
+    try:
+        parsed = SETTABLE[name](value.strip())
+    except ValueError as exc:
+        raise ConfigError(f"/set {name}: {exc}, got {value!r}") from None
+    new = settings.with_changes(**{name: parsed})
+    if name in ("aggregator", "references"):
+        from moa_cli.providers.registry import ProviderPool
+
+        ProviderPool(new).check([*new.references, new.aggregator])  # a missing key fails now
+    return new
+
+
+def _set(state: ChatState, arg: str, console: Console) -> Outcome:
+    key, _, value = arg.strip().partition(" ")
+    if not key or not value.strip():
+        error(console, f"usage: /set {'|'.join(SETTABLE)} VALUE")
+        return Outcome.CONTINUE
+    try:
+        state.settings = apply_setting(state.settings, key, value)
+    except ConfigError as exc:
+        error(console, str(exc))
+        return Outcome.CONTINUE
+    name = key.lower().replace("-", "_")
+    name = {"reference_models": "references"}.get(name, name)
+    shown = getattr(state.settings, name)
+    if isinstance(shown, tuple):
+        shown = ", ".join(shown)
+    note(console, f"{name} = {'off' if shown is None else shown} from the next turn")
+    return Outcome.CONTINUE
+
+
+def _system(state: ChatState, arg: str, console: Console) -> Outcome:
+    text = arg.strip()
+    if not text:
+        current = state.conversation.system
+        note(console, f"system prompt: {current!r}" if current else "no system prompt (set one with /system TEXT)")
+        return Outcome.CONTINUE
+    system = None if text.lower() == "clear" else text
+    state.settings = state.settings.with_changes(system=system)
+    state.conversation.system = system
+    note(console, "system prompt cleared" if system is None else "system prompt set from the next turn")
+    return Outcome.CONTINUE
+
+
+def _proposals(state: ChatState, arg: str, console: Console) -> Outcome:
+    last = state.conversation.last
+    if last is None or last.result is None:
+        note(console, "no answered turn yet")
+        return Outcome.CONTINUE
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.text import Text
+
+    from moa_cli.render import markdown
+
+    layers = sorted({p.layer for p in last.result.proposals})
+    for layer in layers:
+        panels: list[Any] = []
+        for proposal in (p for p in last.result.proposals if p.layer == layer):
+            info = f"{proposal.seconds:.1f}s"
+            if proposal.usage and proposal.usage.completion_tokens is not None:
+                info += f" · {proposal.usage.completion_tokens} tokens"
+            title = Text(f"{proposal.model} · {info}")
+            if proposal.text is not None:
+                panels.append(Panel(markdown(proposal.text), title=title, title_align="left"))
+            else:
+                state_word = "timed out" if proposal.timed_out else "failed"
+                body = Text(f"{state_word}: {proposal.error}", style="red")
+                panels.append(Panel(body, title=title, title_align="left", border_style="red"))
+        console.print(Text(f"layer {layer}", style="bold"))
+        console.print(Group(*panels))
+    return Outcome.CONTINUE
+
+
+def _retry(state: ChatState, arg: str, console: Console) -> Outcome:
+    if state.last_prompt is None:
+        note(console, "nothing to retry yet")
+        return Outcome.CONTINUE
+    return Outcome.RETRY
+
+
+def transcript_meta(settings: Settings) -> dict[str, Any]:
+    return {"references": list(settings.references), "aggregator": settings.aggregator, "rounds": settings.rounds}
+
+
+def default_transcript_path(settings: Settings) -> Path:
+    if settings.paths is None:
+        raise ConfigError("/save: give a file name ending in .md or .json")
+    return settings.paths.conversations_dir / f"{datetime.now():%Y-%m-%d-%H%M%S}.md"
+
+
+def _save(state: ChatState, arg: str, console: Console) -> Outcome:
+    if not len(state.conversation):
+        note(console, "nothing to save yet")
+        return Outcome.CONTINUE
+    try:
+        if arg.strip():
+            path = Path(arg.strip()).expanduser()
+        else:
+            path = default_transcript_path(state.settings)
+            path.parent.mkdir(parents=True, exist_ok=True)
+        saved = state.conversation.save(path, transcript_meta(state.settings))
+    except (ConfigError, OSError) as exc:
+        error(console, str(exc))
+        return Outcome.CONTINUE
+    note(console, f"saved {len(state.conversation)} turns to {saved}")
+    return Outcome.CONTINUE
+
+
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in (
+        Command("help", "/help", "show this help", _help),
+        Command("new", "/new", "start a new conversation", _new),
+        Command("models", "/models", "show the line-up and settings", _models),
+        Command("set", "/set KEY VALUE", f"change a setting for the next turns ({', '.join(SETTABLE)})", _set),
+        Command("system", "/system [TEXT|clear]", "show, set or clear the system prompt", _system),
+        Command("proposals", "/proposals", "what each reference said in the last turn, layer by layer", _proposals),
+        Command("retry", "/retry", "run the last turn again", _retry),
+        Command("save", "/save [FILE]", "write the transcript to FILE.md or FILE.json", _save),
+        Command("exit", "/exit", "quit (also exit, quit, Ctrl-D)", _exit),
+    )
+}
+
+
+ALIASES = {"quit": "exit", "q": "exit", "clear": "new", "reset": "new"}
+
+# ---------------------------------------------------------------------------- dispatch
+
+
+def parse(line: str) -> tuple[str, str] | None:
+    """(command name, argument text) if `line` is a slash command, else None."""
+    match = _COMMAND.match(line.strip())
+    return (match.group(1).lower(), match.group(2)) if match else None
+
+
+def is_exit(line: str) -> bool:
+    return line.strip().lower() in EXIT_WORDS
+
+
+def run(line: str, state: ChatState, console: Console) -> Outcome:
+    """Run one slash command line."""
+    parsed = parse(line)
+    if parsed is None:
+        raise ValueError(f"not a slash command: {line!r}")
+    name, arg = parsed
+    command = COMMANDS.get(name) or COMMANDS.get(ALIASES.get(name, ""))
+    if command is None:
+        hint = closest(name, list(COMMANDS))
+        more = f"; did you mean /{hint}?" if hint else ""
+        error(console, f"unknown command /{name}{more} (/help lists the commands)")
+        return Outcome.CONTINUE
+    return command.run(state, arg, console)
+
+
+def completions(text: str) -> list[str]:
+    """Completions for the text before the cursor: command names, then /set keys."""
+    if not text.startswith("/"):
+        return []
+    if " " not in text:
+        return [f"/{name}" for name in COMMANDS if f"/{name}".startswith(text.lower())]
+    name, _, rest = text[1:].partition(" ")
+    if name.lower() == "set" and " " not in rest.lstrip():
+        return [key for key in SETTABLE if key.startswith(rest.lstrip().lower())]
+    return []

@@ -1,0 +1,160 @@
+"""The conversation the user saw, and what a turn sends to the models.
+
+A conversation is an optional system prompt plus the exchanges so far: each user prompt
+with the final (aggregated) answer, which is what the user read. The reference answers
+are kept with each exchange for `/proposals` and the JSON transcript, but they are never
+sent back to the models: the next turn sees only the conversation the user saw.
+
+A turn is added only once it has succeeded. The REPL also takes a `snapshot()` before a
+turn and `restore()`s it if the turn fails or is cancelled, so no half turn survives.
+
+Stdlib only (no rich, no prompt_toolkit): the REPL, the server and tests can all use it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from moa_cli.errors import ConfigError
+from moa_cli.types import Message, TurnResult
+
+TRANSCRIPT_VERSION = 1
+TRANSCRIPT_SUFFIXES = (".md", ".json")
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One answered turn: the user's prompt and the aggregator's final answer."""
+
+    prompt: str
+    answer: str
+    result: TurnResult | None = None  # proposals, usage and timing of the turn, when known
+    at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"prompt": self.prompt, "answer": self.answer, "at": self.at}
+        if self.result is not None:
+            result = self.result.to_dict()
+            del result["answer"]  # already above
+            data.update(result)
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """An immutable copy of a conversation's state, for `Conversation.restore`."""
+
+    system: str | None
+    exchanges: tuple[Exchange, ...]
+
+
+class Conversation:
+    """The messages the user saw, turn by turn.
+
+    With `multi_turn` off each turn is sent on its own (system prompt plus the new prompt),
+    but the exchanges are still recorded for `/proposals`, `/retry` and `/save`.
+    """
+
+    def __init__(self, system: str | None = None, *, multi_turn: bool = True) -> None:
+        self.system = system or None
+        self.multi_turn = multi_turn
+        self._exchanges: list[Exchange] = []
+
+    def __len__(self) -> int:
+        return len(self._exchanges)
+
+    @property
+    def exchanges(self) -> tuple[Exchange, ...]:
+        return tuple(self._exchanges)
+
+    @property
+    def last(self) -> Exchange | None:
+        return self._exchanges[-1] if self._exchanges else None
+
+    def messages(self) -> list[Message]:
+        """The whole conversation as chat messages (system first, if any)."""
+        messages: list[Message] = [{"role": "system", "content": self.system}] if self.system else []
+        for exchange in self._exchanges:
+            messages.append({"role": "user", "content": exchange.prompt})
+            messages.append({"role": "assistant", "content": exchange.answer})
+        return messages
+
+    def messages_for(self, prompt: str) -> list[Message]:
+        """What the models are sent for a new turn: the history (if multi-turn) and `prompt`."""
+        if self.multi_turn:
+            messages = self.messages()
+        else:
+            messages = [{"role": "system", "content": self.system}] if self.system else []
+        messages.append({"role": "user", "content": prompt})
+        return messages
+
+    def add(self, prompt: str, result: TurnResult) -> Exchange:
+        """Record a finished turn."""
+        exchange = Exchange(prompt, result.answer, result)
+        self._exchanges.append(exchange)
+        return exchange
+
+    def pop(self) -> Exchange | None:
+        """Remove and return the last exchange (for `/retry`)."""
+        return self._exchanges.pop() if self._exchanges else None
+
+    def clear(self) -> None:
+        """Forget every exchange; the system prompt stays."""
+        self._exchanges.clear()
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.system, tuple(self._exchanges))
+
+    def restore(self, snapshot: Snapshot) -> None:
+        self.system = snapshot.system
+        self._exchanges = list(snapshot.exchanges)
+
+    # ------------------------------------------------------------------ transcripts
+
+    def to_markdown(self, meta: dict[str, Any] | None = None) -> str:
+        """A readable transcript: each prompt under **You**, each answer under **moa**."""
+        lines = ["# Conversation with moa", ""]
+        for key, value in (meta or {}).items():
+            lines.append(f"- {key}: {_meta_text(value)}")
+        if meta:
+            lines.append("")
+        if self.system:
+            lines += ["**System:**", "", self.system.strip(), ""]
+        for exchange in self._exchanges:
+            lines += ["---", "", "**You:**", "", exchange.prompt.strip(), "", "**moa:**", "", exchange.answer.strip(), ""]
+        return "\n".join(lines)
+
+    def to_json(self, meta: dict[str, Any] | None = None) -> str:
+        """A machine-readable transcript; `messages` can be sent to any chat API as is."""
+        data: dict[str, Any] = {
+            "version": TRANSCRIPT_VERSION,
+            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **(meta or {}),
+            "system": self.system,
+            "multi_turn": self.multi_turn,
+            "messages": self.messages(),
+            "turns": [exchange.to_dict() for exchange in self._exchanges],
+        }
+        return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+
+    def save(self, path: Path, meta: dict[str, Any] | None = None) -> Path:
+        """Write a transcript; the format follows the suffix (.md or .json)."""
+        suffix = path.suffix.lower()
+        if suffix not in TRANSCRIPT_SUFFIXES:
+            raise ConfigError(f"cannot save to {path}: the file name must end in .md or .json")
+        text = self.to_json(meta) if suffix == ".json" else self.to_markdown(meta)
+        try:
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot save to {path}: {exc.strerror or exc}") from None
+        return path
+
+
+def _meta_text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return str(value)
