@@ -93,6 +93,7 @@ class _Turn:
         usage: Usage | None = None
         async with self.slots:
             started = time.perf_counter()
+            logger.debug("layer {} call {} -> {} ({} messages)", call.layer, call.model, provider.name, len(messages))
             self.emit(CallStarted(call))
             try:
                 async for item in provider.stream(request):
@@ -112,11 +113,13 @@ class _Turn:
                 logger.opt(exception=exc).debug("unexpected error from {}", call.model)
                 return self._failed(call, f"unexpected error: {type(exc).__name__}: {exc}", started)
         seconds = time.perf_counter() - started
+        logger.debug("layer {} call {} finished in {:.3f}s, usage {}", call.layer, call.model, seconds, usage)
         self.emit(CallFinished(call, text, seconds, usage))
         return Proposal(call.model, call.layer, text=text, seconds=seconds, usage=usage)
 
     def _failed(self, call: CallInfo, reason: str, started: float, timed_out: bool = False) -> Proposal:
         seconds = time.perf_counter() - started
+        logger.debug("layer {} call {} failed after {:.3f}s: {}", call.layer, call.model, seconds, reason)
         self.emit(CallFailed(call, reason, seconds, timed_out))
         return Proposal(call.model, call.layer, error=reason, seconds=seconds, timed_out=timed_out)
 

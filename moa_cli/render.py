@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
 from rich.segment import Segment
 from rich.spinner import Spinner
@@ -198,6 +198,35 @@ def _closes(line: str, fence: str) -> bool:
     return bool(match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence) and not line[match.end() :].strip())
 
 
+class _Block:
+    """A finished block, printed for good, one blank line after the block before it.
+
+    rich starts some elements (lists, quotes) with a blank line of its own; that line is
+    dropped so the blocks together look exactly like the whole answer rendered at once.
+    """
+
+    def __init__(self, text: str, *, first: bool) -> None:
+        self.text = text
+        self.first = first
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        lines = _render(console, self.text, options)
+        if not self.first:
+            yield Segment.line()
+        for line in lines:
+            yield from line
+            yield Segment.line()
+
+
+def _render(console: Console, text: str, options: ConsoleOptions) -> list[list[Segment]]:
+    """Markdown as lines, without leading empty lines (a code block's padding line stays)."""
+    lines = console.render_lines(markdown(text), options, pad=False)
+    start = 0
+    while start < len(lines) and not Segment.get_line_length(lines[start]):
+        start += 1
+    return lines[start:]
+
+
 class _Tail:
     """The live part of an answer: Markdown, cut to its last screenful so it never overflows.
 
@@ -211,7 +240,7 @@ class _Tail:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         if not self.text.strip():
             return
-        lines = console.render_lines(markdown(self.text), options, pad=False)
+        lines = _render(console, self.text, options)
         height = max(1, console.size.height - 2)
         for line in lines[-height:]:
             yield from line
@@ -285,11 +314,8 @@ class AnswerView:
             self._live.refresh()
 
     def _print_block(self, block: str) -> None:
-        renderables: list[Any] = [markdown(block)]
-        if self._printed_blocks:
-            renderables.insert(0, Text(""))
+        self.console.print(_Block(block, first=not self._printed_blocks))
         self._printed_blocks += 1
-        self.console.print(Group(*renderables))
 
     def close(self) -> None:
         """Print what is left for good and stop the live region."""

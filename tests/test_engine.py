@@ -230,3 +230,17 @@ def test_answer_deltas_only_come_from_the_aggregator(moa_env: dict[str, str], ll
     deltas = [e for e in events if isinstance(e, AnswerDelta)]
     assert deltas and all(e.call.is_aggregator for e in deltas)
     assert events[-1].type == "turn_done"
+
+
+def test_read_timeout_mid_stream_is_a_timeout_failure(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
+    """httpx.ReadTimeout escapes the SDK mid-stream; it must become an ordinary failure."""
+    llm_server.script("alpha", Reply(text="one two three", token_delay=3.0))
+    result = MoA(references=REFS, aggregator="judge", timeout=0.3).run("q")
+    assert result.proposals[0].error is not None and "timed out" in result.proposals[0].error
+    assert result.proposals[1].text == "Answer from beta."
+
+
+def test_bad_json_in_the_stream_is_a_failure(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
+    llm_server.script("alpha", Reply(bad_json=True))
+    result = MoA(references=REFS, aggregator="judge").run("q")
+    assert "invalid JSON" in (result.proposals[0].error or "")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from loguru import logger
+
 from moa_cli.config import ProviderConfig, Settings
 from moa_cli.errors import ConfigError, MissingKeyError
 from moa_cli.providers.base import Provider
@@ -72,10 +74,12 @@ class ProviderPool:
             base_url = s.env.get("TOGETHER_BASE_URL") or config.base_url
             if base_url:  # the SDK appends /v1/chat/completions itself
                 base_url = base_url.rstrip("/").removesuffix("/v1")
+            logger.debug("provider {} at {}", config.name, base_url or "the Together API")
             return TogetherProvider(config.name, api_key=key or "", base_url=base_url, timeout=s.timeout, retries=s.retries)
         if config.kind == "openai":
             from moa_cli.providers.openai_compat import OpenAICompatProvider
 
+            logger.debug("provider {} at {}", config.name, config.base_url)
             # Local servers need no key, but the SDK refuses an empty one.
             return OpenAICompatProvider(
                 config.name, api_key=key or "none", base_url=config.base_url, timeout=s.timeout, retries=s.retries
