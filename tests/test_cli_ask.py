@@ -246,3 +246,11 @@ def test_ctrl_c_exits_130_and_closes_connections(moa_env: dict[str, str], llm_se
     assert "Traceback" not in err and out == ""
     assert llm_server.wait_until_idle(timeout=3)
     assert all(r.disconnected for r in llm_server.requests)
+
+
+def test_quiet_keeps_stderr_to_warnings(cli, llm_server: FakeLLMServer) -> None:
+    llm_server.script("beta", Reply(status=500))
+    proc = cli(["ask", *LINEUP, "-q", "q"])
+    assert proc.returncode == 0
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "warning" in lines[0] and "beta" in lines[0]

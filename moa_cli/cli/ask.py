@@ -44,6 +44,7 @@ def ask(
     layer_deadline: opt.LayerDeadline = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object: answer, proposals, usage.")] = False,
     verbose: opt.Verbose = False,
+    quiet: opt.Quiet = False,
 ) -> None:
     """Ask once: the references answer in parallel, the aggregator's answer streams to stdout.
 
@@ -70,17 +71,19 @@ def ask(
         aggregator_prompt=aggregator_prompt,
         verbose=verbose,
     )
-    run_ask(prompt, flags, local=local, json_output=json_output)
+    run_ask(prompt, flags, local=local, json_output=json_output, quiet=quiet)
 
 
-def run_ask(prompt: str | None, flags: dict[str, Any], *, local: bool = False, json_output: bool = False) -> None:
+def run_ask(
+    prompt: str | None, flags: dict[str, Any], *, local: bool = False, json_output: bool = False, quiet: bool = False
+) -> None:
     """The body of `moa ask` (also used by a bare `moa` with piped stdin)."""
     with handle_errors(json_mode=json_output):
         text = read_prompt(prompt)
         from moa_cli.cli.runtime import load, run_one_turn  # deferred: keeps --help fast
 
         settings = load(flags, local=local)
-        result = run_one_turn(settings, text, json_output=json_output)
+        result = run_one_turn(settings, text, json_output=json_output, quiet=quiet)
         if json_output:
             import json
 

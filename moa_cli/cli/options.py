@@ -95,6 +95,7 @@ LayerDeadline = Annotated[
     ),
 ]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs on stderr.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or footer on stderr; warnings and errors still.")]
 
 
 def overrides(

@@ -25,7 +25,7 @@ def load(flags: dict[str, Any], *, local: bool = False) -> Settings:
     return settings
 
 
-def run_one_turn(settings: Settings, prompt: str, *, json_output: bool = False) -> Any:
+def run_one_turn(settings: Settings, prompt: str, *, json_output: bool = False, quiet: bool = False) -> Any:
     """Run one turn with live progress on stderr and the answer on stdout (unless JSON)."""
     from moa_cli.api import MoA
     from moa_cli.render import TurnView, make_console
@@ -33,7 +33,7 @@ def run_one_turn(settings: Settings, prompt: str, *, json_output: bool = False) 
     moa = MoA(settings=settings)
     moa.check()
     err, out = make_console(stderr=True), make_console()
-    view = TurnView(err, out, show_answer=not json_output)
+    view = TurnView(err, out, show_answer=not json_output, progress=not quiet)
 
     async def turn() -> Any:
         view.start()
@@ -44,5 +44,6 @@ def run_one_turn(settings: Settings, prompt: str, *, json_output: bool = False) 
             view.stop()
 
     result = asyncio.run(turn())
-    view.footer(result)
+    if not quiet:
+        view.footer(result)
     return result
