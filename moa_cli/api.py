@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from moa_cli import logs  # noqa: F401  (importing it keeps the library quiet by default)
 from moa_cli.config import Settings, load_settings
 from moa_cli.engine import EventSink, Plan, run_turn
 from moa_cli.events import AnswerDelta, Event

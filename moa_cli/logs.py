@@ -6,6 +6,10 @@ import sys
 
 from loguru import logger
 
+# As a library moa stays quiet until asked: `logger.enable("moa_cli")`, or `configure()`
+# as the CLI does. This runs once, on first import, so it never undoes a later configure().
+logger.disable("moa_cli")
+
 _FORMAT = "<dim>{time:HH:mm:ss.SSS}</dim> <level>{level: <7}</level> {name}: {message}"
 
 

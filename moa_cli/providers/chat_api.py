@@ -90,6 +90,7 @@ class ChatAPIProvider:
         # Built now, not on the first call: importing an SDK takes a while and would
         # otherwise be counted in the first call's time.
         self._client: Any = self._make_client()
+        self._client.chat.completions  # a lazy property that imports every API resource (~0.5 s)
 
     def __repr__(self) -> str:  # never show the key
         return f"{type(self).__name__}(name={self.name!r}, base_url={self._base_url!r})"
