@@ -6,8 +6,8 @@ Progress and warnings go to the stderr console; the answer alone goes to the std
   tokens), cleared when the answer starts. Otherwise: one plain line per finished call.
 * stdout is a TTY: the answer renders as Markdown while it streams. Finished blocks are
   printed once, for good; only the unfinished tail block is live, and only its last
-  screenful is drawn. So each token costs a string append, redraws are capped at
-  `REFRESH_PER_SECOND`, and long answers never flicker or duplicate lines.
+  screenful is drawn, so long answers never tear or duplicate lines. A token costs a
+  string append; drawing happens on a timer, at most `REFRESH_PER_SECOND` times a second.
   Otherwise: the plain text, written as it arrives.
 """
 
@@ -198,6 +198,28 @@ def _closes(line: str, fence: str) -> bool:
     return bool(match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence) and not line[match.end() :].strip())
 
 
+def _open_fence_tail(text: str, keep: int) -> str:
+    """Inside a long, still open code block, only its opening line and last `keep` lines.
+
+    The live tail is redrawn several times a second; highlighting a 300-line code block
+    each time would make the cost grow with the block. The last lines are all that show.
+    """
+    lines = text.split("\n")
+    if len(lines) <= keep + 1:
+        return text
+    opened = -1
+    fence = ""
+    for i, line in enumerate(lines[:-1]):
+        if fence:
+            if _closes(line, fence):
+                fence, opened = "", -1
+        elif match := _FENCE.match(line):
+            fence, opened = match.group(1), i
+    if opened < 0 or len(lines) - opened <= keep + 1:
+        return text
+    return "\n".join([*lines[: opened + 1], *lines[-keep:]])
+
+
 class _Block:
     """A finished block, printed for good, one blank line after the block before it.
 
@@ -210,12 +232,14 @@ class _Block:
         self.first = first
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        lines = _render(console, self.text, options)
         if not self.first:
             yield Segment.line()
-        for line in lines:
-            yield from line
-            yield Segment.line()
+        leading = True
+        for segment in console.render(markdown(self.text), options):
+            if leading and segment.text == "\n" and not segment.control:
+                continue
+            leading = False
+            yield segment
 
 
 def _render(console: Console, text: str, options: ConsoleOptions) -> list[list[Segment]]:
@@ -240,8 +264,8 @@ class _Tail:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         if not self.text.strip():
             return
-        lines = _render(console, self.text, options)
         height = max(1, console.size.height - 2)
+        lines = _render(console, _open_fence_tail(self.text, height), options)
         for line in lines[-height:]:
             yield from line
             yield Segment.line()
@@ -250,9 +274,11 @@ class _Tail:
 class AnswerView:
     """Streams the aggregator's answer: Markdown on a terminal, plain text otherwise.
 
-    Per token, `feed` only appends to the unfinished tail; a finished block is rendered
-    and printed once, and the live tail is redrawn at most `refresh_per_second` times a
-    second by rich's refresh thread. So the work is linear in the answer's length.
+    Per token, `feed` only appends to the unfinished tail and, at a new line, moves the
+    blocks it finished to a queue: no rendering. Rendering happens at most
+    `refresh_per_second` times a second, on a timer thread: the queued blocks are printed
+    for good (rendered once, together) and the live tail is redrawn. So the work is
+    linear in the answer's length and the screen is redrawn at a capped rate.
     """
 
     def __init__(
@@ -266,11 +292,17 @@ class AnswerView:
         self.console = console
         self.markdown = console.is_terminal if markdown is None else markdown
         self._parts: list[str] = []
-        self._tail = _Tail()  # the text not yet printed for good
-        self._printed_blocks = 0
-        self._live: Live | None = None
         self._auto_refresh = auto_refresh
-        self._refresh_per_second = refresh_per_second
+        self._interval = 1 / refresh_per_second
+        self._lock = threading.Lock()  # guards _pending and _unfinished: feed vs the timer
+        self._pending: list[str] = []  # finished blocks not printed yet
+        self._unfinished = ""  # the text after them
+        self._draw_lock = threading.Lock()  # one drawer at a time: the timer or close()
+        self._printed_any = False
+        self._tail = _Tail()  # what the live region shows
+        self._live: Live | None = None
+        self._timer: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     @property
     def text(self) -> str:
@@ -286,36 +318,49 @@ class AnswerView:
             self.console.file.flush()
             return
         if self._live is None:
-            self._live = Live(
-                self._tail,
-                console=self.console,
-                auto_refresh=self._auto_refresh,
-                refresh_per_second=self._refresh_per_second,
-                transient=True,
-                redirect_stderr=False,  # stray stderr output must not end up on stdout
-                vertical_overflow="visible",  # _Tail keeps it within the screen
-            )
-            self._live.start()
-        tail = self._tail.text + piece
-        if "\n" not in piece:  # a block can only end at a new line
-            self._tail.text = tail  # the refresh thread redraws it
-            return
-        blocks, tail = split_blocks(tail)
-        # Atomic for the refresh thread (rich's own lock, taken by refresh and print
-        # alike): a frame showing a block both printed and still live would duplicate it.
-        with self._live._lock:
-            self._tail.text = tail
-            for block in blocks:
-                self._print_block(block)
+            self._start()
+        with self._lock:
+            unfinished = self._unfinished + piece
+            if "\n" in piece:  # a block can only end at a new line
+                blocks, unfinished = split_blocks(unfinished)
+                self._pending.extend(blocks)
+            self._unfinished = unfinished
+
+    def _start(self) -> None:
+        self._live = Live(
+            self._tail,
+            console=self.console,
+            auto_refresh=False,  # the timer below draws, blocks and tail together
+            transient=True,
+            redirect_stderr=False,  # stray stderr output must not end up on stdout
+            vertical_overflow="visible",  # _Tail keeps it within the screen
+        )
+        self._live.start()
+        if self._auto_refresh:
+            self._timer = threading.Thread(target=self._tick, name="moa-answer-refresh", daemon=True)
+            self._timer.start()
+
+    def _tick(self) -> None:
+        while not self._stopping.wait(self._interval):
+            self.refresh()
 
     def refresh(self) -> None:
-        """Redraw the live tail now (the refresh thread does it on its own)."""
-        if self._live is not None:
-            self._live.refresh()
+        """Print the finished blocks for good and redraw the live tail (the timer calls this)."""
+        with self._draw_lock:
+            live = self._live
+            if live is None:
+                return
+            with self._lock:
+                blocks, self._pending = self._pending, []
+                self._tail.text = self._unfinished
+            if blocks:  # printing above a live region redraws the region too
+                self._print_block("\n\n".join(blocks))
+            else:
+                live.refresh()
 
     def _print_block(self, block: str) -> None:
-        self.console.print(_Block(block, first=not self._printed_blocks))
-        self._printed_blocks += 1
+        self.console.print(_Block(block, first=not self._printed_any))
+        self._printed_any = True
 
     def close(self) -> None:
         """Print what is left for good and stop the live region."""
@@ -324,19 +369,29 @@ class AnswerView:
                 self.console.file.write("\n")
             self.console.file.flush()
             return
-        if self._live is not None:
+        self._stopping.set()
+        if self._timer is not None:
+            self._timer.join()
+            self._timer = None
+        with self._draw_lock:
             live, self._live = self._live, None
-            tail, self._tail.text = self._tail.text.strip("\n"), ""
+            if live is None:
+                return
+            with self._lock:
+                rest = [*self._pending, self._unfinished.strip("\n")]
+                self._pending, self._unfinished = [], ""
+            self._tail.text = ""
             live.stop()  # transient: the live tail is erased ...
-            if tail:  # ... and printed for good
-                self._print_block(tail)
+            rest = [block for block in rest if block.strip()]
+            if rest:  # ... and everything not printed yet is printed for good
+                self._print_block("\n\n".join(rest))
 
 
 # ---------------------------------------------------------------------------- a turn
 
 
 def footer_text(result: TurnResult) -> str:
-    """`3.2s · 1,234 tokens · failed: model (reason)`"""
+    """`3.2s · 1,234 tokens · 5 calls · left out: model-b (failed)`"""
     parts = [f"{result.seconds:.1f}s"]
     total = result.usage.total_tokens
     parts.append(f"{total:,} tokens" if total is not None else "tokens unknown")

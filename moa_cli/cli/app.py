@@ -47,7 +47,7 @@ def root(
     if sys.stdin is not None and not sys.stdin.isatty():
         run_ask(None, {})  # `echo ... | moa` is `moa ask`
         return
-    typer.echo(ctx.get_help())
+    chat()  # bare `moa` on a terminal is `moa chat`
 
 
 app.command("ask")(ask)

@@ -18,10 +18,10 @@ prompt; the SDKs, the engine and Markdown load in a background thread while the 
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, Optional, TextIO
@@ -32,6 +32,8 @@ from moa_cli.cli import options as opt
 from moa_cli.cli.errors import handle_errors
 
 if TYPE_CHECKING:
+    import asyncio
+
     from prompt_toolkit import PromptSession
     from prompt_toolkit.input import Input
     from prompt_toolkit.output import Output
@@ -189,7 +191,7 @@ def make_session(
             pass  # a read-only home still gets a working prompt, without persistence
 
     session: PromptSession[str] = PromptSession(
-        PROMPT,
+        "\n" + PROMPT,  # a blank line between one exchange and the next
         history=history,
         auto_suggest=AutoSuggestFromHistory(),
         completer=SlashCompleter(),
@@ -282,7 +284,9 @@ class Repl:
 
     async def run(self) -> int:
         """Prompt until /exit, exit, quit or Ctrl-D; returns the exit code (0)."""
-        from moa_cli.cli.slash import Outcome
+        import asyncio
+
+        from moa_cli.cli.slash import Outcome, note
 
         assert self.session is not None, "the REPL needs a PromptSession"
         self._loop = asyncio.get_running_loop()
@@ -296,6 +300,8 @@ class Repl:
                 try:
                     line = await self.session.prompt_async(pre_run=self._after_first_prompt)
                 except KeyboardInterrupt:  # Ctrl-C at the prompt: drop the line, stay
+                    if not self.session.default_buffer.text:  # perhaps they meant to quit
+                        note(self.err, "(Ctrl-D or /exit quits)")
                     continue
                 except EOFError:  # Ctrl-D
                     return 0
@@ -332,6 +338,8 @@ class Repl:
 
     async def turn(self, prompt: str, *, replace_last: bool = False) -> TurnResult | None:
         """Run one turn; the conversation changes only if it succeeds."""
+        import asyncio
+
         from moa_cli.cli.slash import error, note
         from moa_cli.errors import MoaError
         from moa_cli.render import TurnView
@@ -355,7 +363,7 @@ class Repl:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
             view.stop()
-            if not task.done() or task.cancelled() or task.exception() is not None:
+            if task.cancelled() or task.exception() is not None:
                 state.conversation.restore(snapshot)
                 # A failed re-run leaves the old answer in place: /retry replaces it again.
                 state.last_failed = not replace_last
@@ -410,6 +418,8 @@ class Repl:
         return self._moa
 
     def _after_first_prompt(self) -> None:
+        import asyncio
+
         if self._warm_up and self._warm_thread is None:
             settings = self.state.settings
             thread = threading.Thread(target=warm_up, args=(settings,), name="moa-warm-up", daemon=True)
@@ -417,7 +427,7 @@ class Repl:
             # call_soon: start once the prompt has been drawn, not before.
             asyncio.get_running_loop().call_soon(thread.start)
 
-    def _catch_sigint(self) -> Any:
+    def _catch_sigint(self) -> Callable[[], object]:
         """Route Ctrl-C (SIGINT) to `interrupt` for the whole session; returns an undo function.
 
         prompt_toolkit reads Ctrl-C as a key at the prompt and puts this handler back after
@@ -435,6 +445,8 @@ class Repl:
 
 def run_repl(settings: Settings) -> None:
     """The interactive chat on the real terminal."""
+    import asyncio
+
     from moa_cli.cli.slash import ChatState
 
     output = None
@@ -450,6 +462,8 @@ def run_repl(settings: Settings) -> None:
 
 def run_lines(settings: Settings, stream: TextIO) -> None:
     """Not a terminal: one turn per line, answers plain on stdout, until end of input."""
+    import asyncio
+
     from moa_cli.cli.slash import ChatState, Outcome
 
     repl = Repl(ChatState.start(settings), markdown=False)

@@ -162,10 +162,15 @@ SETTABLE: dict[str, Callable[[str], Any]] = {
 }
 
 
+def setting_name(key: str) -> str:
+    """`max-tokens` and `reference_models` as the Settings field names."""
+    name = key.lower().replace("-", "_")
+    return {"reference_models": "references"}.get(name, name)
+
+
 def apply_setting(settings: Settings, key: str, value: str) -> Settings:
     """A validated copy of `settings` with one value changed; ConfigError says what is wrong."""
-    name = key.lower().replace("-", "_")
-    name = {"reference_models": "references"}.get(name, name)
+    name = setting_name(key)
     if name not in SETTABLE:
         hint = closest(name, list(SETTABLE))
         more = f"; did you mean {hint}?" if hint else ""
@@ -192,8 +197,7 @@ def _set(state: ChatState, arg: str, console: Console) -> Outcome:
     except ConfigError as exc:
         error(console, str(exc))
         return Outcome.CONTINUE
-    name = key.lower().replace("-", "_")
-    name = {"reference_models": "references"}.get(name, name)
+    name = setting_name(key)
     shown = getattr(state.settings, name)
     if isinstance(shown, tuple):
         shown = ", ".join(shown)
