@@ -109,9 +109,17 @@ class MoA:
     def plan(self) -> Plan:
         return plan_from_settings(self.settings)
 
-    def check(self) -> None:
-        """Raise ConfigError now (missing key, missing model file) instead of mid-turn."""
-        ProviderPool(self.settings).check([*self.settings.references, self.settings.aggregator])
+    def check(self, *, preload: bool = False) -> None:
+        """Raise ConfigError now (missing key, missing model file) instead of mid-turn.
+
+        `preload=True` also imports the SDKs the line-up needs: do it before an event loop
+        runs, so the first turn does not freeze it while they load.
+        """
+        pool = ProviderPool(self.settings)
+        specs = [*self.settings.references, self.settings.aggregator]
+        pool.check(specs)
+        if preload:
+            pool.preload(specs)
 
     async def __aenter__(self) -> MoA:
         self._pool = ProviderPool(self.settings)

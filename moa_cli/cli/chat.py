@@ -130,22 +130,17 @@ def check_lineup(settings: Settings) -> None:
 
 
 def warm_up(settings: Settings) -> None:
-    """Import what the first turn needs (the SDKs take ~0.4-0.8 s), meant for a background thread."""
+    """Import what the first turn needs (the SDKs take ~1 s), meant for a background thread."""
     import importlib
 
     from moa_cli.providers.registry import ProviderPool
 
-    modules = ["moa_cli.api", "moa_cli.render", "rich.markdown", "rich.live", "rich.table"]
-    pool = ProviderPool(settings)
-    kinds = {pool.split(spec)[0].kind for spec in (*settings.references, settings.aggregator)}
-    sdks = {"together": ["moa_cli.providers.together", "together"], "openai": ["moa_cli.providers.openai_compat", "openai"]}
-    for kind in sorted(kinds):
-        modules += sdks.get(kind, [f"moa_cli.providers.{kind}"])
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - the real import at the first turn reports it properly
-            pass
+    for name in ("moa_cli.api", "moa_cli.render", "rich.markdown", "rich.live", "rich.table"):
+        importlib.import_module(name)
+    try:
+        ProviderPool(settings).preload([*settings.references, settings.aggregator])
+    except Exception:  # noqa: BLE001 - the real import at the first turn reports it properly
+        pass
 
 
 # ---------------------------------------------------------------------------- the prompt
@@ -408,6 +403,13 @@ class Repl:
     # -------------------------------------------------------------- helpers
 
     async def _get_moa(self) -> MoA:
+        thread = self._warm_thread
+        if thread is not None and thread.is_alive():
+            # Two threads importing one package at once can see it half-initialised
+            # (ImportError "partially initialized module"): let the warm-up finish first.
+            import asyncio
+
+            await asyncio.to_thread(thread.join)
         from moa_cli.api import MoA
 
         if self._moa is None:

@@ -16,6 +16,10 @@ def load(flags: dict[str, Any], *, local: bool = False) -> Settings:
 
     settings = load_settings(flags, force_local=local)
     logs.configure(settings.log_level)
+    if settings.local_lineup:  # without the [local] extra: the install hint (exit 2), not the notice
+        from moa_cli.providers.registry import ProviderPool
+
+        ProviderPool(settings).check([*settings.references, settings.aggregator])
     if settings.local_lineup and not local:
         sys.stderr.write(
             f"moa: no TOGETHER_API_KEY and no provider configured: using the offline line-up "
@@ -31,7 +35,7 @@ def run_one_turn(settings: Settings, prompt: str, *, json_output: bool = False, 
     from moa_cli.render import TurnView, make_console
 
     moa = MoA(settings=settings)
-    moa.check()
+    moa.check(preload=True)
     err, out = make_console(stderr=True), make_console()
     view = TurnView(err, out, show_answer=not json_output, progress=not quiet)
 

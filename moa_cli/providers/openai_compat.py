@@ -7,6 +7,11 @@ from typing import Any
 from moa_cli.providers.chat_api import ChatAPIProvider
 
 
+def preload() -> None:
+    """Import the SDK and its API resources, e.g. before the event loop starts."""
+    import openai.resources  # noqa: F401
+
+
 class OpenAICompatProvider(ChatAPIProvider):
     usage_request = {"stream_options": {"include_usage": True}}
 

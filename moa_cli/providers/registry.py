@@ -47,6 +47,22 @@ class ProviderPool:
 
                 check_local_model(model, config)
 
+    def preload(self, specs: Iterable[str]) -> None:
+        """Import the SDKs these models need (~1 s for together).
+
+        Call it before the event loop starts, or in a thread: the first call would
+        otherwise freeze the loop, and every other call with it, while the SDK loads.
+        """
+        kinds = {self.split(spec)[0].kind for spec in specs}
+        if "together" in kinds:
+            from moa_cli.providers.together import preload as preload_together
+
+            preload_together()
+        if "openai" in kinds:
+            from moa_cli.providers.openai_compat import preload as preload_openai
+
+            preload_openai()
+
     def resolve(self, spec: str) -> tuple[Provider, str]:
         config, model = self.split(spec)
         provider = self._providers.get(config.name)

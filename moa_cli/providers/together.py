@@ -7,6 +7,11 @@ from typing import Any
 from moa_cli.providers.chat_api import ChatAPIProvider
 
 
+def preload() -> None:
+    """Import the SDK and its API resources (~1 s), e.g. before the event loop starts."""
+    import together.resources  # noqa: F401
+
+
 class TogetherProvider(ChatAPIProvider):
     # The SDK has no stream_options argument; the API accepts it in the body.
     usage_request = {"extra_body": {"stream_options": {"include_usage": True}}}

@@ -1,0 +1,196 @@
+"""`moa models`: the configured providers and the model names to use with them.
+
+    together   its chat models, fetched through the SDK when TOGETHER_API_KEY is set
+    local      the bundled model and the GGUF files listed in the config file
+    others     providers from the config file (or with their key set) and their `models`
+
+Names are printed as you would pass them to -r / -a: bare for the default provider,
+`provider:model` for the others. A provider that cannot be listed gets a one-line warning
+on stderr; the rest is still printed and the exit code stays 0.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from moa_cli import defaults
+from moa_cli.cli.errors import handle_errors
+from moa_cli.errors import ConfigError
+
+if TYPE_CHECKING:  # the command imports config when it runs: `moa --help` stays fast
+    from moa_cli.config import ProviderConfig, Settings
+
+#: Listing models is a quick metadata call: do not wait as long as for an answer.
+LIST_TIMEOUT = 10.0
+
+
+@dataclass(slots=True)
+class ModelEntry:
+    spec: str  # what to pass to -r / -a
+    note: str = ""
+
+
+@dataclass(slots=True)
+class ProviderListing:
+    name: str
+    kind: str
+    about: str
+    models: list[ModelEntry] = field(default_factory=list)
+    error: str | None = None
+
+
+def _spec(settings: Settings, config: ProviderConfig, model: str) -> str:
+    return model if config.name == settings.default_provider else f"{config.name}:{model}"
+
+
+def _is_configured(settings: Settings, config: ProviderConfig) -> bool:
+    """Show a provider if it is moa's own (together, local), in the config file, or keyed."""
+    if config.kind in ("together", "local"):
+        return True
+    builtin = defaults.BUILTIN_PROVIDERS.get(config.name)
+    from_file = builtin is None or config.models or config.base_url != builtin["base_url"]
+    has_key = bool(config.api_key_env and settings.env.get(config.api_key_env, "").strip())
+    return bool(from_file or has_key)
+
+
+async def _fetch_together(settings: Settings, config: ProviderConfig, key: str) -> list[str]:
+    """Chat model ids from GET /v1/models, through the SDK (auth, retries, base URL)."""
+    import together
+
+    base_url = settings.env.get("TOGETHER_BASE_URL") or config.base_url
+    if base_url:  # the SDK adds /v1 to its paths itself
+        base_url = base_url.rstrip("/").removesuffix("/v1")
+    timeout = min(settings.timeout, LIST_TIMEOUT)
+    # One retry at most: a listing should answer or warn quickly.
+    retries = min(settings.retries, 1)
+    client = together.AsyncTogether(api_key=key, base_url=base_url, timeout=timeout, max_retries=retries)
+    try:
+        # `client.models.list()` in together 3.x lists a project's own uploads (/v2/projects/…);
+        # the catalogue of models that chat completions accept is GET /v1/models.
+        data: Any = await client.get("/v1/models", cast_to=object)
+    finally:
+        await client.close()
+    items = data.get("data", []) if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise ValueError("unexpected response from /v1/models")
+    ids = [
+        str(item["id"])
+        for item in items
+        if isinstance(item, dict) and item.get("id") and item.get("type", "chat") == "chat"
+    ]
+    return sorted(ids, key=str.lower)
+
+
+async def _list_together(settings: Settings, config: ProviderConfig) -> ProviderListing:
+    from moa_cli.providers.chat_api import map_error
+
+    listing = ProviderListing(config.name, config.kind, "Together AI")
+    key_env = config.api_key_env or "TOGETHER_API_KEY"
+    key = settings.env.get(key_env, "").strip()
+    if not key:
+        listing.about += f": set {key_env} to list and use its models"
+        return listing
+    try:
+        ids = await _fetch_together(settings, config, key)
+    except Exception as exc:  # any failure here is a warning, never a crash
+        mapped = map_error(config.name, exc, min(settings.timeout, LIST_TIMEOUT))
+        reason = mapped.reason if mapped is not None else f"{type(exc).__name__}: {exc}"
+        listing.error = f"could not list {config.name} models: {reason}"
+        listing.about += ": could not list its models (see the warning)"
+        return listing
+    listing.about += f", {len(ids)} chat models"
+    listing.models = [ModelEntry(_spec(settings, config, i)) for i in ids]
+    return listing
+
+
+def _list_local(settings: Settings, config: ProviderConfig) -> ProviderListing:
+    from moa_cli.providers.local import BUNDLED, resolve_model
+
+    listing = ProviderListing(config.name, config.kind, "GGUF files run in-process by llama.cpp")
+    for name, bundled in BUNDLED.items():
+        note = f"{bundled.description}, bundled"
+        try:
+            note += f": {resolve_model(name, config)}"
+        except ConfigError as exc:
+            note += f" ({exc})"
+        listing.models.append(ModelEntry(_spec(settings, config, name), note))
+    for path in config.models:
+        try:
+            resolve_model(path, config)
+            note = ""
+        except ConfigError as exc:
+            note = str(exc)
+        listing.models.append(ModelEntry(_spec(settings, config, path), note))
+    return listing
+
+
+def _list_other(settings: Settings, config: ProviderConfig) -> ProviderListing:
+    about = f"OpenAI-compatible API at {config.base_url}"
+    if config.api_key_env and not settings.env.get(config.api_key_env, "").strip():
+        about += f", {config.api_key_env} is not set"
+    listing = ProviderListing(config.name, config.kind, about)
+    listing.models = [ModelEntry(_spec(settings, config, m)) for m in config.models]
+    if not listing.models:
+        listing.about += f"; no models in the config file: use {config.name}:MODEL"
+    return listing
+
+
+async def collect(settings: Settings) -> list[ProviderListing]:
+    """One listing per configured provider, the network ones fetched concurrently."""
+    import asyncio
+
+    configs = [c for c in settings.providers.values() if _is_configured(settings, c)]
+    # The default provider first, then local, then the rest in config order.
+    configs.sort(key=lambda c: (c.name != settings.default_provider, c.kind != "local"))
+
+    async def one(config: ProviderConfig) -> ProviderListing:
+        if config.kind == "together":
+            return await _list_together(settings, config)
+        if config.kind == "local":
+            return _list_local(settings, config)
+        return _list_other(settings, config)
+
+    return list(await asyncio.gather(*(one(c) for c in configs)))
+
+
+def _print_text(listings: list[ProviderListing]) -> None:
+    lines: list[str] = []
+    for listing in listings:
+        lines.append(f"{listing.name}: {listing.about}")
+        width = max((len(m.spec) for m in listing.models), default=0)
+        for model in listing.models:
+            lines.append(f"  {model.spec:<{width}}  {model.note}".rstrip())
+        lines.append("")
+    sys.stdout.write("\n".join(lines).rstrip("\n") + "\n")
+
+
+def models(
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
+) -> None:
+    """List the configured providers and their models, as names to pass to -r / -a.
+
+    Together's chat models are fetched when TOGETHER_API_KEY is set; local models are
+    the bundled one and the GGUF paths in the config file's [providers.NAME] models.
+    """
+    with handle_errors(json_mode=json_output):
+        import asyncio  # deferred, as in the other commands: keeps `moa --help` fast
+
+        from moa_cli import logs
+        from moa_cli.config import load_settings
+
+        settings = load_settings()  # no line-up notice: nothing is being run
+        logs.configure(settings.log_level)
+        listings = asyncio.run(collect(settings))
+        for listing in listings:
+            if listing.error:
+                sys.stderr.write(f"moa: warning: {' '.join(listing.error.split())}\n")
+        if json_output:
+            payload = {"providers": [asdict(listing) for listing in listings]}
+            sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
+        else:
+            _print_text(listings)

