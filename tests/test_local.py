@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -160,6 +161,23 @@ def test_offline_default_answers_with_no_key_and_no_config(bundled: Path, tmp_pa
     # The aggregator read the three answers: its prompt holds more than the answers' tokens.
     assert aggregator_prompt > sum(p["usage"]["completion_tokens"] for p in proposals)
     assert total["total_tokens"] == total["prompt_tokens"] + total["completion_tokens"]
+
+
+@pytest.mark.local
+def test_offline_chat_answers_two_turns(bundled: Path, tmp_path: Path) -> None:
+    """A real `moa chat` on the bundled model: line mode, two turns, the second sees the first."""
+    proc = run_moa(
+        ["chat", "--max-tokens", "8", "-r", "local:smollm2", "-a", "local:smollm2"],
+        offline_env(tmp_path),
+        input="Name a colour.\nAnd another one?\n",
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip(), "no answer on stdout"
+    assert not [word for word in LLAMA_NOISE if word in proc.stderr], proc.stderr
+    footers = [line for line in proc.stderr.splitlines() if line.endswith("2 calls")]
+    assert len(footers) == 2, proc.stderr  # one footer per turn, each with real token counts
+    assert all(re.search(r"\d+ tokens", line) for line in footers)
 
 
 @pytest.mark.local
