@@ -22,6 +22,7 @@ Config file (`moa config path` shows where):
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -108,6 +109,7 @@ _FIELDS: dict[str, tuple[type, str | None]] = {
 # File spellings that differ from the field names (the original demo's names).
 _FILE_ALIASES = {"reference_models": "references", "references": "references"}
 _FILE_ONLY = {"aggregator_prompt_file", "providers"}
+_LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 
 def resolve_paths(env: Mapping[str, str]) -> Paths:
@@ -180,12 +182,12 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
     return value
 
 
-def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, ProviderConfig], str]:
+def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, ProviderConfig]]:
     """Parse the config file into field values and providers; ConfigError names file and line."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return {}, {}, ""
+        return {}, {}
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc}") from None
     try:
@@ -218,7 +220,7 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, ProviderConfig], s
         if not isinstance(entry, dict):
             raise _file_error(path, text, name, f"[providers.{name}] must be a table")
         providers[name] = _provider_from_table(path, text, name, entry)
-    return values, providers, text
+    return values, providers
 
 
 def _provider_from_table(path: Path, text: str, name: str, entry: dict[str, Any]) -> ProviderConfig:
@@ -246,8 +248,10 @@ def _provider_from_table(path: Path, text: str, name: str, entry: dict[str, Any]
 def read_prompt_file(path: Path) -> str:
     try:
         text = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ConfigError(f"cannot read aggregator prompt {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read aggregator prompt {path}: not UTF-8 text") from None
     if not text:
         raise ConfigError(f"aggregator prompt {path} is empty")
     return text
@@ -267,6 +271,10 @@ def _validate(s: Settings, sources: Mapping[str, str]) -> None:
         origin = f" (from {where})" if where not in ("default", "flag", "command") else ""
         return ConfigError(f"invalid {label}{origin}: {problem}")
 
+    for name in ("temperature", "timeout", "layer_deadline"):
+        value = getattr(s, name)
+        if value is not None and not math.isfinite(value):
+            raise bad(name, f"{value} is not a finite number")
     if not 0 <= s.temperature <= 2:
         raise bad("temperature", f"{s.temperature:g} is not between 0 and 2")
     for name in ("max_tokens", "rounds"):
@@ -284,6 +292,8 @@ def _validate(s: Settings, sources: Mapping[str, str]) -> None:
         raise bad("references", "at least one reference model is needed")
     if not s.aggregator.strip():
         raise bad("aggregator", "the aggregator model name is empty")
+    if s.log_level not in _LOG_LEVELS:
+        raise bad("log_level", f"{s.log_level!r} is not one of {', '.join(_LOG_LEVELS)}")
     if s.default_provider not in s.providers:
         raise bad("default_provider", f"no provider named {s.default_provider!r}")
 
@@ -294,10 +304,14 @@ def load_settings(
     *,
     force_local: bool = False,
 ) -> Settings:
-    """Build the Settings for this run. `overrides` are flag values (None = not given)."""
+    """Build the Settings for this run. `overrides` are flag values (None = not given).
+
+    `overrides` may also carry `aggregator_prompt_file`, a path read here so that a bad
+    file is a ConfigError like any other.
+    """
     env = dict(os.environ if env is None else env)
     paths = resolve_paths(env)
-    file_values, file_providers, _ = _read_file(paths.config_file)
+    file_values, file_providers = _read_file(paths.config_file)
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -310,7 +324,11 @@ def load_settings(
             except ValueError as exc:
                 raise ConfigError(f"invalid {var}={env[var]!r}: {exc}") from None
             sources[name] = f"env {var}"
-    for name, value in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    prompt_file = overrides.pop("aggregator_prompt_file", None)
+    if prompt_file is not None:
+        overrides["aggregator_prompt"] = read_prompt_file(Path(prompt_file).expanduser())
+    for name, value in overrides.items():
         if value is not None:
             if name == "references":
                 value = split_models(value)

@@ -77,6 +77,8 @@ class _Turn:
         self.router = router
         self.emit = emit
         self.slots = asyncio.Semaphore(plan.num_proc or len(plan.references))
+        self.streamed: set[CallInfo] = set()  # calls that produced at least one token
+        self.usage_lost = False  # a call failed after streaming: the total is unknown
 
     async def call(self, call: CallInfo, messages: list[Message]) -> Proposal:
         """Run one model call to completion. Failures become a Proposal with `error`."""
@@ -95,29 +97,42 @@ class _Turn:
             started = time.perf_counter()
             logger.debug("layer {} call {} -> {} ({} messages)", call.layer, call.model, provider.name, len(messages))
             self.emit(CallStarted(call))
+            stream = provider.stream(request)
             try:
-                async for item in provider.stream(request):
+                while True:
+                    # Only the provider's errors are this model's failure; an error raised by
+                    # an event handler (the display) is not, and propagates.
+                    try:
+                        item = await anext(stream)
+                    except StopAsyncIteration:
+                        break
+                    except ProviderError as exc:
+                        return self._failed(call, exc.reason, started)
+                    except Exception as exc:  # a provider bug must not crash the turn with a traceback
+                        logger.opt(exception=exc).debug("unexpected error from {}", call.model)
+                        return self._failed(call, f"unexpected error: {type(exc).__name__}: {exc}", started)
                     if isinstance(item, Usage):
                         usage = item
                         continue
                     if not parts:
+                        self.streamed.add(call)
                         self.emit(CallFirstToken(call, time.perf_counter() - started))
                     parts.append(item)
                     self.emit(delta(call, item))
-                text = "".join(parts)
-                if not text.strip():
-                    raise ProviderError(call.model, "returned an empty answer")
-            except ProviderError as exc:
-                return self._failed(call, exc.reason, started)
-            except Exception as exc:  # a provider bug must not crash the turn with a traceback
-                logger.opt(exception=exc).debug("unexpected error from {}", call.model)
-                return self._failed(call, f"unexpected error: {type(exc).__name__}: {exc}", started)
+            finally:
+                await stream.aclose()  # closes the HTTP stream if we stopped early
+        text = "".join(parts)
+        if not text.strip():
+            return self._failed(call, "returned an empty answer", started)
         seconds = time.perf_counter() - started
         logger.debug("layer {} call {} finished in {:.3f}s, usage {}", call.layer, call.model, seconds, usage)
         self.emit(CallFinished(call, text, seconds, usage))
         return Proposal(call.model, call.layer, text=text, seconds=seconds, usage=usage)
 
     def _failed(self, call: CallInfo, reason: str, started: float, timed_out: bool = False) -> Proposal:
+        if call in self.streamed:
+            # It produced (and was billed for) tokens we never learnt the count of.
+            self.usage_lost = True
         seconds = time.perf_counter() - started
         logger.debug("layer {} call {} failed after {:.3f}s: {}", call.layer, call.model, seconds, reason)
         self.emit(CallFailed(call, reason, seconds, timed_out))
@@ -181,6 +196,8 @@ class _Turn:
                 [ProviderError(final.model, final.error or "failed")],
             )
         usage = Usage.total([p.usage for p in proposals if p.text is not None] + [final.usage])
+        if self.usage_lost:
+            usage = Usage()
         result = TurnResult(
             answer=final.text,
             aggregator=self.plan.aggregator,

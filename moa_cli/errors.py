@@ -7,7 +7,7 @@
     │   ├── AuthenticationError  401 / 403
     │   ├── ModelNotFoundError   404
     │   ├── RateLimitError       429 that outlived the retries
-    │   ├── ProviderTimeout      connect or read timeout, or a layer deadline
+    │   ├── ProviderTimeout      connect or read timeout (the SDK's --timeout)
     │   └── ProviderConnectionError   refused, reset, or a stream cut mid-way
     └── TurnFailed               every reference of a layer failed, or the aggregator did -> exit 1
 

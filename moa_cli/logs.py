@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from loguru import logger
@@ -16,5 +17,6 @@ _FORMAT = "<dim>{time:HH:mm:ss.SSS}</dim> <level>{level: <7}</level> {name}: {me
 def configure(level: str = "WARNING") -> None:
     """Route moa's logs to stderr at `level`. Nothing secret is ever logged by moa."""
     logger.remove()
-    logger.add(sys.stderr, level=level.upper(), format=_FORMAT, colorize=None, backtrace=False, diagnose=False)
+    colorize = False if os.environ.get("NO_COLOR") else None  # loguru does not read NO_COLOR itself
+    logger.add(sys.stderr, level=level.upper(), format=_FORMAT, colorize=colorize, backtrace=False, diagnose=False)
     logger.enable("moa_cli")

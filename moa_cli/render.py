@@ -35,6 +35,7 @@ from moa_cli.events import (
     CallFirstToken,
     CallStarted,
     Event,
+    TurnDone,
 )
 from moa_cli.types import CallInfo, TurnResult
 
@@ -55,12 +56,22 @@ class _Row:
     state: str = "running"
     started: float = field(default_factory=time.perf_counter)
     seconds: float | None = None
-    tokens: int = 0
+    tokens: int = 0  # streamed pieces until the provider reports usage, then its count
+    exact: bool = False  # tokens is the provider's own count
     error: str | None = None
+
+    def token_text(self, unit: str = "tok") -> str:
+        # Pieces are not tokens: say "~" until the provider gives its count.
+        return f"{self.tokens} {unit}" if self.exact else f"~{self.tokens} {unit}"
 
 
 def _label(call: CallInfo) -> str:
     return "aggregator" if call.is_aggregator else f"layer {call.layer}"
+
+
+def left_out_warning(event: CallFailed) -> Text:
+    """The one warning line for a reference that failed: `moa: warning: M (layer 1) left out: why`."""
+    return Text(f"moa: warning: {event.call.model} ({_label(event.call)}) left out: {event.error}", style="yellow")
 
 
 class ProgressView:
@@ -92,33 +103,33 @@ class ProgressView:
         if live is not None:
             live.stop()
 
-    def warn(self, message: str) -> None:
-        self.console.print(Text(f"moa: warning: {message}", style="yellow"))
-
     def handle(self, event: Event) -> None:
+        if isinstance(event, TurnDone):
+            return
         with self._lock:
             if isinstance(event, CallStarted):
                 self.rows[event.call] = _Row(event.call)
-            elif isinstance(event, (CallDelta, AnswerDelta)):
-                self.rows[event.call].tokens += 1
+                return
+            # A call cut off by a layer deadline while waiting for a slot never started.
+            row = self.rows.setdefault(event.call, _Row(event.call))
+            if isinstance(event, (CallDelta, AnswerDelta)):
+                row.tokens += 1
             elif isinstance(event, CallFirstToken):
-                self.rows[event.call].state = "streaming"
+                row.state = "streaming"
             elif isinstance(event, CallFinished):
-                row = self.rows[event.call]
                 row.state, row.seconds = "done", event.seconds
                 if event.usage and event.usage.completion_tokens is not None:
-                    row.tokens = event.usage.completion_tokens
+                    row.tokens, row.exact = event.usage.completion_tokens, True
             elif isinstance(event, CallFailed):
-                row = self.rows[event.call]
                 row.state = "timed out" if event.timed_out else "failed"
                 row.seconds, row.error = event.seconds, event.error
         if isinstance(event, CallFailed) and not event.call.is_aggregator:
-            self.warn(f"{event.call.model} ({_label(event.call)}) left out: {event.error}")
+            self.console.print(left_out_warning(event), soft_wrap=True)
         elif isinstance(event, CallFinished) and not self.animated and not event.call.is_aggregator:
-            row = self.rows[event.call]
             self.console.print(
-                f"moa: {event.call.model} ({_label(event.call)}) done in {event.seconds:.1f}s, {row.tokens} tokens",
+                f"moa: {event.call.model} ({_label(event.call)}) done in {event.seconds:.1f}s, {row.token_text('tokens')}",
                 markup=False,
+                soft_wrap=True,
             )
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -141,7 +152,7 @@ class ProgressView:
                 icon, state = Text("✓", style="green"), Text("done", style="green")
             else:
                 icon, state = Text("✗", style="red"), Text(row.state, style="red")
-            table.add_row(icon, row.call.model, _label(row.call), state, f"{seconds:.1f}s", f"{row.tokens} tok")
+            table.add_row(icon, row.call.model, _label(row.call), state, f"{seconds:.1f}s", row.token_text())
         yield table
 
 
@@ -434,7 +445,7 @@ class TurnView:
         if self.progress:
             self.progress.handle(event)
         elif isinstance(event, CallFailed) and not event.call.is_aggregator:
-            self.err.print(Text(f"moa: warning: {event.call.model} ({_label(event.call)}) left out: {event.error}"))
+            self.err.print(left_out_warning(event), soft_wrap=True)
 
     def stop(self) -> None:
         """Stop every live region (after success, failure or cancellation)."""
@@ -444,7 +455,7 @@ class TurnView:
             self.answer.close()
 
     def footer(self, result: TurnResult) -> None:
-        self.err.print(Text(footer_text(result), style="dim"))
+        self.err.print(Text(footer_text(result), style="dim"), soft_wrap=True)
 
 
 def stdout_is_tty() -> bool:

@@ -254,3 +254,27 @@ def test_quiet_keeps_stderr_to_warnings(cli, llm_server: FakeLLMServer) -> None:
     assert proc.returncode == 0
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and "warning" in lines[0] and "beta" in lines[0]
+
+
+def test_missing_aggregator_prompt_file_exits_2(cli, tmp_path: Path) -> None:
+    proc = cli(["ask", *LINEUP, "--aggregator-prompt", str(tmp_path / "nope.txt"), "q"])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("moa: error: cannot read aggregator prompt")
+
+
+def test_non_utf8_argument_is_replaced_not_fatal(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
+    proc = subprocess.run(
+        [sys.executable.encode(), b"-m", b"moa_cli", b"ask", b"-r", b"alpha", b"-a", b"judge", b"caf\xe9"],
+        env=moa_env, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert llm_server.requests_for("alpha")[0].last_user == "caf\ufffd"
+
+
+def test_a_closed_pipe_ends_quietly(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
+    llm_server.script("judge", Reply(text="line\n" * 2000))
+    shell = f"{sys.executable} -m moa_cli ask -r alpha -a judge q | head -c 10"
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", shell], env=moa_env, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.stdout == "line\nline\n"
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+    assert llm_server.requests_for("judge")  # it was the reader that stopped, not the model

@@ -93,3 +93,34 @@ def test_with_changes_validates(tmp_path: Path) -> None:
     assert s.with_changes(rounds=2).rounds == 2
     with pytest.raises(ConfigError, match="rounds"):
         s.with_changes(rounds=0)
+
+
+@pytest.mark.parametrize(("var", "value"), [("MOA_TIMEOUT", "nan"), ("MOA_LAYER_DEADLINE", "inf"), ("MOA_TEMPERATURE", "nan")])
+def test_non_finite_numbers_are_rejected(tmp_path: Path, var: str, value: str) -> None:
+    with pytest.raises(ConfigError, match="finite"):
+        load_settings(env=env_for(tmp_path, **{var: value}))
+
+
+def test_bad_log_level_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="log_level"):
+        load_settings(env=env_for(tmp_path, MOA_LOG_LEVEL="bogus"))
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "empty", "not utf-8"])
+def test_bad_aggregator_prompt_file_is_a_config_error(tmp_path: Path, case: str) -> None:
+    path = tmp_path / "prompt.txt"
+    if case == "directory":
+        path.mkdir()
+    elif case == "empty":
+        path.write_text("\n")
+    elif case == "not utf-8":
+        path.write_bytes(b"caf\xe9")
+    with pytest.raises(ConfigError, match="aggregator prompt"):
+        load_settings({"aggregator_prompt_file": path}, env_for(tmp_path))
+
+
+def test_a_typo_in_a_provider_prefix_is_caught(tmp_path: Path) -> None:
+    s = load_settings(env=env_for(tmp_path))
+    with pytest.raises(ConfigError, match="did you mean 'ollama'"):
+        ProviderPool(s).check(["olama:llama3.2:1b"])
+    ProviderPool(s).check(["llama3.2:1b", "deepseek-ai/DeepSeek-V3"])  # plain names pass

@@ -244,3 +244,18 @@ def test_bad_json_in_the_stream_is_a_failure(moa_env: dict[str, str], llm_server
     llm_server.script("alpha", Reply(bad_json=True))
     result = MoA(references=REFS, aggregator="judge").run("q")
     assert "invalid JSON" in (result.proposals[0].error or "")
+
+
+def test_an_event_handler_error_is_not_blamed_on_the_model(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
+    def broken_display(event: Event) -> None:
+        if isinstance(event, AnswerDelta):
+            raise BrokenPipeError("reader went away")
+
+    with pytest.raises(BrokenPipeError):
+        MoA(references=REFS, aggregator="judge").run("q", on_event=broken_display)
+
+
+def test_usage_is_unknown_when_a_call_was_cut_after_streaming(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
+    llm_server.script("alpha", Reply(text="one two three four", cut_after=2))
+    result = MoA(references=REFS, aggregator="judge").run("q")
+    assert result.usage.total_tokens is None  # alpha was billed for tokens nobody counted

@@ -323,3 +323,20 @@ def test_footer_names_the_references_left_out() -> None:
     ]
     result = TurnResult("x", "agg", proposals, Usage(), 2.04)
     assert footer_text(result) == "2.0s · tokens unknown · 4 calls · left out: model-b (failed), model-c (timed out)"
+
+
+def test_streamed_pieces_are_not_called_tokens_until_the_provider_counts_them() -> None:
+    console = plain_console()
+    view = ProgressView(console)
+    view.handle(CallStarted(A))
+    view.handle(CallDelta(A, "x"))
+    view.handle(CallDelta(A, "y"))
+    view.handle(CallFinished(A, "xy", 0.2, None))
+    assert "done in 0.2s, ~2 tokens" in console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_a_call_cut_off_before_it_started_does_not_break_the_view() -> None:
+    console = plain_console()
+    view = ProgressView(console)
+    view.handle(CallFailed(B, "timed out at the layer deadline (0.3s)", 0.3, timed_out=True))
+    assert "model-b (layer 1) left out: timed out" in console.file.getvalue()  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ engine, rich and the SDKs when it runs, so `moa --help` and `moa --version` star
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated, Optional
 
@@ -65,7 +66,12 @@ UNDERSCORE_ALIASES = frozenset(
 
 
 def normalise_argv(argv: list[str]) -> list[str]:
-    """`--max_tokens 5` -> `--max-tokens 5`, for the known aliases only, never after `--`."""
+    """`--max_tokens 5` -> `--max-tokens 5`, for the known aliases only, never after `--`.
+
+    Bytes that are not UTF-8 (Python keeps them as surrogates) become U+FFFD, as piped
+    stdin does: a prompt with a stray Latin-1 byte must not fail every model call.
+    """
+    argv = [arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for arg in argv]
     out: list[str] = []
     for i, arg in enumerate(argv):
         if arg == "--":
@@ -77,15 +83,23 @@ def normalise_argv(argv: list[str]) -> list[str]:
 
 def main() -> None:
     """Entry point: usage errors become one line on stderr and exit 2, never a box or a traceback."""
+    argv = normalise_argv(sys.argv[1:])
     try:
-        code = app(args=normalise_argv(sys.argv[1:]), prog_name="moa", standalone_mode=False)
+        code = app(args=argv, prog_name="moa", standalone_mode=False)
     except typer.Abort:
         sys.stderr.write("moa: aborted\n")
         code = 130
     except typer.TyperException as exc:  # click's ClickException and UsageError derive from it
+        from moa_cli.cli.errors import report
+
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         ctx = getattr(exc, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        sys.stderr.write(f"moa: error: {' '.join(message.split())}{hint}\n")
         code = getattr(exc, "exit_code", 2)
+        report(f"{message}{hint}", json_mode="--json" in argv, code=code)
+    except BrokenPipeError:
+        # The reader went away (`moa ask ... | head -1`): stop quietly, as `cat` does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail too
+        code = 141
     sys.exit(code if isinstance(code, int) else 0)

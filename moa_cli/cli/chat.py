@@ -225,7 +225,7 @@ def write_dim(stream: TextIO, text: str) -> None:
     """One dim line without loading rich (it loads while the user types), same rules as rich."""
     import os
 
-    plain = not stream.isatty() or "NO_COLOR" in os.environ or os.environ.get("TERM", "").lower() in ("dumb", "unknown")
+    plain = not stream.isatty() or bool(os.environ.get("NO_COLOR")) or os.environ.get("TERM", "").lower() in ("dumb", "unknown")
     stream.write(f"{text}\n" if plain else f"\x1b[2m{text}\x1b[0m\n")
     stream.flush()
 
@@ -396,19 +396,23 @@ class Repl:
         moa, self._moa = self._moa, None
         if moa is not None:
             await moa.aclose()
-        if self._warm_thread is not None:
-            # Let a half-done import finish rather than exit under it.
-            self._warm_thread.join(timeout=5)
+        if self._warm_thread is not None and self._warm_thread.ident is not None:
+            import asyncio
+
+            # Let a half-done import finish rather than exit under it (off the event loop).
+            await asyncio.to_thread(self._warm_thread.join, 5)
 
     # -------------------------------------------------------------- helpers
 
     async def _get_moa(self) -> MoA:
         thread = self._warm_thread
-        if thread is not None and thread.is_alive():
+        if thread is not None:
             # Two threads importing one package at once can see it half-initialised
             # (ImportError "partially initialized module"): let the warm-up finish first.
             import asyncio
 
+            while thread.ident is None:  # scheduled with call_soon, not started yet
+                await asyncio.sleep(0.005)
             await asyncio.to_thread(thread.join)
         from moa_cli.api import MoA
 

@@ -6,7 +6,14 @@ import typer
 
 from moa_cli.cli.errors import handle_errors
 
-app = typer.Typer(help="Show where the config file is and what moa will use.", no_args_is_help=True)
+app = typer.Typer(help="Show where the config file is and what moa will use.")
+
+
+@app.callback(invoke_without_command=True)
+def config(ctx: typer.Context) -> None:
+    """Show where the config file is and what moa will use."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
 
 
 def mask(secret: str) -> str:
@@ -19,8 +26,9 @@ def mask(secret: str) -> str:
 @app.command("path")
 def path() -> None:
     """Print the config file's path (it need not exist yet)."""
-    from moa_cli.config import resolve_paths
     import os
+
+    from moa_cli.config import resolve_paths
 
     typer.echo(str(resolve_paths(os.environ).config_file))
 

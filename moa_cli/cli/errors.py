@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import typer
 
-from moa_cli.errors import ConfigError, MoaError, TurnFailed
+from moa_cli.errors import ConfigError, MoaError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -43,7 +43,7 @@ def handle_errors(*, json_mode: bool = False) -> Iterator[None]:
     except KeyboardInterrupt:
         sys.stderr.write("\nmoa: interrupted\n")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    except (TurnFailed, MoaError) as exc:
+    except MoaError as exc:
         code = exit_code_for(exc)
         report(str(exc), json_mode=json_mode, code=code)
         raise typer.Exit(code) from None

@@ -58,31 +58,21 @@ def _is_configured(settings: Settings, config: ProviderConfig) -> bool:
     return bool(from_file or has_key)
 
 
-async def _fetch_together(settings: Settings, config: ProviderConfig, key: str) -> list[str]:
-    """Chat model ids from GET /v1/models, through the SDK (auth, retries, base URL)."""
-    import together
+async def _fetch_together(settings: Settings, config: ProviderConfig) -> list[str]:
+    """Chat model ids from the provider's model list (auth, retries and base URL as for chat)."""
+    from moa_cli.providers.chat_api import ChatAPIProvider
+    from moa_cli.providers.registry import ProviderPool
 
-    base_url = settings.env.get("TOGETHER_BASE_URL") or config.base_url
-    if base_url:  # the SDK adds /v1 to its paths itself
-        base_url = base_url.rstrip("/").removesuffix("/v1")
-    timeout = min(settings.timeout, LIST_TIMEOUT)
-    # One retry at most: a listing should answer or warn quickly.
-    retries = min(settings.retries, 1)
-    client = together.AsyncTogether(api_key=key, base_url=base_url, timeout=timeout, max_retries=retries)
+    # One retry at most and a short timeout: a listing should answer or warn quickly.
+    quick = settings.with_changes(timeout=min(settings.timeout, LIST_TIMEOUT), retries=min(settings.retries, 1))
+    pool = ProviderPool(quick)
     try:
-        # `client.models.list()` in together 3.x lists a project's own uploads (/v2/projects/…);
-        # the catalogue of models that chat completions accept is GET /v1/models.
-        data: Any = await client.get("/v1/models", cast_to=object)
+        provider = pool.provider(config.name)
+        assert isinstance(provider, ChatAPIProvider)
+        items = await provider.list_models()
     finally:
-        await client.close()
-    items = data.get("data", []) if isinstance(data, dict) else data
-    if not isinstance(items, list):
-        raise ValueError("unexpected response from /v1/models")
-    ids = [
-        str(item["id"])
-        for item in items
-        if isinstance(item, dict) and item.get("id") and item.get("type", "chat") == "chat"
-    ]
+        await pool.aclose()
+    ids = [str(item["id"]) for item in items if item.get("id") and item.get("type", "chat") == "chat"]
     return sorted(ids, key=str.lower)
 
 
@@ -96,7 +86,7 @@ async def _list_together(settings: Settings, config: ProviderConfig) -> Provider
         listing.about += f": set {key_env} to list and use its models"
         return listing
     try:
-        ids = await _fetch_together(settings, config, key)
+        ids = await _fetch_together(settings, config)
     except Exception as exc:  # any failure here is a warning, never a crash
         mapped = map_error(config.name, exc, min(settings.timeout, LIST_TIMEOUT))
         reason = mapped.reason if mapped is not None else f"{type(exc).__name__}: {exc}"

@@ -116,8 +116,6 @@ def overrides(
     **extra: Any,
 ) -> dict[str, Any]:
     """Flag values as config overrides (None = not given, so env and file apply)."""
-    from moa_cli.config import read_prompt_file
-
     values: dict[str, Any] = {
         "aggregator": aggregator,
         "references": references or None,
@@ -130,7 +128,7 @@ def overrides(
         "timeout": timeout,
         "retries": retries,
         "layer_deadline": layer_deadline,
-        "aggregator_prompt": read_prompt_file(aggregator_prompt) if aggregator_prompt else None,
+        "aggregator_prompt_file": aggregator_prompt,  # read by load_settings: errors exit 2
         "log_level": "DEBUG" if verbose else None,
         **extra,
     }

@@ -220,6 +220,10 @@ def _system(state: ChatState, arg: str, console: Console) -> Outcome:
 
 def _proposals(state: ChatState, arg: str, console: Console) -> Outcome:
     last = state.conversation.last
+    if state.last_failed:
+        # Showing the turn before would pass it off as this one's.
+        note(console, "the last turn failed or was cancelled: it has no proposals (/retry runs it again)")
+        return Outcome.CONTINUE
     if last is None or last.result is None:
         note(console, "no answered turn yet")
         return Outcome.CONTINUE

@@ -153,6 +153,17 @@ class ChatAPIProvider:
         if usage is not None:
             yield usage
 
+    #: where the server lists its models, relative to the client's base URL
+    models_path = "/models"
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        """The server's model list (`GET .../models`), as the raw objects it returns."""
+        data: Any = await self._get_client().get(self.models_path, cast_to=object)
+        items = data.get("data", []) if isinstance(data, dict) else data
+        if not isinstance(items, list):
+            raise ProviderError(self.name, "unexpected response from the model list")
+        return [item for item in items if isinstance(item, dict)]
+
     async def aclose(self) -> None:
         client, self._client = self._client, None
         if client is not None:

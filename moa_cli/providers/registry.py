@@ -7,6 +7,7 @@ Providers are built lazily, once per pool, so a REPL session reuses its connecti
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 
 from loguru import logger
@@ -41,6 +42,7 @@ class ProviderPool:
             config, model = self.split(spec)
             if not model.strip():
                 raise ConfigError(f"model name missing in {spec!r}")
+            self._check_prefix(spec)
             self._api_key(config)
             if config.kind == "local":
                 from moa_cli.providers.local import check_local_model
@@ -65,10 +67,23 @@ class ProviderPool:
 
     def resolve(self, spec: str) -> tuple[Provider, str]:
         config, model = self.split(spec)
-        provider = self._providers.get(config.name)
+        return self.provider(config.name), model
+
+    def provider(self, name: str) -> Provider:
+        """The provider called `name`, built on first use."""
+        provider = self._providers.get(name)
         if provider is None:
-            provider = self._providers[config.name] = self._build(config)
-        return provider, model
+            provider = self._providers[name] = self._build(self._settings.providers[name])
+        return provider
+
+    def _check_prefix(self, spec: str) -> None:
+        """`olama:llama3.2` is a typo for `ollama:`, not a Together model: say so."""
+        prefix, sep, _ = spec.partition(":")
+        if not sep or prefix in self._settings.providers or not prefix.isalpha():
+            return
+        close = difflib.get_close_matches(prefix.lower(), list(self._settings.providers), n=1, cutoff=0.8)
+        if close:
+            raise ConfigError(f"unknown provider {prefix!r} in {spec!r}; did you mean {close[0]!r}?")
 
     def _api_key(self, config: ProviderConfig) -> str | None:
         if not config.api_key_env:
@@ -108,5 +123,8 @@ class ProviderPool:
 
     async def aclose(self) -> None:
         providers, self._providers = list(self._providers.values()), {}
-        for provider in providers:
-            await provider.aclose()
+        for provider in providers:  # one failing to close must not leave the others open
+            try:
+                await provider.aclose()
+            except Exception as exc:  # noqa: BLE001
+                logger.debug("closing provider {} failed: {!r}", provider.name, exc)

@@ -15,6 +15,9 @@ def preload() -> None:
 class TogetherProvider(ChatAPIProvider):
     # The SDK has no stream_options argument; the API accepts it in the body.
     usage_request = {"extra_body": {"stream_options": {"include_usage": True}}}
+    # The SDK's base URL is the host; `client.models.list()` in together 3.x lists a
+    # project's own uploads, while the catalogue chat completions accept is /v1/models.
+    models_path = "/v1/models"
 
     def _make_client(self) -> Any:
         import together  # deferred: importing the SDK costs ~0.35 s
