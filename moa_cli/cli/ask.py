@@ -56,21 +56,7 @@ def ask(
 
       moa ask --rounds 2 -r ollama:llama3.2:1b -r ollama:qwen2.5:1.5b -a ollama:qwen2.5:1.5b "Hi"
     """
-    flags = opt.overrides(
-        aggregator=aggregator,
-        references=reference_models,
-        rounds=rounds,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        seed=seed,
-        system=system,
-        num_proc=num_proc,
-        timeout=timeout,
-        retries=retries,
-        layer_deadline=layer_deadline,
-        aggregator_prompt=aggregator_prompt,
-        verbose=verbose,
-    )
+    flags = opt.overrides(locals())
     run_ask(prompt, flags, local=local, json_output=json_output, quiet=quiet)
 
 

@@ -87,22 +87,7 @@ def chat(
 
       printf 'Hi\\nAnd in French?\\n' | moa chat > answers.txt
     """
-    flags = opt.overrides(
-        aggregator=aggregator,
-        references=reference_models,
-        rounds=rounds,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        seed=seed,
-        system=system,
-        num_proc=num_proc,
-        timeout=timeout,
-        retries=retries,
-        layer_deadline=layer_deadline,
-        aggregator_prompt=aggregator_prompt,
-        verbose=verbose,
-        multi_turn=multi_turn,
-    )
+    flags = opt.overrides(locals())
     with handle_errors():
         from moa_cli.cli.runtime import load
 

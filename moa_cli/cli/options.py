@@ -7,6 +7,7 @@ accepted too: `app.main()` rewrites them before parsing, so `--help` lists each 
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Annotated, Any, Optional
 
 import typer
@@ -98,38 +99,31 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs on st
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or footer on stderr; warnings and errors still.")]
 
 
-def overrides(
-    *,
-    aggregator: str | None,
-    references: list[str] | None,
-    rounds: int | None,
-    temperature: float | None,
-    max_tokens: int | None,
-    seed: int | None,
-    system: str | None,
-    num_proc: int | None,
-    timeout: float | None,
-    retries: int | None,
-    layer_deadline: float | None,
-    aggregator_prompt: Path | None,
-    verbose: bool,
-    **extra: Any,
-) -> dict[str, Any]:
-    """Flag values as config overrides (None = not given, so env and file apply)."""
-    values: dict[str, Any] = {
-        "aggregator": aggregator,
-        "references": references or None,
-        "rounds": rounds,
-        "temperature": temperature,
-        "max_tokens": max_tokens,
-        "seed": seed,
-        "system": system,
-        "num_proc": num_proc,
-        "timeout": timeout,
-        "retries": retries,
-        "layer_deadline": layer_deadline,
-        "aggregator_prompt_file": aggregator_prompt,  # read by load_settings: errors exit 2
-        "log_level": "DEBUG" if verbose else None,
-        **extra,
-    }
+# Parameter names a command shares with config (the parameter's name -> the setting's name).
+_SETTING_FOR = {
+    "aggregator": "aggregator",
+    "reference_models": "references",
+    "rounds": "rounds",
+    "temperature": "temperature",
+    "max_tokens": "max_tokens",
+    "seed": "seed",
+    "system": "system",
+    "num_proc": "num_proc",
+    "timeout": "timeout",
+    "retries": "retries",
+    "layer_deadline": "layer_deadline",
+    "multi_turn": "multi_turn",
+    "aggregator_prompt": "aggregator_prompt_file",  # read by load_settings: errors exit 2
+}
+
+
+def overrides(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A command's parameters (its `locals()`) as config overrides; None = not given.
+
+    Commands declare the options above under the same parameter names, so one mapping
+    serves `ask` and `chat`; anything else in `params` (the prompt, --json) is ignored.
+    """
+    values = {setting: params[name] for name, setting in _SETTING_FOR.items() if name in params}
+    values["references"] = values.get("references") or None
+    values["log_level"] = "DEBUG" if params.get("verbose") else None
     return values
