@@ -407,3 +407,9 @@ def test_lines_mode_ctrl_c_exits_130_and_closes_the_requests(moa_env: dict[str, 
     assert out == ""
     server.wait_until_idle()
     assert server.requests_for("ref-a")[0].disconnected
+
+
+def test_a_lone_slash_shows_help_instead_of_costing_a_turn(server: FakeLLMServer) -> None:
+    run = run_repl("/\r/exit\r")
+    assert "/proposals" in run.err
+    assert server.requests == []

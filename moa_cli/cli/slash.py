@@ -283,7 +283,8 @@ def _save(state: ChatState, arg: str, console: Console) -> Outcome:
     except (ConfigError, OSError) as exc:
         error(console, str(exc))
         return Outcome.CONTINUE
-    note(console, f"saved {len(state.conversation)} turns to {saved}")
+    turns = len(state.conversation)
+    note(console, f"saved {turns} turn{'' if turns == 1 else 's'} to {saved}")
     return Outcome.CONTINUE
 
 
@@ -309,7 +310,12 @@ ALIASES = {"quit": "exit", "q": "exit", "clear": "new", "reset": "new"}
 
 
 def parse(line: str) -> tuple[str, str] | None:
-    """(command name, argument text) if `line` is a slash command, else None."""
+    """(command name, argument text) if `line` is a slash command, else None.
+
+    A lone "/" is read as /help: sent to the models, it would cost a whole turn.
+    """
+    if line.strip() == "/":
+        return "help", ""
     match = _COMMAND.match(line.strip())
     return (match.group(1).lower(), match.group(2)) if match else None
 
