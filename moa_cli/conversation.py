@@ -13,13 +13,15 @@ Stdlib only (no rich, no prompt_toolkit): the REPL, the server and tests can all
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from moa_cli.errors import ConfigError
 from moa_cli.types import Message, TurnResult
 
 TRANSCRIPT_VERSION = 1
@@ -141,20 +143,55 @@ class Conversation:
         }
         return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
 
-    def save(self, path: Path, meta: dict[str, Any] | None = None) -> Path:
-        """Write a transcript; the format follows the suffix (.md or .json)."""
+    def save(self, path: Path, meta: dict[str, Any] | None = None, *, overwrite: bool = False) -> Path:
+        """Write a transcript; the format follows the suffix (.md or .json).
+
+        The file appears whole or not at all: the text goes to a temporary file in the same
+        directory, which then takes the file's name. An existing file is left alone unless
+        `overwrite` (FileExistsError). A bad suffix is a ValueError; other failures, OSError.
+        """
         suffix = path.suffix.lower()
         if suffix not in TRANSCRIPT_SUFFIXES:
-            raise ConfigError(f"cannot save to {path}: the file name must end in .md or .json")
+            raise ValueError("the file name must end in .md or .json")
         text = self.to_json(meta) if suffix == ".json" else self.to_markdown(meta)
-        try:
-            path.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot save to {path}: {exc.strerror or exc}") from None
+        write_new_file(path, text.encode("utf-8"), overwrite=overwrite)
         return path
-
 
 def _meta_text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(str(v) for v in value)
     return str(value)
+
+
+def write_new_file(path: Path, data: bytes, *, overwrite: bool = False) -> None:
+    """Write `data` to `path` atomically; FileExistsError if it exists and not `overwrite`.
+
+    Without `overwrite` the temporary file is hard-linked to its name, which fails if the
+    name is taken, even by a file that appeared a moment ago: nothing is ever replaced.
+    Where hard links are not supported, it checks and then renames.
+    """
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        if overwrite:
+            os.replace(temp, path)
+            return
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links on this file system
+            if path.exists():
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+            os.replace(temp, path)
+    finally:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass

@@ -24,9 +24,10 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from rich.console import Console
 
-from moa_cli.cli import slash
-from moa_cli.cli.chat import Repl, make_session
-from moa_cli.cli.slash import ChatState
+from moa_cli.repl import slash
+from moa_cli.repl.loop import Repl
+from moa_cli.repl.session import make_session
+from moa_cli.repl.slash import ChatState
 from moa_cli.config import Settings, load_settings
 from moa_cli.conversation import Conversation
 from moa_cli.types import TurnResult, Usage
@@ -365,8 +366,9 @@ def test_lines_mode_a_failing_turn_then_a_good_one(cli: Any, server: FakeLLMServ
     server.script("ref-b", Reply(status=500))
     server.script(AGG, Reply(text="Second answer."))
     result = cli(["chat", *LINEUP], input="first\nsecond\n")
-    assert result.returncode == 0
+    assert result.returncode == 1  # a turn failed
     assert result.stdout == "Second answer.\n"
+    assert result.stderr.endswith("moa: 1 of 2 turns failed\n")
     errors = [line for line in result.stderr.splitlines() if line.startswith("moa: error:")]
     assert len(errors) == 1 and "every reference model failed" in errors[0]
     assert turns(server, AGG) == [[user("second")]]

@@ -5,13 +5,19 @@
 The functions here never run a turn: `/retry` returns `Outcome.RETRY` and the REPL runs
 it. They print to the Console they are given (stderr in the REPL), so stdout keeps
 carrying answers only. An unknown command or setting names the closest one (difflib).
+
+`read` decides what a line is: an exit word, a command, or a prompt. `//text` is always
+the prompt "/text"; and with stdin not a terminal only known commands are commands, so a
+piped question such as "/etc is a directory?" is sent, not eaten.
+
+`SETTABLE` and `apply_setting` are the seam `/set` goes through.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -29,6 +35,9 @@ EXIT_WORDS = frozenset({"exit", "quit", ":q"})
 
 # A slash, then a word: "/usr/bin is ..." is a question, not a command.
 _COMMAND = re.compile(r"^/([A-Za-z][\w-]*)(?=\s|$)\s*(.*)$", re.DOTALL)
+
+
+FORCE = "--force"  # `/save FILE --force` replaces an existing file
 
 
 class Outcome(Enum):
@@ -92,6 +101,7 @@ def _help(state: ChatState, arg: str, console: Console) -> Outcome:
     table.append(
         "Enter sends · Esc-Enter or Alt-Enter inserts a new line (pastes arrive whole) · "
         "Up/Down and Ctrl-R search the history · Tab completes commands · "
+        "//text sends a line starting with / · "
         "Ctrl-C cancels a running turn · Ctrl-D or /exit quits"
     )
     console.print(table)
@@ -263,26 +273,71 @@ def transcript_meta(settings: Settings) -> dict[str, Any]:
     return {"references": list(settings.references), "aggregator": settings.aggregator, "rounds": settings.rounds}
 
 
-def default_transcript_path(settings: Settings) -> Path:
+def transcript_candidates(settings: Settings) -> Iterator[Path]:
+    """Default names, dated to the second, then `-2`, `-3`, ... for saves within one second."""
     if settings.paths is None:
         raise ConfigError("/save: give a file name ending in .md or .json")
-    return settings.paths.conversations_dir / f"{datetime.now():%Y-%m-%d-%H%M%S}.md"
+    stem = f"{datetime.now():%Y-%m-%d-%H%M%S}"
+    directory = settings.paths.conversations_dir
+    yield directory / f"{stem}.md"
+    n = 2
+    while True:
+        yield directory / f"{stem}-{n}.md"
+        n += 1
+
+
+def save_failed(console: Console, path: Path | str, reason: str) -> Outcome:
+    error(console, f"could not save the transcript to {path}: {reason}")
+    return Outcome.CONTINUE
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def split_force(arg: str) -> tuple[str, bool]:
+    """`t.md --force` (or `--force t.md`) -> ("t.md", True)."""
+    words = arg.split()
+    force = FORCE in words
+    if force:
+        words.remove(FORCE)
+        arg = " ".join(words)
+    return arg.strip(), force
 
 
 def _save(state: ChatState, arg: str, console: Console) -> Outcome:
     if not len(state.conversation):
         note(console, "nothing to save yet")
         return Outcome.CONTINUE
-    try:
-        if arg.strip():
-            path = Path(arg.strip()).expanduser()
-        else:
-            path = default_transcript_path(state.settings)
+    meta = transcript_meta(state.settings)
+    name, force = split_force(arg)
+    if name:
+        path = Path(name).expanduser()
+        try:
+            saved = state.conversation.save(path, meta, overwrite=force)
+        except FileExistsError:
+            return save_failed(console, path, f"the file exists (/save {name} {FORCE} replaces it)")
+        except ValueError as exc:
+            return save_failed(console, path, str(exc))
+        except OSError as exc:
+            return save_failed(console, path, _reason(exc))
+    else:
+        try:
+            candidates = transcript_candidates(state.settings)
+        except ConfigError as exc:
+            error(console, str(exc))
+            return Outcome.CONTINUE
+        path = next(candidates)
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
-        saved = state.conversation.save(path, transcript_meta(state.settings))
-    except (ConfigError, OSError) as exc:
-        error(console, str(exc))
-        return Outcome.CONTINUE
+            while True:
+                try:
+                    saved = state.conversation.save(path, meta)
+                    break
+                except FileExistsError:  # saved earlier within the same second
+                    path = next(candidates)
+        except OSError as exc:
+            return save_failed(console, path, _reason(exc))
     turns = len(state.conversation)
     note(console, f"saved {turns} turn{'' if turns == 1 else 's'} to {saved}")
     return Outcome.CONTINUE
@@ -298,7 +353,12 @@ COMMANDS: dict[str, Command] = {
         Command("system", "/system [TEXT|clear]", "show, set or clear the system prompt", _system),
         Command("proposals", "/proposals", "what each reference said in the last turn, layer by layer", _proposals),
         Command("retry", "/retry", "run the last turn again", _retry),
-        Command("save", "/save [FILE]", "write the transcript to FILE.md or FILE.json", _save),
+        Command(
+            "save",
+            "/save [FILE] [--force]",
+            "write the transcript to FILE.md or FILE.json (--force replaces an existing file)",
+            _save,
+        ),
         Command("exit", "/exit", "quit (also exit, quit, Ctrl-D)", _exit),
     )
 }
@@ -324,13 +384,45 @@ def is_exit(line: str) -> bool:
     return line.strip().lower() in EXIT_WORDS
 
 
+def find(name: str) -> Command | None:
+    """The command called `name` (or one of its aliases), if any."""
+    return COMMANDS.get(name) or COMMANDS.get(ALIASES.get(name, ""))
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """What one input line is: `kind` "empty", "exit", "command" or "prompt"."""
+
+    kind: str
+    text: str = ""  # the command line, or the prompt to send
+
+
+def read(line: str, *, known_only: bool = False) -> Line:
+    """Tell a command from a prompt.
+
+    `//text` sends "/text". With `known_only` (stdin not a terminal) a line naming no
+    known command is a prompt; otherwise it is a command, and `run` says "did you mean".
+    """
+    text = line.strip()
+    if not text:
+        return Line("empty")
+    if is_exit(text):
+        return Line("exit")
+    if text.startswith("//"):
+        return Line("prompt", text[1:])
+    parsed = parse(text)
+    if parsed is None or (known_only and find(parsed[0]) is None):
+        return Line("prompt", text)
+    return Line("command", text)
+
+
 def run(line: str, state: ChatState, console: Console) -> Outcome:
     """Run one slash command line."""
     parsed = parse(line)
     if parsed is None:
         raise ValueError(f"not a slash command: {line!r}")
     name, arg = parsed
-    command = COMMANDS.get(name) or COMMANDS.get(ALIASES.get(name, ""))
+    command = find(name)
     if command is None:
         hint = closest(name, list(COMMANDS))
         more = f"; did you mean /{hint}?" if hint else ""
