@@ -20,6 +20,13 @@ FORBIDDEN: dict[str, set[str]] = {
     "engine.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"},
     "api.py": {"rich", "prompt_toolkit", "typer", "together", "openai"},
     "render.py": {"prompt_toolkit", "typer", "together", "openai", "httpx"},
+    "conversation.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"},
+    # The REPL may use rich, prompt_toolkit, the engine and the API, but no SDK or Typer:
+    # the command line is cli/chat.py's business.
+    **{
+        f"repl/{name}": {"typer", "together", "openai", "httpx", "llama_cpp"}
+        for name in ("__init__.py", "session.py", "slash.py", "loop.py", "lines.py")
+    },
 }
 
 
@@ -43,14 +50,63 @@ def test_only_the_together_provider_imports_together() -> None:
     assert importers == {"providers/together.py"}
 
 
+def moa_imports(path: Path) -> set[str]:
+    """Every moa_cli module `path` imports, at any depth, as dotted names."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names if alias.name.startswith("moa_cli"))
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("moa_cli"):
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_every_repl_module_has_rules() -> None:
+    assert {f"repl/{p.name}" for p in (PKG / "repl").glob("*.py")} <= set(FORBIDDEN)
+
+
 def test_nothing_imports_the_cli() -> None:
     for path in PKG.rglob("*.py"):
         if "cli" in path.relative_to(PKG).parts[:1] or path.name == "__main__.py":
             continue
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                assert not node.module.startswith("moa_cli.cli"), path
+        for name in moa_imports(path):
+            assert not (name == "moa_cli.cli" or name.startswith("moa_cli.cli.")), path
+
+
+def test_only_the_cli_imports_the_repl() -> None:
+    for path in PKG.rglob("*.py"):
+        if path.relative_to(PKG).parts[0] in ("cli", "repl"):
+            continue
+        for name in moa_imports(path):
+            assert not (name == "moa_cli.repl" or name.startswith("moa_cli.repl.")), path
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """What importing `path` imports: top-level statements, not `if TYPE_CHECKING:` blocks."""
+    names: set[str] = set()
+
+    def visit(statements: list[ast.stmt]) -> None:
+        for node in statements:
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.If) and not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
+                visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body)
+
+    visit(ast.parse(path.read_text()).body)
+    return names
+
+
+def test_the_chat_command_loads_the_repl_only_when_it_runs() -> None:
+    """`moa --help` imports cli/chat.py: the REPL and prompt_toolkit must not come with it."""
+    loaded = module_level_imports(PKG / "cli" / "chat.py")
+    assert not {n for n in loaded if n.split(".")[0] == "prompt_toolkit" or n.startswith("moa_cli.repl")}
 
 
 def test_help_path_imports_no_heavy_package() -> None:
@@ -59,7 +115,7 @@ def test_help_path_imports_no_heavy_package() -> None:
         "import sys, contextlib, io; sys.argv=['moa','ask','--help']\n"
         "from moa_cli.cli.app import main\n"
         "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit): main()\n"
-        "heavy = [m for m in ('together','openai','httpx','loguru','moa_cli.engine','prompt_toolkit','llama_cpp') if m in sys.modules]\n"
+        "heavy = [m for m in ('together','openai','httpx','loguru','moa_cli.engine','moa_cli.repl','prompt_toolkit','llama_cpp') if m in sys.modules]\n"
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
