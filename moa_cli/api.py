@@ -23,6 +23,7 @@ The CLI itself is built on this class.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import fields
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -31,24 +32,15 @@ from moa_cli import logs  # noqa: F401  (importing it keeps the library quiet by
 from moa_cli.config import Settings, load_settings
 from moa_cli.engine import EventSink, Plan, run_turn
 from moa_cli.events import AnswerDelta, Event
-from moa_cli.providers.registry import ProviderPool
+from moa_cli.providers.registry import ProviderPool, check_lineup, lineup_specs
 from moa_cli.types import Message, TurnResult
 
 _DONE = object()
 
 
 def plan_from_settings(settings: Settings) -> Plan:
-    return Plan(
-        references=tuple(settings.references),
-        aggregator=settings.aggregator,
-        rounds=settings.rounds,
-        temperature=settings.temperature,
-        max_tokens=settings.max_tokens,
-        num_proc=settings.num_proc,
-        layer_deadline=settings.layer_deadline,
-        aggregator_prompt=settings.aggregator_prompt,
-        seed=settings.seed,
-    )
+    """The engine's plan: each of its fields is the setting of the same name."""
+    return Plan(**{f.name: getattr(settings, f.name) for f in fields(Plan)})
 
 
 def build_messages(prompt: str | Sequence[Message], system: str | None = None) -> list[Message]:
@@ -72,36 +64,22 @@ class MoA:
         references: Sequence[str] | str | None = None,
         aggregator: str | None = None,
         *,
-        rounds: int | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        num_proc: int | None = None,
-        layer_deadline: float | None = None,
-        system: str | None = None,
-        timeout: float | None = None,
-        retries: int | None = None,
-        aggregator_prompt: str | None = None,
-        seed: int | None = None,
+        lineup: str | None = None,
         local: bool = False,
         settings: Settings | None = None,
         env: Mapping[str, str] | None = None,
+        **overrides: Any,
     ) -> None:
+        """Settings left out come from the environment, the config file and the defaults.
+
+        `overrides` are any settings by name (`moa_cli.settings.SPECS`: temperature,
+        max_tokens, rounds, seed, timeout, ...); an unknown name is a TypeError.
+        """
         if settings is None:
-            overrides: dict[str, Any] = {
-                "references": references,
-                "aggregator": aggregator,
-                "rounds": rounds,
-                "temperature": temperature,
-                "max_tokens": max_tokens,
-                "num_proc": num_proc,
-                "layer_deadline": layer_deadline,
-                "system": system,
-                "timeout": timeout,
-                "retries": retries,
-                "aggregator_prompt": aggregator_prompt,
-                "seed": seed,
-            }
-            settings = load_settings(overrides, env, force_local=local)
+            given = {"references": references, "aggregator": aggregator, "lineup": lineup, **overrides}
+            settings = load_settings(given, env, force_local=local)
+        elif references is not None or aggregator is not None or lineup is not None or overrides:
+            raise TypeError("pass either settings= or single settings, not both")
         self.settings = settings
         self._pool: ProviderPool | None = None
 
@@ -115,11 +93,14 @@ class MoA:
         `preload=True` also imports the SDKs the line-up needs: do it before an event loop
         runs, so the first turn does not freeze it while they load.
         """
-        pool = ProviderPool(self.settings)
-        specs = [*self.settings.references, self.settings.aggregator]
-        pool.check(specs)
+        check_lineup(self.settings)
         if preload:
-            pool.preload(specs)
+            self.preload()
+
+    def preload(self) -> None:
+        """Import the SDKs the line-up needs now (~1 s for together), before an event loop
+        runs, so the first turn does not freeze the loop while they load."""
+        ProviderPool(self.settings).preload(lineup_specs(self.settings))
 
     async def __aenter__(self) -> MoA:
         self._pool = ProviderPool(self.settings)

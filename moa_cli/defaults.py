@@ -1,4 +1,4 @@
-"""Every built-in default in one place: line-ups, sampling, limits and known providers."""
+"""Built-in line-ups and known providers. Each setting's own default is declared in settings.py."""
 
 from __future__ import annotations
 
@@ -11,18 +11,24 @@ TOGETHER_REFERENCES: tuple[str, ...] = (
 )
 TOGETHER_AGGREGATOR = "Qwen/Qwen2.5-72B-Instruct-Turbo"
 
-TEMPERATURE = 0.7
-MAX_TOKENS = 512
-ROUNDS = 1
-TIMEOUT = 120.0  # seconds per call; a long answer from a 70B model can take a minute
-RETRIES = 2  # the SDK's own retry count for 408/429/5xx and connection errors
-
 # The offline line-up (Self-MoA over the bundled model): three samples, distinct seeds.
 LOCAL_MODEL = "local:smollm2"
 LOCAL_REFERENCES: tuple[str, ...] = (LOCAL_MODEL, LOCAL_MODEL, LOCAL_MODEL)
 LOCAL_AGGREGATOR = LOCAL_MODEL
 LOCAL_MAX_TOKENS = 256
 LOCAL_SEED = 1
+
+# Named line-ups every install has; [lineups.NAME] in the config file adds or replaces them.
+# Keys are setting names (settings.py); what a line-up leaves out keeps its usual value.
+BUILTIN_LINEUPS: dict[str, dict[str, object]] = {
+    "together": {"references": TOGETHER_REFERENCES, "aggregator": TOGETHER_AGGREGATOR},
+    "local": {
+        "references": LOCAL_REFERENCES,
+        "aggregator": LOCAL_AGGREGATOR,
+        "max_tokens": LOCAL_MAX_TOKENS,
+        "seed": LOCAL_SEED,
+    },
+}
 
 DEFAULT_PROVIDER = "together"
 

@@ -9,6 +9,7 @@ import pytest
 from moa_cli import defaults
 from moa_cli.config import load_settings, resolve_paths, split_models
 from moa_cli.errors import ConfigError
+from moa_cli.settings import DEFAULTS
 from moa_cli.providers.registry import ProviderPool, split_spec
 
 
@@ -26,7 +27,7 @@ def test_defaults_are_the_together_recipe(tmp_path: Path) -> None:
 def test_precedence_flag_env_file_default(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text("temperature = 0.1\nmax_tokens = 10\nrounds = 3\n")
     s = load_settings({"temperature": 0.9}, env_for(tmp_path, MOA_MAX_TOKENS="20"))
-    assert (s.temperature, s.max_tokens, s.rounds, s.retries) == (0.9, 20, 3, defaults.RETRIES)
+    assert (s.temperature, s.max_tokens, s.rounds, s.retries) == (0.9, 20, 3, DEFAULTS["retries"])
     assert s.sources["temperature"] == "flag" and s.sources["max_tokens"] == "env MOA_MAX_TOKENS"
     assert s.sources["rounds"].startswith("config file")
 
@@ -97,7 +98,7 @@ def test_with_changes_validates(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("var", "value"), [("MOA_TIMEOUT", "nan"), ("MOA_LAYER_DEADLINE", "inf"), ("MOA_TEMPERATURE", "nan")])
 def test_non_finite_numbers_are_rejected(tmp_path: Path, var: str, value: str) -> None:
-    with pytest.raises(ConfigError, match="finite"):
+    with pytest.raises(ConfigError, match="finite|nan is not a number"):
         load_settings(env=env_for(tmp_path, **{var: value}))
 
 

@@ -27,24 +27,20 @@ def read_prompt(argument: str | None) -> str:
     return "\n\n".join(parts)
 
 
+@opt.setting_options("ask")
 def ask(
-    prompt: Annotated[Optional[str], typer.Argument(metavar="PROMPT", help="The prompt. Piped stdin comes first when both are given.", show_default=False)] = None,
-    aggregator: opt.Aggregator = None,
-    reference_models: opt.References = None,
+    prompt: Annotated[
+        Optional[str],
+        typer.Argument(
+            metavar="PROMPT", help="The prompt. Piped stdin comes first when both are given.", show_default=False
+        ),
+    ] = None,
+    *,
     local: opt.Local = False,
-    rounds: opt.Rounds = None,
-    aggregator_prompt: opt.AggregatorPrompt = None,
-    temperature: opt.Temperature = None,
-    max_tokens: opt.MaxTokens = None,
-    seed: opt.Seed = None,
-    system: opt.System = None,
-    num_proc: opt.NumProc = None,
-    timeout: opt.Timeout = None,
-    retries: opt.Retries = None,
-    layer_deadline: opt.LayerDeadline = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object: answer, proposals, usage.")] = False,
+    json_output: opt.JsonOutput = False,
     verbose: opt.Verbose = False,
     quiet: opt.Quiet = False,
+    flags: dict[str, Any],
 ) -> None:
     """Ask once: the references answer in parallel, the aggregator's answer streams to stdout.
 
@@ -56,8 +52,7 @@ def ask(
 
       moa ask --rounds 2 -r ollama:llama3.2:1b -r ollama:qwen2.5:1.5b -a ollama:qwen2.5:1.5b "Hi"
     """
-    flags = opt.overrides(locals())
-    run_ask(prompt, flags, local=local, json_output=json_output, quiet=quiet)
+    run_ask(prompt, opt.flag_overrides(flags, verbose=verbose), local=local, json_output=json_output, quiet=quiet)
 
 
 def run_ask(

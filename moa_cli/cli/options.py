@@ -1,4 +1,10 @@
-"""Options shared by `moa ask` and `moa chat`.
+"""Command options built from the settings' declarations (`settings.py`).
+
+`@setting_options("ask")` gives a command one option per setting that `ask` takes, with
+the declared flags, help and default, and hands the command the values the user gave as
+one `flags` dict (setting name -> value). A command never lists the settings itself, so a
+setting cannot be forgotten on one command, and renaming a parameter cannot silently drop
+a flag: a command parameter that collides with a setting is an error at import time.
 
 The original demo's underscore spellings (`--reference_models`, `--max_tokens`, ...) are
 accepted too: `app.main()` rewrites them before parsing, so `--help` lists each option once.
@@ -6,124 +12,85 @@ accepted too: `app.main()` rewrites them before parsing, so `--help` lists each 
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from collections.abc import Mapping
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
-LINEUP = "Line-up"
-SAMPLING = "Sampling"
-LIMITS = "Limits"
+from moa_cli.settings import DEFAULTS, Spec, flag_specs, show
 
-Aggregator = Annotated[
-    Optional[str],
-    typer.Option("--aggregator", "-a", metavar="MODEL",  help="Model that writes the final answer.", rich_help_panel=LINEUP),
-]
-References = Annotated[
-    Optional[list[str]],
-    typer.Option(
-        "--reference-models",
-        
-        "-r",
-        metavar="MODEL",
-        help="Reference (proposer) model; repeat it or give a comma list. Use provider:model for other providers.",
-        rich_help_panel=LINEUP,
-    ),
-]
-Local = Annotated[
-    bool, typer.Option("--local", help="Use the offline line-up on the bundled model.", rich_help_panel=LINEUP)
-]
-Rounds = Annotated[
-    Optional[int],
-    typer.Option("--rounds", metavar="N",  min=1, help="Proposer layers before the aggregator (default 1).", rich_help_panel=LINEUP),
-]
-AggregatorPrompt = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--aggregator-prompt",
-        metavar="FILE",
-        
-        help="File whose text replaces the built-in aggregator prompt.",
-        rich_help_panel=LINEUP,
-        dir_okay=False,
-    ),
-]
-Temperature = Annotated[
-    Optional[float],
-    typer.Option("--temperature", "-t", metavar="T",  min=0.0, max=2.0, help="Sampling temperature (default 0.7).", rich_help_panel=SAMPLING),
-]
-MaxTokens = Annotated[
-    Optional[int],
-    typer.Option(
-        "--max-tokens", metavar="N",  min=1, help="Most tokens per answer (default 512).", rich_help_panel=SAMPLING
-    ),
-]
-Seed = Annotated[
-    Optional[int], typer.Option("--seed", metavar="N",  help="Base seed; each sample gets its own.", rich_help_panel=SAMPLING)
-]
-System = Annotated[
-    Optional[str], typer.Option("--system", "-s", metavar="TEXT",  help="System prompt for every model.", rich_help_panel=SAMPLING)
-]
-NumProc = Annotated[
-    Optional[int],
-    typer.Option(
-        "--num-proc",
-        metavar="N",
-        
-        min=1,
-        help="Most model calls in flight at once (default all references of a layer).",
-        rich_help_panel=LIMITS,
-    ),
-]
-Timeout = Annotated[
-    Optional[float],
-    typer.Option("--timeout", metavar="SECONDS",  min=0.001, help="Seconds allowed per call (default 120).", rich_help_panel=LIMITS),
-]
-Retries = Annotated[
-    Optional[int],
-    typer.Option("--retries", metavar="N",  min=0, help="Retries on 408/429/5xx and connection errors (default 2).", rich_help_panel=LIMITS),
-]
-LayerDeadline = Annotated[
-    Optional[float],
-    typer.Option(
-        "--layer-deadline",
-        metavar="SECONDS",
-        
-        min=0.001,
-        help="Seconds after which a layer goes on with the answers it has.",
-        rich_help_panel=LIMITS,
-    ),
-]
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Options of the commands themselves (output and logging), not settings.
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs on stderr.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or footer on stderr; warnings and errors still.")]
+Local = Annotated[bool, typer.Option("--local", help="Use the offline line-up on the bundled model (--lineup local).")]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print one JSON object: answer, proposals, usage.")]
 
-
-# Parameter names a command shares with config (the parameter's name -> the setting's name).
-_SETTING_FOR = {
-    "aggregator": "aggregator",
-    "reference_models": "references",
-    "rounds": "rounds",
-    "temperature": "temperature",
-    "max_tokens": "max_tokens",
-    "seed": "seed",
-    "system": "system",
-    "num_proc": "num_proc",
-    "timeout": "timeout",
-    "retries": "retries",
-    "layer_deadline": "layer_deadline",
-    "multi_turn": "multi_turn",
-    "aggregator_prompt": "aggregator_prompt_file",  # read by load_settings: errors exit 2
+_PYTHON_TYPE: dict[str, Any] = {
+    "str": Optional[str],
+    "int": Optional[int],
+    "float": Optional[float],
+    "bool": Optional[bool],
+    "models": Optional[list[str]],
+    "text": Optional[Path],
 }
 
 
-def overrides(params: Mapping[str, Any]) -> dict[str, Any]:
-    """A command's parameters (its `locals()`) as config overrides; None = not given.
+def _help(name: str, spec: Spec) -> str:
+    if not spec.show_default or spec.kind == "bool":
+        return spec.help
+    return f"{spec.help.rstrip('.')} (default {show(DEFAULTS[name])})."
 
-    Commands declare the options above under the same parameter names, so one mapping
-    serves `ask` and `chat`; anything else in `params` (the prompt, --json) is ignored.
-    """
-    values = {setting: params[name] for name, setting in _SETTING_FOR.items() if name in params}
-    values["references"] = values.get("references") or None
-    values["log_level"] = "DEBUG" if params.get("verbose") else None
-    return values
+
+def _option(name: str, spec: Spec) -> inspect.Parameter:
+    extra: dict[str, Any] = {"dir_okay": False} if spec.kind == "text" else {}
+    option = typer.Option(*spec.flags, metavar=spec.metavar, help=_help(name, spec), show_default=False, **extra)
+    annotation = Annotated[_PYTHON_TYPE[spec.kind], option]
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+
+
+def setting_options(command: str) -> Callable[[F], F]:
+    """Add the options of every setting `command` takes; the function gets them as `flags`."""
+    specs = flag_specs(command)
+
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "flags"]
+        if "flags" not in signature.parameters:
+            raise TypeError(f"{func.__name__} must take a `flags` parameter")
+        clash = {p.name for p in own} & set(specs)
+        if clash:
+            raise TypeError(f"{func.__name__}: parameters {sorted(clash)} are settings; take them from `flags`")
+        # Positional arguments first, then the settings' options, then the command's own.
+        arguments = [p for p in own if p.kind is not inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty]
+        rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p not in arguments]
+        lead = [p for p in rest if p.name in ("lineup", "local")]
+        tail = [p for p in rest if p not in lead]
+        options = [_option(name, spec) for name, spec in specs.items()]
+        if any(p.name == "local" for p in lead):  # --local sits after --lineup
+            lineup_options = [o for o in options if o.name == "lineup"]
+            options = [o for o in options if o.name != "lineup"]
+            lead = lineup_options + lead
+        parameters = arguments + lead + options + tail
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            flags = {name: kwargs.pop(name, None) for name in specs}
+            return func(*args, **kwargs, flags=flags)
+
+        del wrapper.__wrapped__  # Typer must see the new signature, not the function's own
+        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        wrapper.setting_names = tuple(specs)  # type: ignore[attr-defined]  # for the tests
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def flag_overrides(flags: dict[str, Any], *, verbose: bool = False) -> dict[str, Any]:
+    """The flags as settings overrides; --verbose is the DEBUG log level."""
+    return {**flags, "log_level": "DEBUG" if verbose else None}

@@ -11,16 +11,15 @@ from moa_cli.config import Settings, load_settings
 
 
 def load(flags: dict[str, Any], *, local: bool = False) -> Settings:
-    """Load settings, set up logging and say so when the offline line-up is chosen."""
+    """Load settings, set up logging, check the line-up once, and say when it is the offline one."""
     from moa_cli import logs
+    from moa_cli.providers.registry import check_lineup
 
     settings = load_settings(flags, force_local=local)
     logs.configure(settings.log_level)
-    if settings.local_lineup:  # without the [local] extra: the install hint (exit 2), not the notice
-        from moa_cli.providers.registry import ProviderPool
-
-        ProviderPool(settings).check([*settings.references, settings.aggregator])
-    if settings.local_lineup and not local:
+    # Without the [local] extra this gives the install hint (exit 2), before the notice.
+    check_lineup(settings)
+    if settings.local_lineup:
         sys.stderr.write(
             f"moa: no TOGETHER_API_KEY and no provider configured: using the offline line-up "
             f"({len(settings.references)} samples of {defaults.LOCAL_MODEL}). "
@@ -30,8 +29,13 @@ def load(flags: dict[str, Any], *, local: bool = False) -> Settings:
 
 
 def run_one_turn(settings: Settings, prompt: str, *, json_output: bool = False, quiet: bool = False) -> Any:
-    """Run one turn with live progress on stderr and the answer on stdout (unless JSON)."""
+    """Run one turn with live progress on stderr and the answer on stdout (unless JSON).
+
+    When the aggregator fails after part of its answer reached stdout, stderr says that
+    text is incomplete before the error propagates (exit 1).
+    """
     from moa_cli.api import MoA
+    from moa_cli.errors import TurnFailed
     from moa_cli.render import TurnView, make_console
 
     moa = MoA(settings=settings)
@@ -47,7 +51,12 @@ def run_one_turn(settings: Settings, prompt: str, *, json_output: bool = False, 
         finally:
             view.stop()
 
-    result = asyncio.run(turn())
+    try:
+        result = asyncio.run(turn())
+    except TurnFailed as exc:
+        if exc.aggregator and view.answer_started:
+            view.incomplete(settings.aggregator)
+        raise
     if not quiet:
         view.footer(result)
     return result

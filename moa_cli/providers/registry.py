@@ -3,18 +3,25 @@
 `ollama:llama3.2:1b` goes to the `ollama` provider as `llama3.2:1b`;
 `Qwen/Qwen2.5-72B-Instruct-Turbo` goes to the default provider unchanged.
 Providers are built lazily, once per pool, so a REPL session reuses its connections.
+A provider with `max_concurrency` in its config is wrapped so that at most that many of
+its calls are in flight at once, across every turn that shares the pool.
+
+`check_lineup(settings)` is the one place a line-up is checked before it runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import difflib
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 from loguru import logger
 
 from moa_cli.config import ProviderConfig, Settings
 from moa_cli.errors import ConfigError, MissingKeyError
-from moa_cli.providers.base import Provider
+from moa_cli.providers.base import Provider, StreamItem
+from moa_cli.redact import mask_url
+from moa_cli.types import CompletionRequest
 
 
 def split_spec(spec: str, providers: Iterable[str], default: str) -> tuple[str, str]:
@@ -25,6 +32,96 @@ def split_spec(spec: str, providers: Iterable[str], default: str) -> tuple[str, 
     return default, spec
 
 
+def lineup_specs(settings: Settings) -> list[str]:
+    """Every model spec a turn with these settings calls."""
+    return [*settings.references, settings.aggregator]
+
+
+def split(settings: Settings, spec: str) -> tuple[ProviderConfig, str]:
+    """The provider config and the model name for a spec."""
+    name, model = split_spec(spec, settings.providers, settings.default_provider)
+    return settings.providers[name], model
+
+
+def check_lineup(settings: Settings, specs: Iterable[str] | None = None) -> None:
+    """Fail early (ConfigError, exit 2) if any model cannot be called: the one line-up check.
+
+    Builds nothing and opens no connection: a missing or unusable key, an empty or
+    misspelt provider prefix, and a local model that cannot load are all found here.
+    """
+    for spec in lineup_specs(settings) if specs is None else specs:
+        prefix, sep, rest = spec.partition(":")
+        if sep and prefix in settings.providers and not rest.strip():
+            raise ConfigError(f"model name missing after {prefix + ':'!r} in {spec!r}")
+        config, model = split(settings, spec)
+        if not model.strip():
+            raise ConfigError(f"model name missing in {spec!r}")
+        _check_prefix(settings, spec)
+        api_key(settings, config)
+        if config.kind == "local":
+            from moa_cli.providers.local import check_local_model
+
+            check_local_model(model, config)
+
+
+def _check_prefix(settings: Settings, spec: str) -> None:
+    """`olama:llama3.2` is a typo for `ollama:`, not a Together model: say so."""
+    prefix, sep, _ = spec.partition(":")
+    if not sep or prefix in settings.providers or not prefix.isalpha():
+        return
+    close = difflib.get_close_matches(prefix.lower(), list(settings.providers), n=1, cutoff=0.8)
+    if close:
+        raise ConfigError(f"unknown provider {prefix!r} in {spec!r}; did you mean {close[0]!r}?")
+
+
+def api_key(settings: Settings, config: ProviderConfig) -> str | None:
+    """The provider's key from the environment; MissingKeyError or ConfigError if unusable."""
+    if not config.api_key_env:
+        return None
+    key = settings.env.get(config.api_key_env, "").strip()
+    if not key:
+        hint = " (or use --local for the offline model)" if config.kind == "together" else ""
+        raise MissingKeyError(
+            f"no API key for provider {config.name!r}: set the {config.api_key_env} environment variable{hint}"
+        )
+    # A header carries visible ASCII only; anything else fails deep in the HTTP client.
+    if not all(0x21 <= ord(ch) <= 0x7E for ch in key):
+        raise ConfigError(
+            f"the key in {config.api_key_env} has characters an HTTP header cannot carry "
+            "(spaces, line breaks or non-ASCII): check how it was pasted"
+        )
+    return key
+
+
+class _Capped:
+    """A provider with at most `limit` calls in flight (`max_concurrency` in its config)."""
+
+    def __init__(self, inner: Provider, limit: int) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.kind = getattr(inner, "kind", None)
+        self.limit = limit
+        self._slots = asyncio.Semaphore(limit)
+
+    def __repr__(self) -> str:
+        return f"_Capped({self._inner!r}, limit={self.limit})"
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
+        async with self._slots:
+            stream = self._inner.stream(request)
+            try:
+                async for item in stream:
+                    yield item
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
+
+    async def list_models(self) -> list[str]:
+        return await self._inner.list_models()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 class ProviderPool:
     """Builds and caches one provider per name; `aclose()` closes them all."""
 
@@ -32,22 +129,16 @@ class ProviderPool:
         self._settings = settings
         self._providers: dict[str, Provider] = {}
 
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
     def split(self, spec: str) -> tuple[ProviderConfig, str]:
-        name, model = split_spec(spec, self._settings.providers, self._settings.default_provider)
-        return self._settings.providers[name], model
+        return split(self._settings, spec)
 
     def check(self, specs: Iterable[str]) -> None:
-        """Fail early (ConfigError, exit 2) if any model's provider cannot be built."""
-        for spec in specs:
-            config, model = self.split(spec)
-            if not model.strip():
-                raise ConfigError(f"model name missing in {spec!r}")
-            self._check_prefix(spec)
-            self._api_key(config)
-            if config.kind == "local":
-                from moa_cli.providers.local import check_local_model
-
-                check_local_model(model, config)
+        """`check_lineup` for these specs."""
+        check_lineup(self._settings, specs)
 
     def preload(self, specs: Iterable[str]) -> None:
         """Import the SDKs these models need (~1 s for together).
@@ -73,44 +164,30 @@ class ProviderPool:
         """The provider called `name`, built on first use."""
         provider = self._providers.get(name)
         if provider is None:
-            provider = self._providers[name] = self._build(self._settings.providers[name])
+            config = self._settings.providers[name]
+            provider = self._build(config)
+            if config.max_concurrency:
+                provider = _Capped(provider, config.max_concurrency)
+            self._providers[name] = provider
         return provider
-
-    def _check_prefix(self, spec: str) -> None:
-        """`olama:llama3.2` is a typo for `ollama:`, not a Together model: say so."""
-        prefix, sep, _ = spec.partition(":")
-        if not sep or prefix in self._settings.providers or not prefix.isalpha():
-            return
-        close = difflib.get_close_matches(prefix.lower(), list(self._settings.providers), n=1, cutoff=0.8)
-        if close:
-            raise ConfigError(f"unknown provider {prefix!r} in {spec!r}; did you mean {close[0]!r}?")
-
-    def _api_key(self, config: ProviderConfig) -> str | None:
-        if not config.api_key_env:
-            return None
-        key = self._settings.env.get(config.api_key_env, "").strip()
-        if not key:
-            hint = " (or use --local for the offline model)" if config.kind == "together" else ""
-            raise MissingKeyError(
-                f"no API key for provider {config.name!r}: set the {config.api_key_env} environment variable{hint}"
-            )
-        return key
 
     def _build(self, config: ProviderConfig) -> Provider:
         s = self._settings
-        key = self._api_key(config)
+        key = api_key(s, config)
         if config.kind == "together":
             from moa_cli.providers.together import TogetherProvider
 
             base_url = s.env.get("TOGETHER_BASE_URL") or config.base_url
             if base_url:  # the SDK appends /v1/chat/completions itself
                 base_url = base_url.rstrip("/").removesuffix("/v1")
-            logger.debug("provider {} at {}", config.name, base_url or "the Together API")
-            return TogetherProvider(config.name, api_key=key or "", base_url=base_url, timeout=s.timeout, retries=s.retries)
+            logger.debug("provider {} at {}", config.name, mask_url(base_url or "the Together API"))
+            return TogetherProvider(
+                config.name, api_key=key or "", base_url=base_url, timeout=s.timeout, retries=s.retries
+            )
         if config.kind == "openai":
             from moa_cli.providers.openai_compat import OpenAICompatProvider
 
-            logger.debug("provider {} at {}", config.name, config.base_url)
+            logger.debug("provider {} at {}", config.name, mask_url(config.base_url or ""))
             # Local servers need no key, but the SDK refuses an empty one.
             return OpenAICompatProvider(
                 config.name, api_key=key or "none", base_url=config.base_url, timeout=s.timeout, retries=s.retries
