@@ -4,10 +4,15 @@
     layer 2..R       every reference answers with layer k-1's answers in its system message
     aggregator       answers with layer R's answers in its system message; only it is streamed
 
-The engine knows nothing of terminals or HTTP. It reports what happens through an event
-callback (`events.py`) and returns a `TurnResult`. A reference that fails is left out of
-the next layer; if a whole layer fails, or the aggregator does, `TurnFailed` is raised.
-Cancelling the task that runs `run_turn` cancels every call and closes its HTTP stream.
+The engine knows nothing of terminals or HTTP: it talks to models only through the
+provider seam (`providers/base.py`), reports what happens through an event callback
+(`events.py`) and returns a `TurnResult`. Importing it has no side effects.
+
+A reference that fails is left out of the next layer, with its typed error (`kind`,
+`status`) in its `Proposal` and `CallFailed` event; if a whole layer fails, or the
+aggregator does, `TurnFailed` is raised with the calls' original exceptions. Every call's
+stream is capped at `2 * max_tokens + 32` pieces, so a server that never stops cannot hold
+a turn. Cancelling the task that runs `run_turn` cancels every call and closes its stream.
 """
 
 from __future__ import annotations
@@ -30,15 +35,23 @@ from moa_cli.events import (
     Event,
     TurnDone,
 )
-from moa_cli.errors import ProviderError, TurnFailed
-from moa_cli.prompts import AGGREGATOR_PROMPT, inject_references
+from moa_cli.errors import BadResponse, DeadlineExceeded, EmptyAnswer, ProviderError, TurnFailed
+from moa_cli.prompts import inject_references
+from moa_cli.settings import DEFAULTS
 from moa_cli.providers.base import Provider
-from moa_cli.types import CallInfo, CompletionRequest, Message, Proposal, TurnResult, Usage
+from moa_cli.types import CallInfo, CompletionRequest, Finish, Message, Proposal, TurnResult, Usage
 
 EventSink = Callable[[Event], None]
 
 
+def piece_limit(max_tokens: int) -> int:
+    """Streamed pieces past which a call is cut: a piece is at most a token, give or take."""
+    return 2 * max_tokens + 32
+
+
 class Router(Protocol):
+    """Finds the provider for a model spec (`ProviderPool` in the CLI; any object will do)."""
+
     def resolve(self, spec: str) -> tuple[Provider, str]:
         """The provider for a model spec, and the model name to send it."""
         ...
@@ -48,15 +61,17 @@ class Router(Protocol):
 class Plan:
     """What one turn runs: the line-up and its sampling settings."""
 
+    # Field names are setting names (api.plan_from_settings copies them); the defaults
+    # are the settings' declared ones, for callers that build a Plan by hand.
     references: tuple[str, ...]
     aggregator: str
-    rounds: int = 1
-    temperature: float = 0.7
-    max_tokens: int = 512
-    num_proc: int | None = None
-    layer_deadline: float | None = None
-    aggregator_prompt: str = AGGREGATOR_PROMPT
-    seed: int | None = None
+    rounds: int = DEFAULTS["rounds"]
+    temperature: float = DEFAULTS["temperature"]
+    max_tokens: int = DEFAULTS["max_tokens"]
+    num_proc: int | None = DEFAULTS["num_proc"]
+    layer_deadline: float | None = DEFAULTS["layer_deadline"]
+    aggregator_prompt: str = DEFAULTS["aggregator_prompt"]
+    seed: int | None = DEFAULTS["seed"]
 
     def seed_for(self, layer: int, index: int) -> int | None:
         """Distinct seeds per sample, so repeated models (Self-MoA) give distinct answers."""
@@ -79,6 +94,9 @@ class _Turn:
         self.slots = asyncio.Semaphore(plan.num_proc or len(plan.references))
         self.streamed: set[CallInfo] = set()  # calls that produced at least one token
         self.usage_lost = False  # a call failed after streaming: the total is unknown
+        self.errors: dict[CallInfo, ProviderError] = {}  # each failed call's own exception
+        self.active: dict[str, set[CallInfo]] = {}  # provider name -> its calls in flight
+        self.overlapped: set[CallInfo] = set()  # calls that shared their provider with another
 
     async def call(self, call: CallInfo, messages: list[Message]) -> Proposal:
         """Run one model call to completion. Failures become a Proposal with `error`."""
@@ -91,11 +109,14 @@ class _Turn:
             seed=self.plan.seed if call.is_aggregator else self.plan.seed_for(call.layer, call.index),
         )
         delta = AnswerDelta if call.is_aggregator else CallDelta
+        limit = piece_limit(self.plan.max_tokens)
         parts: list[str] = []
         usage: Usage | None = None
+        finish: str | None = None
         async with self.slots:
             started = time.perf_counter()
             logger.debug("layer {} call {} -> {} ({} messages)", call.layer, call.model, provider.name, len(messages))
+            self._enter(provider.name, call)
             self.emit(CallStarted(call))
             stream = provider.stream(request)
             try:
@@ -107,36 +128,82 @@ class _Turn:
                     except StopAsyncIteration:
                         break
                     except ProviderError as exc:
-                        return self._failed(call, exc.reason, started)
+                        return self._failed(call, exc, started)
                     except Exception as exc:  # a provider bug must not crash the turn with a traceback
                         logger.opt(exception=exc).debug("unexpected error from {}", call.model)
-                        return self._failed(call, f"unexpected error: {type(exc).__name__}: {exc}", started)
+                        error = ProviderError(call.model, f"unexpected error: {type(exc).__name__}: {exc}")
+                        error.__cause__ = exc
+                        return self._failed(call, error, started)
                     if isinstance(item, Usage):
                         usage = item
+                        continue
+                    if isinstance(item, Finish):
+                        finish = item.reason
                         continue
                     if not parts:
                         self.streamed.add(call)
                         self.emit(CallFirstToken(call, time.perf_counter() - started))
                     parts.append(item)
+                    if len(parts) > limit:
+                        reason = (
+                            f"the stream ran far past max_tokens ({len(parts)} pieces for max_tokens "
+                            f"{self.plan.max_tokens}): cut"
+                        )
+                        return self._failed(call, BadResponse(call.model, reason), started)
                     self.emit(delta(call, item))
             finally:
+                self._leave(provider.name, call)
                 await stream.aclose()  # closes the HTTP stream if we stopped early
         text = "".join(parts)
         if not text.strip():
-            return self._failed(call, "returned an empty answer", started)
+            return self._failed(call, self._empty(call, provider), started)
         seconds = time.perf_counter() - started
-        logger.debug("layer {} call {} finished in {:.3f}s, usage {}", call.layer, call.model, seconds, usage)
-        self.emit(CallFinished(call, text, seconds, usage))
-        return Proposal(call.model, call.layer, text=text, seconds=seconds, usage=usage)
+        logger.debug(
+            "layer {} call {} finished in {:.3f}s ({}), usage {}", call.layer, call.model, seconds, finish, usage
+        )
+        self.emit(CallFinished(call, text, seconds, usage, finish))
+        return Proposal(call.model, call.layer, text=text, seconds=seconds, usage=usage, finish_reason=finish)
 
-    def _failed(self, call: CallInfo, reason: str, started: float, timed_out: bool = False) -> Proposal:
+    def _enter(self, provider: str, call: CallInfo) -> None:
+        active = self.active.setdefault(provider, set())
+        active.add(call)
+        if len(active) > 1:
+            self.overlapped.update(active)
+
+    def _leave(self, provider: str, call: CallInfo) -> None:
+        self.active.get(provider, set()).discard(call)
+
+    def _empty(self, call: CallInfo, provider: object) -> EmptyAnswer:
+        reason = "returned an empty answer"
+        name = getattr(provider, "name", "?")
+        if getattr(provider, "kind", None) == "openai" and call in self.overlapped:
+            # Seen with llama.cpp's server: a second request interrupts the first.
+            reason += (
+                f" while another call to provider {name!r} was in flight; if its server answers one "
+                f"request at a time, set max_concurrency = 1 under [providers.{name}]"
+            )
+        return EmptyAnswer(call.model, reason)
+
+    def _failed(self, call: CallInfo, error: ProviderError, started: float) -> Proposal:
         if call in self.streamed:
             # It produced (and was billed for) tokens we never learnt the count of.
             self.usage_lost = True
         seconds = time.perf_counter() - started
-        logger.debug("layer {} call {} failed after {:.3f}s: {}", call.layer, call.model, seconds, reason)
-        self.emit(CallFailed(call, reason, seconds, timed_out))
-        return Proposal(call.model, call.layer, error=reason, seconds=seconds, timed_out=timed_out)
+        self.errors[call] = error
+        timed_out = error.kind in ("timeout", "deadline")
+        logger.debug(
+            "layer {} call {} failed after {:.3f}s ({}): {}", call.layer, call.model, seconds, error.kind, error.reason
+        )
+        self.emit(CallFailed(call, error.reason, seconds, timed_out, error.kind, error.status))
+        return Proposal(
+            call.model,
+            call.layer,
+            error=error.reason,
+            seconds=seconds,
+            timed_out=timed_out,
+            error_kind=error.kind,
+            status=error.status,
+        )
 
     async def layer(self, layer: int, messages: list[Message]) -> list[Proposal]:
         """Run every reference of a layer; honour the layer deadline."""
@@ -164,7 +231,7 @@ class _Turn:
             for task in pending:
                 call = tasks[task]
                 reason = f"timed out at the layer deadline ({self.plan.layer_deadline:g}s)"
-                results[call] = self._failed(call, reason, started, timed_out=True)
+                results[call] = self._failed(call, DeadlineExceeded(call.model, reason), started)
         finally:
             # Reached with tasks still running only when the turn itself is cancelled.
             running = [t for t in tasks if not t.done()]
@@ -185,16 +252,13 @@ class _Turn:
             answers = [p.text for p in results if p.text is not None]
             if not answers:
                 reasons = "; ".join(f"{p.model}: {p.error}" for p in results)
-                failures = [ProviderError(p.model, p.error or "failed") for p in results]
+                failures = [self.errors[CallInfo(model, layer, i)] for i, model in enumerate(self.plan.references)]
                 raise TurnFailed(f"every reference model failed in layer {layer} ({reasons})", failures)
 
         call = CallInfo(self.plan.aggregator, self.plan.rounds + 1, 0, "aggregator")
         final = await self.call(call, inject_references(messages, self.plan.aggregator_prompt, answers))
         if final.text is None:
-            raise TurnFailed(
-                f"the aggregator {final.model} failed: {final.error}",
-                [ProviderError(final.model, final.error or "failed")],
-            )
+            raise TurnFailed(f"the aggregator {final.model} failed: {final.error}", [self.errors[call]], aggregator=True)
         usage = Usage.total([p.usage for p in proposals if p.text is not None] + [final.usage])
         if self.usage_lost:
             usage = Usage()
@@ -205,6 +269,8 @@ class _Turn:
             usage=usage,
             seconds=time.perf_counter() - started,
             aggregator_usage=final.usage,
+            finish_reason=final.finish_reason,
+            max_tokens=self.plan.max_tokens,
         )
         self.emit(TurnDone(result))
         return result

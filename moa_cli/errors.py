@@ -1,21 +1,49 @@
 """Every error moa raises on purpose derives from `MoaError`.
 
     MoaError
-    ├── ConfigError              bad option, config file or environment  -> exit 2
-    │   └── MissingKeyError      a provider needs an API key that is not set
-    ├── ProviderError            one model call failed (after the client's own retries)
-    │   ├── AuthenticationError  401 / 403
-    │   ├── ModelNotFoundError   404
-    │   ├── RateLimitError       429 that outlived the retries
-    │   ├── ProviderTimeout      connect or read timeout (the SDK's --timeout)
-    │   └── ProviderConnectionError   refused, reset, or a stream cut mid-way
-    └── TurnFailed               every reference of a layer failed, or the aggregator did -> exit 1
+    ├── ConfigError                   bad option, config file or environment  -> exit 2
+    │   └── MissingKeyError           a provider needs an API key that is not set
+    ├── ProviderError                 one model call failed (after the client's own retries)   kind
+    │   ├── AuthenticationError       401 / 403                                                 auth
+    │   ├── RateLimitError            429 that outlived the retries                             rate_limit
+    │   ├── ModelNotFoundError        404                                                       not_found
+    │   ├── ProviderTimeout           the call took longer than --timeout                       timeout
+    │   │   └── DeadlineExceeded      cut at the layer deadline (--layer-deadline)              deadline
+    │   ├── ProviderConnectionError   refused, reset, or the socket closed mid-body             connection
+    │   │   └── StreamCutOff          the stream ended cleanly but before the answer was done   cut_off
+    │   ├── BadResponse               invalid JSON, a stream far past max_tokens, ...           bad_response
+    │   └── EmptyAnswer               the model answered nothing                                empty
+    │   (ProviderError itself: any other status or failure, kind "other"; "cancelled" for a
+    │    call a provider reports as cancelled on its side)
+    └── TurnFailed                    every reference of a layer failed, or the aggregator did -> exit 1
 
-Front ends map these to exit codes (cli) or HTTP statuses (server) in one place each.
+Every `ProviderError` carries a `kind` (one of `KINDS`) and the HTTP `status` when there
+was one. `TurnFailed.failures` holds the original `ProviderError`s, and its own `kind` and
+`status` summarise them for front ends.
+
+Each front end maps these in one place: the CLI to exit codes (cli/errors.py).
 The messages are single lines meant for users: they never carry keys or headers.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar, Literal, get_args
+
+ErrorKind = Literal[
+    "auth",
+    "rate_limit",
+    "not_found",
+    "timeout",
+    "deadline",
+    "connection",
+    "cut_off",
+    "bad_response",
+    "empty",
+    "cancelled",
+    "other",
+]
+#: Every failure kind, in the order above.
+KINDS: tuple[str, ...] = get_args(ErrorKind)
 
 
 class MoaError(Exception):
@@ -31,38 +59,97 @@ class MissingKeyError(ConfigError):
 
 
 class ProviderError(MoaError):
-    """One model call failed. `reason` is a short, user-facing description."""
+    """One model call failed. `reason` is a short, user-facing description.
 
-    def __init__(self, model: str, reason: str, *, status: int | None = None) -> None:
+    `kind` is the class's kind unless given (a plain ProviderError may be "cancelled" or
+    "other"); `status` is the HTTP status when the server sent one.
+    """
+
+    default_kind: ClassVar[ErrorKind] = "other"
+
+    def __init__(self, model: str, reason: str, *, status: int | None = None, kind: ErrorKind | None = None) -> None:
         super().__init__(f"{model}: {reason}")
         self.model = model
         self.reason = reason
         self.status = status
+        self.kind: ErrorKind = kind or self.default_kind
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown failure kind {self.kind!r}")
 
 
 class AuthenticationError(ProviderError):
-    pass
-
-
-class ModelNotFoundError(ProviderError):
-    pass
+    default_kind = "auth"
 
 
 class RateLimitError(ProviderError):
-    pass
+    default_kind = "rate_limit"
+
+
+class ModelNotFoundError(ProviderError):
+    default_kind = "not_found"
 
 
 class ProviderTimeout(ProviderError):
-    pass
+    default_kind = "timeout"
+
+
+class DeadlineExceeded(ProviderTimeout):
+    default_kind = "deadline"
 
 
 class ProviderConnectionError(ProviderError):
-    pass
+    default_kind = "connection"
+
+
+class StreamCutOff(ProviderConnectionError):
+    default_kind = "cut_off"
+
+
+class BadResponse(ProviderError):
+    default_kind = "bad_response"
+
+
+class EmptyAnswer(ProviderError):
+    default_kind = "empty"
+
+
+#: What each kind is called in a footer or a progress row.
+KIND_WORDS: dict[str, str] = {
+    "auth": "auth failed",
+    "rate_limit": "rate limited",
+    "not_found": "not found",
+    "timeout": "timed out",
+    "deadline": "timed out",
+    "connection": "connection failed",
+    "cut_off": "cut off",
+    "bad_response": "bad response",
+    "empty": "empty",
+    "cancelled": "cancelled",
+    "other": "failed",
+}
 
 
 class TurnFailed(MoaError):
-    """The turn produced no answer: the aggregator failed or a whole layer did."""
+    """The turn produced no answer: the aggregator failed or a whole layer did.
 
-    def __init__(self, message: str, failures: list[ProviderError] | None = None) -> None:
+    `failures` are the calls' own exceptions, as the providers (or the engine) raised them.
+    `kind` and `status` summarise them: the shared kind (status) when every failure has the
+    same one, else "other" (None). `aggregator` is True when the aggregator's call failed.
+    """
+
+    def __init__(
+        self, message: str, failures: list[ProviderError] | None = None, *, aggregator: bool = False
+    ) -> None:
         super().__init__(message)
-        self.failures = failures or []
+        self.failures: list[ProviderError] = list(failures or [])
+        self.aggregator = aggregator
+
+    @property
+    def kind(self) -> ErrorKind:
+        kinds = {f.kind for f in self.failures}
+        return kinds.pop() if len(kinds) == 1 else "other"
+
+    @property
+    def status(self) -> int | None:
+        statuses = {f.status for f in self.failures}
+        return statuses.pop() if len(statuses) == 1 else None

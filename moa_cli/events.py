@@ -45,19 +45,27 @@ class AnswerDelta:
 
 @dataclass(frozen=True, slots=True)
 class CallFinished:
+    """A call answered. `finish_reason` is "length" when max_tokens cut it, None if unknown."""
+
     call: CallInfo
     text: str
     seconds: float
     usage: Usage | None
+    finish_reason: str | None = None
     type: Literal["call_finished"] = "call_finished"
 
 
 @dataclass(frozen=True, slots=True)
 class CallFailed:
+    """A call failed: `error` is the one-line reason, `kind` one of `errors.KINDS`,
+    `status` the HTTP status when there was one. `timed_out`: kind is timeout or deadline."""
+
     call: CallInfo
     error: str
     seconds: float
     timed_out: bool = False
+    kind: str = "other"
+    status: int | None = None
     type: Literal["call_failed"] = "call_failed"
 
 

@@ -14,7 +14,6 @@ Progress and warnings go to the stderr console; the answer alone goes to the std
 from __future__ import annotations
 
 import re
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,6 +36,8 @@ from moa_cli.events import (
     Event,
     TurnDone,
 )
+from moa_cli.errors import KIND_WORDS
+from moa_cli.redact import redact
 from moa_cli.types import CallInfo, TurnResult
 
 REFRESH_PER_SECOND = 8
@@ -69,9 +70,29 @@ def _label(call: CallInfo) -> str:
     return "aggregator" if call.is_aggregator else f"layer {call.layer}"
 
 
+def kind_word(kind: str | None, timed_out: bool = False) -> str:
+    """What a failure is called in a row or a footer: "timed out", "cut off", "failed", ..."""
+    if timed_out and kind in (None, "other"):  # made by a caller that set only `timed_out`
+        return "timed out"
+    return KIND_WORDS.get(kind or "other", "failed")
+
+
 def left_out_warning(event: CallFailed) -> Text:
-    """The one warning line for a reference that failed: `moa: warning: M (layer 1) left out: why`."""
-    return Text(f"moa: warning: {event.call.model} ({_label(event.call)}) left out: {event.error}", style="yellow")
+    """The one warning line for a reference that failed: `moa: warning: M (layer 1) left out: why`.
+
+    The reason says what happened in its own words; "(cut off)" and the like are added only
+    when it does not already name the kind.
+    """
+    reason = redact(" ".join(event.error.split()))
+    word = kind_word(event.kind, event.timed_out)
+    if word != "failed" and word not in reason:
+        reason = f"{reason} ({word})"
+    return Text(f"moa: warning: {event.call.model} ({_label(event.call)}) left out: {reason}", style="yellow")
+
+
+def incomplete_notice(model: str) -> Text:
+    """Said on stderr after a failed aggregator had streamed part of its answer to stdout."""
+    return Text(f"moa: the answer above is incomplete: the aggregator {model} failed before it finished", style="red")
 
 
 class ProgressView:
@@ -121,7 +142,7 @@ class ProgressView:
                 if event.usage and event.usage.completion_tokens is not None:
                     row.tokens, row.exact = event.usage.completion_tokens, True
             elif isinstance(event, CallFailed):
-                row.state = "timed out" if event.timed_out else "failed"
+                row.state = kind_word(event.kind, event.timed_out)
                 row.seconds, row.error = event.seconds, event.error
         if isinstance(event, CallFailed) and not event.call.is_aggregator:
             self.console.print(left_out_warning(event), soft_wrap=True)
@@ -402,7 +423,7 @@ class AnswerView:
 
 
 def footer_text(result: TurnResult) -> str:
-    """`3.2s · 1,234 tokens · 5 calls · left out: model-b (failed)`"""
+    """`3.2s · 1,234 tokens · 5 calls · left out: model-b (failed) · answer cut at the token limit (max_tokens 512)`"""
     parts = [f"{result.seconds:.1f}s"]
     total = result.usage.total_tokens
     parts.append(f"{total:,} tokens" if total is not None else "tokens unknown")
@@ -410,9 +431,12 @@ def footer_text(result: TurnResult) -> str:
     parts.append(f"{calls} calls")
     failed = result.failed
     if failed:
-        names = ", ".join(f"{p.model} ({'timed out' if p.timed_out else 'failed'})" for p in failed)
+        names = ", ".join(f"{p.model} ({kind_word(p.error_kind, p.timed_out)})" for p in failed)
         parts.append(f"left out: {names}")
-    return " · ".join(parts)
+    if result.finish_reason == "length":
+        limit = f" (max_tokens {result.max_tokens})" if result.max_tokens is not None else ""
+        parts.append(f"answer cut at the token limit{limit}")
+    return redact(" · ".join(parts))
 
 
 class TurnView:
@@ -454,9 +478,14 @@ class TurnView:
         if self.answer is not None:
             self.answer.close()
 
+    @property
+    def answer_started(self) -> bool:
+        """Some of the answer has been written to stdout."""
+        return self.answer is not None and bool(self.answer.text)
+
     def footer(self, result: TurnResult) -> None:
         self.err.print(Text(footer_text(result), style="dim"), soft_wrap=True)
 
-
-def stdout_is_tty() -> bool:
-    return sys.stdout.isatty()
+    def incomplete(self, model: str) -> None:
+        """Say that the text already on stdout is not a whole answer (the aggregator failed)."""
+        self.err.print(incomplete_notice(model), soft_wrap=True)

@@ -44,6 +44,16 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class Finish:
+    """Why a model stopped, as the server said it: "stop", "length" (hit max_tokens), ...
+
+    A provider yields at most one, after the text and before the Usage.
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class CompletionRequest:
     """One chat-completion call, as the engine hands it to a provider."""
 
@@ -74,7 +84,12 @@ class CallInfo:
 
 @dataclass(slots=True)
 class Proposal:
-    """What one reference model produced in one layer. `text` or `error` is None."""
+    """What one reference model produced in one layer. `text` or `error` is None.
+
+    A failed call has `error` (a one-line reason), `error_kind` (one of `errors.KINDS`) and
+    the HTTP `status` when there was one. `finish_reason` is why the model stopped when the
+    provider said ("length": cut at max_tokens), else None.
+    """
 
     model: str
     layer: int
@@ -82,7 +97,10 @@ class Proposal:
     error: str | None = None
     seconds: float = 0.0
     usage: Usage | None = None
-    timed_out: bool = False
+    timed_out: bool = False  # error_kind is "timeout" or "deadline"
+    error_kind: str | None = None
+    status: int | None = None
+    finish_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +108,9 @@ class Proposal:
             "layer": self.layer,
             "text": self.text,
             "error": self.error,
+            "error_kind": self.error_kind,
+            "status": self.status,
+            "finish_reason": self.finish_reason,
             "seconds": round(self.seconds, 3),
             "usage": self.usage.to_dict() if self.usage and self.usage.known else None,
         }
@@ -97,7 +118,11 @@ class Proposal:
 
 @dataclass(slots=True)
 class TurnResult:
-    """The outcome of one MoA turn; `to_dict()` is exactly what `moa ask --json` prints."""
+    """The outcome of one MoA turn; `to_dict()` is exactly what `moa ask --json` prints.
+
+    `finish_reason` is why the aggregator stopped ("length": the answer was cut at
+    max_tokens), None when its provider did not say.
+    """
 
     answer: str
     aggregator: str
@@ -105,6 +130,8 @@ class TurnResult:
     usage: Usage = field(default_factory=Usage)
     seconds: float = 0.0
     aggregator_usage: Usage | None = None
+    finish_reason: str | None = None
+    max_tokens: int | None = None  # the limit the calls ran with, for "cut at the token limit"
 
     @property
     def failed(self) -> list[Proposal]:
@@ -114,6 +141,7 @@ class TurnResult:
         return {
             "answer": self.answer,
             "aggregator": self.aggregator,
+            "finish_reason": self.finish_reason,
             "proposals": [p.to_dict() for p in self.proposals],
             "usage": self.usage.to_dict(),
             "seconds": round(self.seconds, 3),

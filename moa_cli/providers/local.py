@@ -37,7 +37,7 @@ from loguru import logger
 
 from moa_cli.config import ProviderConfig
 from moa_cli.errors import ConfigError, ProviderError
-from moa_cli.types import CompletionRequest, Usage
+from moa_cli.types import CompletionRequest, Finish, Usage
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -285,7 +285,7 @@ def _generate(
     shared: _SharedModel,
     request: CompletionRequest,
     verbose: bool,
-    emit: Callable[[str | Usage], None],
+    emit: Callable[[str | Finish | Usage], None],
     stop: threading.Event,
 ) -> None:
     """(worker thread) Run one chat completion, handing each text piece to `emit`."""
@@ -335,6 +335,8 @@ def _generate(
         prompt = llm.prompt_tokens or 0
         sampled = llm.n_tokens - prompt + 1
         completion = max(0, sampled - (1 if finish == "stop" else 0))
+        if finish:
+            emit(Finish(finish))  # "length": cut at max_tokens
         emit(Usage(prompt, completion, prompt + completion))
 
 
@@ -346,6 +348,8 @@ _DONE = object()
 class LocalProvider:
     """Runs `local:` models in this process. Loaded models outlive the provider (see module doc)."""
 
+    kind = "local"
+
     def __init__(self, config: ProviderConfig, *, verbose: bool) -> None:
         self.name = config.name
         self._config = config
@@ -354,7 +358,12 @@ class LocalProvider:
     def __repr__(self) -> str:
         return f"LocalProvider(name={self.name!r})"
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[str | Usage]:
+    async def list_models(self) -> list[str]:
+        """The bundled models whose package is installed, then the GGUF files in the config."""
+        names = [name for name in BUNDLED if bundled_model_path(name) is not None]
+        return names + [Path(path).name.removesuffix(".gguf") for path in self._config.models]
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[str | Finish | Usage]:
         try:
             path = resolve_model(request.model, self._config)
         except ConfigError as exc:
@@ -364,7 +373,7 @@ class LocalProvider:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()
 
-        def emit(item: str | Usage) -> None:
+        def emit(item: str | Finish | Usage) -> None:
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
             except RuntimeError:  # the loop is closed: nobody is listening any more

@@ -13,6 +13,7 @@ def preload() -> None:
 
 
 class OpenAICompatProvider(ChatAPIProvider):
+    kind = "openai"
     usage_request = {"stream_options": {"include_usage": True}}
 
     def _make_client(self) -> Any:

@@ -13,6 +13,7 @@ def preload() -> None:
 
 
 class TogetherProvider(ChatAPIProvider):
+    kind = "together"
     # The SDK has no stream_options argument; the API accepts it in the body.
     usage_request = {"extra_body": {"stream_options": {"include_usage": True}}}
     # The SDK's base URL is the host; `client.models.list()` in together 3.x lists a
