@@ -323,6 +323,8 @@ def load_settings(
         nothing_configured = not file_providers and not env.get("TOGETHER_API_KEY")
         if not lineup_given and nothing_configured:
             chosen, auto_local = "local", True
+        elif not lineup_given:
+            chosen = "together"  # the declared defaults are this recipe; naming it says so
     if chosen is not None:
         layers.append((lineup_values(chosen, lineups), f"line-up {chosen}"))
     layers += [(env_values, "env"), (flag_values, "flag")]

@@ -38,26 +38,21 @@ def show() -> None:
     """Print the effective settings and where each came from, with keys masked."""
     with handle_errors():
         from moa_cli.config import load_settings
+        from moa_cli.redact import mask_url
+        from moa_cli.settings import SPECS, key_for
+        from moa_cli.settings import show as shown
 
         s = load_settings()
         assert s.paths is not None
-        rows: list[tuple[str, str, str]] = []
-
-        def add(name: str, value: object) -> None:
-            rows.append((name, str(value), s.sources.get(name, "default")))
-
-        add("config_file", s.paths.config_file)
-        add("aggregator", s.aggregator)
-        add("references", ", ".join(s.references))
-        for name in ("rounds", "temperature", "max_tokens", "num_proc", "seed", "system", "timeout",
-                     "retries", "layer_deadline", "multi_turn", "default_provider", "log_level"):
-            add(name, getattr(s, name))
-        prompt_source = s.sources.get("aggregator_prompt", "default")
-        rows.append(("aggregator_prompt", f"{len(s.aggregator_prompt)} chars", prompt_source))
+        rows: list[tuple[str, str, str]] = [("config_file", str(s.paths.config_file), "")]
+        for name in SPECS:
+            value = getattr(s, name)
+            text = f"{len(value)} chars" if name == "aggregator_prompt" else shown(value)
+            rows.append((key_for(name), text, s.sources.get(name, "default")))
         rows.append(("history_file", str(s.paths.history_file), "MOA_HOME" if s.paths.home else "default"))
         width = max(len(r[0]) for r in rows)
         for name, value, source in rows:
-            typer.echo(f"{name:<{width}}  {value}  [{source}]")
+            typer.echo(f"{name:<{width}}  {value}" + (f"  [{source}]" if source else ""))
         typer.echo("\nproviders:")
         for p in s.providers.values():
             if p.api_key_env:
@@ -65,5 +60,9 @@ def show() -> None:
                 key_text = f"{p.api_key_env}={mask(key)}" if key else f"{p.api_key_env} (not set)"
             else:
                 key_text = "no key needed"
-            where = p.base_url or ("TOGETHER_BASE_URL=" + s.env["TOGETHER_BASE_URL"] if p.kind == "together" and s.env.get("TOGETHER_BASE_URL") else "default endpoint")
-            typer.echo(f"  {p.name:<11} {p.kind:<9} {where}  {key_text}")
+            if p.kind == "together" and s.env.get("TOGETHER_BASE_URL"):
+                where = "TOGETHER_BASE_URL=" + mask_url(s.env["TOGETHER_BASE_URL"])
+            else:
+                where = mask_url(p.base_url) if p.base_url else "default endpoint"
+            cap = f"  max_concurrency={p.max_concurrency}" if p.max_concurrency else ""
+            typer.echo(f"  {p.name:<11} {p.kind:<9} {where}  {key_text}{cap}")
