@@ -15,6 +15,7 @@ import typer
 from moa_cli import __version__
 from moa_cli.cli import config_cmd
 from moa_cli.cli.ask import ask, run_ask
+from moa_cli.cli.lineups_cmd import lineups
 from moa_cli.cli.models_cmd import models
 from moa_cli.cli.chat import chat
 
@@ -55,6 +56,7 @@ def root(
 app.command("ask")(ask)
 app.command("chat")(chat)
 app.command("models")(models)
+app.command("lineups")(lineups)
 app.add_typer(config_cmd.app, name="config")
 
 
