@@ -25,11 +25,13 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_FAILED
 
 
-def report(message: str, *, json_mode: bool = False, code: int = EXIT_FAILED) -> None:
-    """Print one error line on stderr (and, with --json, an error object on stdout)."""
-    message = " ".join(message.split())
+def report(message: str, *, json_mode: bool = False, code: int = EXIT_FAILED, extra: dict | None = None) -> None:
+    """Print one error line on stderr (and, with --json, an error object on stdout, plus `extra`)."""
+    from moa_cli.redact import redact
+
+    message = redact(" ".join(message.split()))
     if json_mode:
-        sys.stdout.write(json.dumps({"error": message, "exit_code": code}) + "\n")
+        sys.stdout.write(json.dumps({"error": message, "exit_code": code, **(extra or {})}) + "\n")
         sys.stdout.flush()
     sys.stderr.write(f"moa: error: {message}\n")
     sys.stderr.flush()
@@ -45,5 +47,7 @@ def handle_errors(*, json_mode: bool = False) -> Iterator[None]:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except MoaError as exc:
         code = exit_code_for(exc)
-        report(str(exc), json_mode=json_mode, code=code)
+        # a failed model call or turn: its kind and HTTP status (TurnFailed, ProviderError)
+        extra = {"error_kind": exc.kind, "status": exc.status} if hasattr(exc, "kind") else None
+        report(str(exc), json_mode=json_mode, code=code, extra=extra)
         raise typer.Exit(code) from None
