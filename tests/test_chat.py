@@ -275,10 +275,12 @@ def test_set_the_line_up_for_the_next_turn(server: FakeLLMServer) -> None:
 
 
 def test_unknown_command_names_the_closest(server: FakeLLMServer) -> None:
-    run = run_repl("/hepl\r/xyzzy\r/usr/bin is what?\r/exit\r")
+    run = run_repl("/hepl\r/xyzzy\r/etc is what?\r/usr/bin is what?\r//etc is what?\r/exit\r")
     assert "moa: error: unknown command /hepl; did you mean /help?" in run.err
     assert "unknown command /xyzzy (/help lists the commands)" in run.err
-    assert turns(server, AGG) == [[user("/usr/bin is what?")]]  # a path is a question
+    assert "unknown command /etc" in run.err  # at a terminal the typo help stays
+    # A path is a question, and "//" sends a line that starts with a slash.
+    assert turns(server, AGG) == [[user("/usr/bin is what?")], [user("/usr/bin is what?"), assistant("Final answer."), user("/etc is what?")]]
 
 
 def test_help_lists_every_command(server: FakeLLMServer) -> None:

@@ -1,0 +1,137 @@
+"""Line mode (`moa chat` with stdin not a terminal): which lines are commands, answers
+printed only once a turn succeeded, the exit code, and a reader that goes away.
+
+Most run the real CLI in a subprocess against the fake server; a few drive `run_lines`
+in-process with StringIO consoles.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from io import StringIO
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from moa_cli.config import load_settings
+from moa_cli.repl.lines import run_lines
+from tests.conftest import ROOT
+from tests.fakes.llm_server import FakeLLMServer, Reply
+
+AGG = "agg"
+LINEUP = ["-r", "ref-a", "-r", "ref-b", "-a", AGG]
+
+
+def user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str) -> dict[str, str]:
+    return {"role": "assistant", "content": text}
+
+
+def turns(server: FakeLLMServer, model: str) -> list[list[dict[str, Any]]]:
+    return [[m for m in r.messages if m["role"] != "system"] for r in server.requests_for(model)]
+
+
+@pytest.fixture
+def server(moa_env: dict[str, str], llm_server: FakeLLMServer) -> FakeLLMServer:
+    llm_server.set_default(AGG, Reply(text="Final answer."))
+    return llm_server
+
+
+def test_an_aggregator_cut_mid_answer_prints_no_partial_answer_and_exits_1(cli: Any, server: FakeLLMServer) -> None:
+    server.script(
+        AGG,
+        Reply(text="The first answer looks real but it is cut here and the rest never comes.", cut_after=5),
+        Reply(text="Second answer."),
+    )
+    result = cli(["chat", *LINEUP], input="first\nsecond\n")
+
+    assert result.returncode == 1
+    assert result.stdout == "Second answer.\n"  # nothing of the cut answer
+    assert "looks real" not in result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("moa: error:")]
+    assert len(errors) == 1 and "aggregator" in errors[0]
+    assert result.stderr.endswith("moa: 1 of 2 turns failed\n")
+    assert "Traceback" not in result.stderr
+    # The failed turn left nothing in the conversation.
+    assert turns(server, AGG)[1] == [user("second")]
+    assert turns(server, "ref-a")[1] == [user("second")]
+
+
+def test_every_turn_answered_exits_0_and_says_nothing_about_failures(cli: Any, server: FakeLLMServer) -> None:
+    server.script(AGG, Reply(text="One."), Reply(text="Two."))
+    result = cli(["chat", *LINEUP], input="first\nsecond\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "One.\nTwo.\n"
+    assert "failed" not in result.stderr
+    assert turns(server, AGG)[1] == [user("first"), assistant("One."), user("second")]
+
+
+def test_a_line_that_names_no_command_is_a_prompt(cli: Any, server: FakeLLMServer) -> None:
+    result = cli(["chat", *LINEUP], input="/etc is a directory?\n/models\n")
+    assert result.returncode == 0, result.stderr
+    assert turns(server, AGG) == [[user("/etc is a directory?")]]
+    assert "unknown command" not in result.stderr
+    assert "aggregator: agg" in result.stderr  # /models is still a command
+    assert result.stdout == "Final answer.\n"
+
+
+def test_a_double_slash_sends_the_line_with_one_slash(cli: Any, server: FakeLLMServer) -> None:
+    result = cli(["chat", *LINEUP], input="//help\n")
+    assert result.returncode == 0, result.stderr
+    assert turns(server, AGG) == [[user("/help")]]
+    assert "/proposals" not in result.stderr  # the help was not shown
+
+
+def test_exit_and_known_commands_still_work(cli: Any, server: FakeLLMServer) -> None:
+    result = cli(["chat", *LINEUP], input="/set temperature 0.3\nhi\nexit\nnever sent\n")
+    assert result.returncode == 0, result.stderr
+    assert [r.last_user for r in server.requests_for(AGG)] == ["hi"]
+    assert server.requests_for("ref-a")[0].body["temperature"] == 0.3
+
+
+def test_a_reader_that_goes_away_leaves_no_traceback(moa_env: dict[str, str], server: FakeLLMServer) -> None:
+    """`moa chat < questions | head -1`: the second answer meets a closed pipe."""
+    lines = "".join(f"question {n}\n" for n in range(20))
+    reader = subprocess.Popen(["head", "-c", "1"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        chat = subprocess.run(
+            [sys.executable, "-m", "moa_cli", "chat", *LINEUP],
+            input=lines.encode(),
+            stdout=reader.stdin,
+            stderr=subprocess.PIPE,
+            env=moa_env,
+            cwd=ROOT,
+            timeout=30,
+        )
+    finally:
+        assert reader.stdin is not None
+        reader.stdin.close()
+        reader.wait(timeout=10)
+    err = chat.stderr.decode()
+    assert "Traceback" not in err and "Task exception" not in err and "BrokenPipeError" not in err, err
+    assert chat.returncode != 0  # 141 once the closed pipe is mapped (cli/app.py)
+    assert len(server.requests_for(AGG)) < 20  # it stopped
+
+
+# ---------------------------------------------------------------------------- in-process
+
+
+def console() -> Console:
+    return Console(file=StringIO(), width=100, color_system=None)
+
+
+def test_run_lines_in_process_counts_failed_turns(server: FakeLLMServer) -> None:
+    server.script("ref-a", Reply(status=500), Reply(status=500))
+    server.script("ref-b", Reply(status=500), Reply(status=500))
+    settings = load_settings({"references": ["ref-a", "ref-b"], "aggregator": AGG})
+    err, out = console(), console()
+    code = run_lines(settings, StringIO("one\ntwo\nthree\n/retry\n"), err, out)
+    assert code == 1
+    assert out.file.getvalue() == "Final answer.\nFinal answer.\n"  # type: ignore[attr-defined]
+    assert err.file.getvalue().endswith("moa: 2 of 4 turns failed\n")  # type: ignore[attr-defined]
+    assert [r.last_user for r in server.requests_for(AGG)] == ["three", "three"]
