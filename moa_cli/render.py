@@ -80,13 +80,10 @@ def kind_word(kind: str | None, timed_out: bool = False) -> str:
 def left_out_warning(event: CallFailed) -> Text:
     """The one warning line for a reference that failed: `moa: warning: M (layer 1) left out: why`.
 
-    The reason says what happened in its own words; "(cut off)" and the like are added only
-    when it does not already name the kind.
+    Each kind's reason names it in its own words ("timed out ...", "... (cut off)", "HTTP 401
+    authentication failed ..."), so the line says only the reason.
     """
     reason = redact(" ".join(event.error.split()))
-    word = kind_word(event.kind, event.timed_out)
-    if word != "failed" and word not in reason:
-        reason = f"{reason} ({word})"
     return Text(f"moa: warning: {event.call.model} ({_label(event.call)}) left out: {reason}", style="yellow")
 
 

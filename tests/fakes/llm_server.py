@@ -37,6 +37,20 @@ Failure modes, as the SDKs see them (checked with together 3.1.1, openai 3.57):
   ``APIConnectionError`` (cause: "Server disconnected without sending a response").
 * ``Reply(bad_json=True)`` -> raw ``json.JSONDecodeError`` (streaming and not).
 
+Faults of a stream that the SDKs do not see, only moa's reading of it:
+
+* ``Reply(end_after=n)`` -> after n content chunks the body ends cleanly (a proper
+  chunked end) with no ``finish_reason`` and no ``[DONE]``: an answer cut short.
+* ``Reply(stall_after=n)`` -> after n content chunks nothing more is sent, the
+  connection stays open until the client goes away.
+* ``Reply(error_chunk_after=n)`` -> after n content chunks a ``data: {"error": ...}``
+  event (``error_message``, ``error_code``) and the end of the body.
+* ``Reply(finish_reason="length")`` -> the final chunk's finish reason.
+* ``Reply(endless=True)`` -> the text's pieces repeated forever (``token_delay`` apart).
+* ``Reply(status=..., html=True)`` -> the error body is an HTML page (``text/html``).
+* ``error_message`` may hold ``{api_key}``: replaced by the key the request was sent
+  with (``Authorization: Bearer KEY``), like servers that echo a wrong key back.
+
 Standalone (manual testing, benchmarks)::
 
     python -m tests.fakes.llm_server --port 8001 [--latency 0.5 --token-delay 0.02]
@@ -110,6 +124,13 @@ class Reply:
     # Streaming: emit one `data: {not json` event after the first content chunk.
     # Non-streaming: the 200 body is not valid JSON.
     bad_json: bool = False
+    end_after: int | None = None  # streaming: end the body cleanly after n chunks, no finish, no [DONE]
+    stall_after: int | None = None  # streaming: after n chunks send nothing more, keep the connection
+    error_chunk_after: int | None = None  # streaming: an error event after n chunks, then the end
+    error_code: Any = None  # the error event's "code"
+    finish_reason: str = "stop"  # the final chunk's finish_reason
+    endless: bool = False  # streaming: repeat the pieces forever
+    html: bool = False  # an error status answers with an HTML page
 
     def text_for(self, model: str) -> str:
         return self.text if self.text is not None else f"Answer from {model}."
@@ -168,6 +189,15 @@ def _content_text(content: Any) -> str:
 
 def _prompt_tokens(messages: list[dict[str, Any]]) -> int:
     return sum(len(_content_text(m.get("content")).split()) for m in messages if isinstance(m, dict))
+
+
+def _message_for(reply: Reply, record: RecordedRequest) -> str:
+    """The error message of a reply, with ``{api_key}`` replaced by the request's key."""
+    message = reply.error_message or f"HTTP {reply.status} from fake server"
+    if "{api_key}" in message:
+        key = record.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        message = message.replace("{api_key}", key)
+    return message
 
 
 def _error_body(status: int, message: str) -> bytes:
@@ -480,7 +510,15 @@ class FakeLLMServer:
         extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]
         if reply.status != 200:
             record.status = reply.status
-            message = reply.error_message or f"HTTP {reply.status} from fake server"
+            message = _message_for(reply, record)
+            if reply.html:
+                page = (
+                    f"<!DOCTYPE html>\n<html><head><title>{reply.status} {message}</title></head>"
+                    f"<body><h1>{message}</h1><p>{'padding ' * 40}</p></body></html>"
+                ).encode()
+                html_headers = [(b"content-type", b"text/html; charset=utf-8")]
+                await ex.send_bytes(reply.status, page, html_headers + extra, content_type=None)
+                return
             await ex.send_bytes(reply.status, _error_body(reply.status, message), extra)
             return
 
@@ -541,6 +579,17 @@ class FakeLLMServer:
                 obj["usage"] = usage
             return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
+        if reply.endless:
+            n = 0
+            while pieces:
+                if ex.wake.is_set() or (n and reply.token_delay > 0 and await ex.sleep(reply.token_delay)):
+                    await ex.abandon()
+                    return
+                if not reply.token_delay:
+                    await asyncio.sleep(0)
+                await ex.body(chunk({"role": "assistant", "content": pieces[n % len(pieces)]}, None))
+                n += 1
+
         events: list[tuple[str, bytes]] = []  # (kind, data) in wire order
         for i, piece in enumerate(pieces):
             events.append(("content", chunk({"role": "assistant", "content": piece}, None)))
@@ -548,16 +597,33 @@ class FakeLLMServer:
                 events.append(("extra", b"data: {not json\n\n"))
         if reply.bad_json and not pieces:
             events.append(("extra", b"data: {not json\n\n"))
-        events.append(("final", chunk({}, "stop", with_usage=reply.usage)))
+        events.append(("final", chunk({}, reply.finish_reason, with_usage=reply.usage)))
         events.append(("extra", b"data: [DONE]\n\n"))
 
         sent_content = 0
         for n, (kind, data) in enumerate(events):
-            if reply.cut_after is not None and (
-                (kind == "content" and sent_content >= reply.cut_after) or kind == "final"
-            ):
+            at_limit = lambda limit: limit is not None and (  # noqa: E731
+                (kind == "content" and sent_content >= limit) or kind == "final"
+            )
+            if at_limit(reply.cut_after):
                 record.cut = True
                 await ex.cut()
+                return
+            if at_limit(reply.end_after):
+                record.cut = True
+                await ex.body(b"", more_body=False)  # a clean end: nothing says the answer is over
+                return
+            if at_limit(reply.error_chunk_after):
+                error = {"message": _message_for(reply, record), "type": "server_error", "code": reply.error_code}
+                await ex.body(b"data: " + json.dumps({"error": error}).encode() + b"\n\n")
+                await ex.body(b"", more_body=False)
+                return
+            if at_limit(reply.stall_after):
+                record.cut = True
+                while not ex.wake.is_set():  # until the client goes away or the server stops
+                    if await ex.sleep(3600):
+                        break
+                await ex.abandon()
                 return
             # token_delay separates chunks; extra lines ride along without a delay.
             delay = reply.token_delay if n > 0 and kind != "extra" else 0.0
@@ -612,8 +678,16 @@ class _Exchange:
         # disconnects are noticed through ``wake`` (set by the receive() watcher).
         await self._send({"type": "http.response.body", "body": data, "more_body": more_body})
 
-    async def send_bytes(self, status: int, payload: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    async def send_bytes(
+        self,
+        status: int,
+        payload: bytes,
+        extra: list[tuple[bytes, bytes]] | None = None,
+        content_type: bytes | None = b"application/json",
+    ) -> None:
+        headers = [(b"content-length", str(len(payload)).encode())]
+        if content_type is not None:
+            headers.insert(0, (b"content-type", content_type))
         await self.start(status, headers + (extra or []))
         await self._send({"type": "http.response.body", "body": payload, "more_body": False})
 
