@@ -24,6 +24,16 @@ __all__ = [
     "ConfigError",
     "ProviderError",
     "TurnFailed",
+    "MissingKeyError",
+    "AuthenticationError",
+    "RateLimitError",
+    "ModelNotFoundError",
+    "ProviderTimeout",
+    "DeadlineExceeded",
+    "ProviderConnectionError",
+    "StreamCutOff",
+    "BadResponse",
+    "EmptyAnswer",
     "__version__",
 ]
 
@@ -37,11 +47,36 @@ _LAZY = {
     "ConfigError": "moa_cli.errors",
     "ProviderError": "moa_cli.errors",
     "TurnFailed": "moa_cli.errors",
+    "MissingKeyError": "moa_cli.errors",
+    "AuthenticationError": "moa_cli.errors",
+    "RateLimitError": "moa_cli.errors",
+    "ModelNotFoundError": "moa_cli.errors",
+    "ProviderTimeout": "moa_cli.errors",
+    "DeadlineExceeded": "moa_cli.errors",
+    "ProviderConnectionError": "moa_cli.errors",
+    "StreamCutOff": "moa_cli.errors",
+    "BadResponse": "moa_cli.errors",
+    "EmptyAnswer": "moa_cli.errors",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from moa_cli.api import AnswerStream, MoA
-    from moa_cli.errors import ConfigError, MoaError, ProviderError, TurnFailed
+    from moa_cli.errors import (
+        AuthenticationError,
+        BadResponse,
+        ConfigError,
+        DeadlineExceeded,
+        EmptyAnswer,
+        MissingKeyError,
+        MoaError,
+        ModelNotFoundError,
+        ProviderConnectionError,
+        ProviderError,
+        ProviderTimeout,
+        RateLimitError,
+        StreamCutOff,
+        TurnFailed,
+    )
     from moa_cli.types import Proposal, TurnResult, Usage
 
 
