@@ -135,3 +135,46 @@ def test_run_lines_in_process_counts_failed_turns(server: FakeLLMServer) -> None
     assert out.file.getvalue() == "Final answer.\nFinal answer.\n"  # type: ignore[attr-defined]
     assert err.file.getvalue().endswith("moa: 2 of 4 turns failed\n")  # type: ignore[attr-defined]
     assert [r.last_user for r in server.requests_for(AGG)] == ["three", "three"]
+
+
+class ClosedPipe(StringIO):
+    """A stdout whose reader has gone away."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_a_closed_stdout_ends_the_interactive_repl_with_broken_pipe(server: FakeLLMServer, caplog: pytest.LogCaptureFixture) -> None:
+    """Answers streamed into a closed pipe (`moa chat | tee` gone): no task keeps the error."""
+    import asyncio
+    import gc
+
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    from moa_cli.repl.loop import Repl
+    from moa_cli.repl.session import make_session
+    from moa_cli.repl.slash import ChatState
+
+    settings = load_settings({"references": ["ref-a"], "aggregator": AGG})
+    err = console()
+    out = Console(file=ClosedPipe(), width=100, color_system=None)
+    with create_pipe_input() as pipe:
+        pipe.send_text("first\rsecond\r/exit\r")
+        repl = Repl(ChatState.start(settings), err, out, session=make_session(None, input=pipe, output=DummyOutput()))
+        with pytest.raises(BrokenPipeError):
+            asyncio.run(repl.run())
+    gc.collect()
+    assert [r.last_user for r in server.requests_for(AGG)] == ["first"]
+    assert "Task exception was never retrieved" not in caplog.text
+    assert "moa: error" not in err.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_run_lines_lets_a_closed_stdout_through(server: FakeLLMServer) -> None:
+    settings = load_settings({"references": ["ref-a"], "aggregator": AGG})
+    with pytest.raises(BrokenPipeError):
+        run_lines(settings, StringIO("first\nsecond\n"), console(), Console(file=ClosedPipe(), width=100))
+    assert [r.last_user for r in server.requests_for(AGG)] == ["first"]

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from moa_cli.api import MoA
+    from moa_cli.events import Event
     from moa_cli.types import TurnResult
 
 # What the first turn needs; `warm_up` imports it on a background thread.
@@ -192,7 +193,18 @@ class Repl:
         # In line mode the answer is held back until the turn has succeeded.
         view = TurnView(self.err, self.out, markdown=self.markdown, show_answer=not self.line_mode)
         view.start()
-        task = asyncio.create_task(moa.arun(messages, on_event=view.handle))
+        closed_pipe: list[BrokenPipeError] = []
+
+        def on_event(event: Event) -> None:
+            # The reader of stdout went away while the answer streamed: end the turn and
+            # raise it below, rather than let the engine report it as a model failure.
+            try:
+                view.handle(event)
+            except BrokenPipeError as exc:
+                closed_pipe.append(exc)
+                self._cancel_turn()
+
+        task = asyncio.create_task(moa.arun(messages, on_event=on_event))
         self._task = task
         try:
             await asyncio.wait([task])
@@ -201,27 +213,22 @@ class Repl:
             if not task.done():  # we ourselves were cancelled (line mode's Ctrl-C)
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-            view.stop()
+            try:
+                view.stop()
+            except BrokenPipeError as exc:  # the newline after a streamed answer
+                closed_pipe.append(exc)
             if task.cancelled() or task.exception() is not None:
                 state.conversation.restore(snapshot)
                 # A failed re-run leaves the old answer in place: /retry replaces it again.
                 state.last_failed = not replace_last
+        if closed_pipe:
+            raise closed_pipe[0]
         if task.cancelled():
             note(self.err, "cancelled: the conversation is as it was before this turn")
             return None
         exc = task.exception()
         if exc is not None:
-            if isinstance(exc, BrokenPipeError):  # the reader of stdout went away: stop
-                raise exc
-            self.failed += 1
-            if isinstance(exc, MoaError):
-                message = str(exc)
-            else:  # a bug must not end the session; --verbose shows the traceback
-                from loguru import logger
-
-                logger.opt(exception=exc).debug("turn failed")
-                message = f"unexpected error: {type(exc).__name__}: {exc}"
-            error(self.err, f"{message} (/retry to try again)")
+            self._failed(exc)
             return None
         result = task.result()
         state.conversation.add(prompt, result)
@@ -230,6 +237,20 @@ class Repl:
             self._print_answer(result.answer)
         view.footer(result)
         return result
+
+    def _failed(self, exc: BaseException) -> None:
+        """One error line for a failed turn; the session goes on (unless stdout is gone)."""
+        if isinstance(exc, BrokenPipeError):  # the reader of stdout went away: stop
+            raise exc
+        self.failed += 1
+        if isinstance(exc, MoaError):
+            message = str(exc)
+        else:  # a bug must not end the session; --verbose shows the traceback
+            from loguru import logger
+
+            logger.opt(exception=exc).debug("turn failed")
+            message = f"unexpected error: {type(exc).__name__}: {exc}"
+        error(self.err, f"{message} (/retry to try again)")
 
     def _print_answer(self, answer: str) -> None:
         """The whole answer, plainly, as the streamed plain view would have written it."""
