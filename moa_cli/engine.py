@@ -176,7 +176,8 @@ class _Turn:
     def _empty(self, call: CallInfo, provider: object) -> EmptyAnswer:
         reason = "returned an empty answer"
         name = getattr(provider, "name", "?")
-        if getattr(provider, "kind", None) == "openai" and call in self.overlapped:
+        capped_to_one = getattr(provider, "max_concurrency", None) == 1
+        if getattr(provider, "kind", None) == "openai" and call in self.overlapped and not capped_to_one:
             # Seen with llama.cpp's server: a second request interrupts the first.
             reason += (
                 f" while another call to provider {name!r} was in flight; if its server answers one "

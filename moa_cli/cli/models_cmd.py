@@ -20,7 +20,7 @@ import typer
 
 from moa_cli import defaults
 from moa_cli.cli.errors import handle_errors
-from moa_cli.errors import ConfigError
+from moa_cli.errors import ConfigError, ProviderError
 
 if TYPE_CHECKING:  # the command imports config when it runs: `moa --help` stays fast
     from moa_cli.config import ProviderConfig, Settings
@@ -58,26 +58,22 @@ def _is_configured(settings: Settings, config: ProviderConfig) -> bool:
     return bool(from_file or has_key)
 
 
-async def _fetch_together(settings: Settings, config: ProviderConfig) -> list[str]:
-    """Chat model ids from the provider's model list (auth, retries and base URL as for chat)."""
-    from moa_cli.providers.chat_api import ChatAPIProvider
+async def _fetch(settings: Settings, config: ProviderConfig) -> list[str]:
+    """The provider's chat model ids, through the provider seam (errors mapped inside it)."""
     from moa_cli.providers.registry import ProviderPool
 
     # One retry at most and a short timeout: a listing should answer or warn quickly.
     quick = settings.with_changes(timeout=min(settings.timeout, LIST_TIMEOUT), retries=min(settings.retries, 1))
     pool = ProviderPool(quick)
     try:
-        provider = pool.provider(config.name)
-        assert isinstance(provider, ChatAPIProvider)
-        items = await provider.list_models()
+        ids = await pool.provider(config.name).list_models()
     finally:
         await pool.aclose()
-    ids = [str(item["id"]) for item in items if item.get("id") and item.get("type", "chat") == "chat"]
     return sorted(ids, key=str.lower)
 
 
 async def _list_together(settings: Settings, config: ProviderConfig) -> ProviderListing:
-    from moa_cli.providers.chat_api import map_error
+    from moa_cli.errors import MoaError
 
     listing = ProviderListing(config.name, config.kind, "Together AI")
     key_env = config.api_key_env or "TOGETHER_API_KEY"
@@ -86,10 +82,9 @@ async def _list_together(settings: Settings, config: ProviderConfig) -> Provider
         listing.about += f": set {key_env} to list and use its models"
         return listing
     try:
-        ids = await _fetch_together(settings, config)
-    except Exception as exc:  # any failure here is a warning, never a crash
-        mapped = map_error(config.name, exc, min(settings.timeout, LIST_TIMEOUT))
-        reason = mapped.reason if mapped is not None else f"{type(exc).__name__}: {exc}"
+        ids = await _fetch(settings, config)
+    except MoaError as exc:  # a failed listing is a warning, never a crash
+        reason = exc.reason if isinstance(exc, ProviderError) else str(exc)
         listing.error = f"could not list {config.name} models: {reason}"
         listing.about += ": could not list its models (see the warning)"
         return listing
@@ -171,6 +166,7 @@ def models(
         import asyncio  # deferred, as in the other commands: keeps `moa --help` fast
 
         from moa_cli import logs
+        from moa_cli.redact import redact
         from moa_cli.config import load_settings
 
         settings = load_settings()  # no line-up notice: nothing is being run
@@ -178,7 +174,7 @@ def models(
         listings = asyncio.run(collect(settings))
         for listing in listings:
             if listing.error:
-                sys.stderr.write(f"moa: warning: {' '.join(listing.error.split())}\n")
+                sys.stderr.write(f"moa: warning: {redact(' '.join(listing.error.split()))}\n")
         if json_output:
             payload = {"providers": [asdict(listing) for listing in listings]}
             sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")

@@ -18,8 +18,9 @@ exceptions are mapped inside the provider, so the engine and front ends see one 
 each error with its `kind` and HTTP `status`. Text in those errors that came from a
 server has passed through `redact.clean_server_text`.
 
-An optional `kind` attribute names the provider's kind ("together", "openai", "local",
-"scripted"); the engine reads it only for hints in warnings.
+Two optional attributes feed the engine's hints in warnings, nothing else: `kind`, the
+provider's kind ("together", "openai", "local", "scripted"), and `max_concurrency`, the
+calls it lets through at once when it caps them.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ class _Capped:
         self._inner = inner
         self.name = inner.name
         self.kind = getattr(inner, "kind", None)
-        self.limit = limit
+        self.limit = self.max_concurrency = limit  # max_concurrency: read by the engine's hints
         self._slots = asyncio.Semaphore(limit)
 
     def __repr__(self) -> str:
