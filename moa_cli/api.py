@@ -77,7 +77,7 @@ class MoA:
         """
         if settings is None:
             given = {"references": references, "aggregator": aggregator, "lineup": lineup, **overrides}
-            settings = load_settings(given, env, force_local=local)
+            settings = load_settings(given, env, force_local=local, origin="argument")
         elif references is not None or aggregator is not None or lineup is not None or overrides:
             raise TypeError("pass either settings= or single settings, not both")
         self.settings = settings

@@ -62,6 +62,7 @@ __all__ = [
     "read_prompt_file",
     "resolve_paths",
     "split_models",
+    "with_lineup",
 ]
 
 ProviderKind = Literal["together", "openai", "local"]
@@ -295,8 +296,13 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     *,
     force_local: bool = False,
+    origin: str = "flag",
 ) -> Settings:
-    """Build the Settings for this run. `overrides` are flag or API values (None = not given)."""
+    """Build the Settings for this run. `overrides` are flag or API values (None = not given).
+
+    `origin` names where `overrides` came from in `sources` and errors: "flag" for the
+    command line (errors name the flag), "argument" for the Python API.
+    """
     env = dict(os.environ if env is None else env)
     paths = resolve_paths(env)
     file = _File(paths.config_file)
@@ -327,7 +333,7 @@ def load_settings(
             chosen = "together"  # the declared defaults are this recipe; naming it says so
     if chosen is not None:
         layers.append((lineup_values(chosen, lineups), f"line-up {chosen}"))
-    layers += [(env_values, "env"), (flag_values, "flag")]
+    layers += [(env_values, "env"), (flag_values, origin)]
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -337,7 +343,7 @@ def load_settings(
             sources[name] = f"env {SPECS[name].env}" if origin == "env" else origin
     if chosen is not None:
         values["lineup"] = chosen
-        sources["lineup"] = "no key and nothing configured" if auto_local else sources.get("lineup", "flag")
+        sources["lineup"] = "no key and nothing configured" if auto_local else sources.get("lineup", origin)
 
     settings = Settings(
         **values,
@@ -346,7 +352,17 @@ def load_settings(
         local_lineup=auto_local,
         paths=paths,
         env=env,
+        overrides=flag_values,
         sources=sources,
     )
     validate(settings)
     return settings
+
+
+def with_lineup(settings: Settings, name: str) -> Settings:
+    """The settings as if the run had started with `--lineup NAME` and the same flags.
+
+    Changes made since (`/set`) are dropped: the line-up replaces them, as it would at start.
+    """
+    lineup_values(name, settings.lineups)  # an unknown name is a ConfigError naming the known ones
+    return load_settings({**settings.overrides, "lineup": name}, settings.env)

@@ -321,6 +321,7 @@ class Settings:
     local_lineup: bool = False  # the offline line-up is in use
     paths: Any = None  # config.Paths
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # the flags or API arguments given
     sources: Mapping[str, str] = field(default_factory=dict)  # setting -> where its value came from
 
     def with_changes(self, **changes: Any) -> Settings:
@@ -484,8 +485,11 @@ def validate(settings: Settings) -> None:
         message = problem(name, getattr(settings, name))
         if message:
             where = settings.sources.get(name, "default")
-            origin = f" (from {where})" if where not in ("default", "flag", "command", "argument") else ""
-            raise ConfigError(f"invalid {key_for(name)}{origin}: {message}")
+            origin = f" (from {where})" if where not in ("default", "flag", "argument", "command") else ""
+            spec = SPECS[name]
+            # A flag's error names the flag as typed; a file's or variable's, the key and where.
+            label = spec.flags[0].split("/")[0] if where == "flag" and spec.flags else key_for(name)
+            raise ConfigError(f"invalid {label}{origin}: {message}")
     if settings.providers and settings.default_provider not in settings.providers:
         raise ConfigError(f"invalid default_provider: no provider named {settings.default_provider!r}")
 

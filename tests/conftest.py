@@ -20,14 +20,29 @@ from tests.fakes.llm_server import FakeLLMServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Variables from the developer's shell that would change moa's behaviour under test.
-_CLEARED = (
-    "TOGETHER_API_KEY", "TOGETHER_BASE_URL", "OPENAI_API_KEY", "OPENROUTER_API_KEY", "GROQ_API_KEY",
-    "NO_COLOR", "FORCE_COLOR", "MOA_HOME", "MOA_LOG_LEVEL", "MOA_AGGREGATOR", "MOA_REFERENCE_MODELS",
-    "MOA_TEMPERATURE", "MOA_MAX_TOKENS", "MOA_ROUNDS", "MOA_NUM_PROC", "MOA_TIMEOUT", "MOA_RETRIES",
-    "MOA_LAYER_DEADLINE", "MOA_SEED", "MOA_SYSTEM", "MOA_MULTI_TURN", "MOA_DEFAULT_PROVIDER",
-    "http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy",
-)
+def _variables_to_clear() -> tuple[str, ...]:
+    """Every variable moa reads (from the settings' declarations and the providers), plus
+    the terminal and proxy variables that would change what a test sees."""
+    from moa_cli import defaults
+    from moa_cli.settings import SPECS
+
+    declared = {spec.env for spec in SPECS.values() if spec.env}
+    keys = {str(p["api_key_env"]) for p in defaults.BUILTIN_PROVIDERS.values() if p["api_key_env"]}
+    other = {"MOA_HOME", "MOA_SERVE_API_KEYS", "TOGETHER_BASE_URL", "NO_COLOR", "FORCE_COLOR", "COLUMNS", "LINES"}
+    proxies = {"http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"}
+    return tuple(sorted(declared | keys | other | proxies))
+
+
+_CLEARED = _variables_to_clear()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test can read the developer's config, keys or terminal settings: every one of
+    moa's variables is cleared and MOA_HOME points at an empty directory of the test's own."""
+    for name in _CLEARED:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MOA_HOME", str(tmp_path_factory.mktemp("isolated-moa-home")))
 
 
 @pytest.fixture

@@ -10,43 +10,20 @@ so `moa --help` stays fast.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Any
 
 import typer
 
 from moa_cli.cli import options as opt
 from moa_cli.cli.errors import handle_errors
 
-if TYPE_CHECKING:
-    from moa_cli.config import Settings
 
-MultiTurn = Annotated[
-    Optional[bool],
-    typer.Option(
-        "--multi-turn/--no-multi-turn",
-        help="Send the earlier turns with each prompt (default on; --no-multi-turn answers each prompt alone).",
-        rich_help_panel=opt.SAMPLING,
-        show_default=False,
-    ),
-]
-
-
+@opt.setting_options("chat")
 def chat(
-    aggregator: opt.Aggregator = None,
-    reference_models: opt.References = None,
+    *,
     local: opt.Local = False,
-    rounds: opt.Rounds = None,
-    aggregator_prompt: opt.AggregatorPrompt = None,
-    temperature: opt.Temperature = None,
-    max_tokens: opt.MaxTokens = None,
-    seed: opt.Seed = None,
-    system: opt.System = None,
-    multi_turn: MultiTurn = None,
-    num_proc: opt.NumProc = None,
-    timeout: opt.Timeout = None,
-    retries: opt.Retries = None,
-    layer_deadline: opt.LayerDeadline = None,
     verbose: opt.Verbose = False,
+    flags: dict[str, Any],
 ) -> None:
     """Chat with the mixture: a multi-turn REPL with live progress and streamed Markdown.
 
@@ -60,12 +37,10 @@ def chat(
 
       printf 'Hi\\nAnd in French?\\n' | moa chat > answers.txt
     """
-    flags = opt.overrides(locals())
     with handle_errors():
         from moa_cli.cli.runtime import load
 
-        settings = load(flags, local=local)
-        check_lineup(settings)
+        settings = load(opt.flag_overrides(flags, verbose=verbose), local=local)
         if is_interactive():
             from moa_cli.repl.loop import run_interactive
 
@@ -85,9 +60,3 @@ def is_interactive() -> bool:
         return False
     return any(stream is not None and stream.isatty() for stream in (sys.stdout, sys.stderr))
 
-
-def check_lineup(settings: Settings) -> None:
-    """Fail before the prompt (exit 2) if a model's provider cannot be built, e.g. no key."""
-    from moa_cli.providers.registry import ProviderPool
-
-    ProviderPool(settings).check([*settings.references, settings.aggregator])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import Any
 
@@ -35,6 +34,7 @@ def run_one_turn(settings: Settings, prompt: str, *, json_output: bool = False, 
     text is incomplete before the error propagates (exit 1).
     """
     from moa_cli.api import MoA
+    from moa_cli.cli import signals
     from moa_cli.errors import TurnFailed
     from moa_cli.render import TurnView, make_console
 
@@ -52,7 +52,7 @@ def run_one_turn(settings: Settings, prompt: str, *, json_output: bool = False, 
             view.stop()
 
     try:
-        result = asyncio.run(turn())
+        result = signals.run(turn())  # SIGINT/SIGTERM/SIGHUP cancel the turn, then 130/143/129
     except TurnFailed as exc:
         if exc.aggregator and view.answer_started:
             view.incomplete(settings.aggregator)

@@ -18,13 +18,14 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from moa_cli.config import Settings, split_models
+from moa_cli.config import Settings
+from moa_cli.settings import by_key, parse_text, settable, show
 from moa_cli.conversation import Conversation
 from moa_cli.errors import ConfigError
 
@@ -137,45 +138,13 @@ def _models(state: ChatState, arg: str, console: Console) -> Outcome:
     return Outcome.CONTINUE
 
 
-def _parse_int(text: str) -> int:
-    if not re.fullmatch(r"[+-]?\d+", text):
-        raise ValueError("expected a whole number")
-    return int(text)
-
-
-def _parse_float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError("expected a number") from None
-
-
-def _parse_deadline(text: str) -> float | None:
-    return None if text.lower() in ("off", "none") else _parse_float(text)
-
-
-def _parse_models(text: str) -> tuple[str, ...]:
-    models = split_models(text.replace(" ", ","))
-    if not models:
-        raise ValueError("expected one or more model names")
-    return models
-
-
-# Settings `/set` may change: field name -> parser of the typed value.
-SETTABLE: dict[str, Callable[[str], Any]] = {
-    "temperature": _parse_float,
-    "max_tokens": _parse_int,
-    "rounds": _parse_int,
-    "aggregator": str,
-    "references": _parse_models,
-    "layer_deadline": _parse_deadline,
-}
+# Settings `/set` may change, from their declarations (settings.py): name -> Spec.
+SETTABLE = settable()
 
 
 def setting_name(key: str) -> str:
     """`max-tokens` and `reference_models` as the Settings field names."""
-    name = key.lower().replace("-", "_")
-    return {"reference_models": "references"}.get(name, name)
+    return by_key().get(key.lower(), key.lower().replace("-", "_"))
 
 
 def apply_setting(settings: Settings, key: str, value: str) -> Settings:
@@ -186,15 +155,38 @@ def apply_setting(settings: Settings, key: str, value: str) -> Settings:
         more = f"; did you mean {hint}?" if hint else ""
         raise ConfigError(f"/set: unknown setting {key!r}{more} (settable: {', '.join(SETTABLE)})")
     try:
-        parsed = SETTABLE[name](value.strip())
+        parsed = parse_text(name, value)
     except ValueError as exc:
         raise ConfigError(f"/set {name}: {exc}, got {value!r}") from None
     new = settings.with_changes(**{name: parsed})
     if name in ("aggregator", "references"):
-        from moa_cli.providers.registry import ProviderPool
+        from moa_cli.providers.registry import check_lineup
 
-        ProviderPool(new).check([*new.references, new.aggregator])  # a missing key fails now
+        check_lineup(new)  # a missing key fails now, not at the next turn
     return new
+
+
+def _lineup(state: ChatState, arg: str, console: Console) -> Outcome:
+    name = arg.strip()
+    if not name:
+        current = state.settings.lineup or "none (the line-up comes from single settings)"
+        note(console, f"line-up: {current}; known: {', '.join(state.settings.lineups)} (/lineup NAME switches)")
+        return Outcome.CONTINUE
+    from moa_cli.config import with_lineup
+    from moa_cli.providers.registry import check_lineup
+
+    try:
+        new = with_lineup(state.settings, name)
+        check_lineup(new)
+    except ConfigError as exc:
+        error(console, str(exc))
+        return Outcome.CONTINUE
+    # The conversation keeps its own system prompt (/system); the line-up does not change it.
+    state.settings = replace(new, system=state.conversation.system)
+    note(console, f"line-up {name} from the next turn (settings changed with /set are reset)")
+    for line in lineup_lines(state.settings):
+        note(console, line)
+    return Outcome.CONTINUE
 
 
 def _set(state: ChatState, arg: str, console: Console) -> Outcome:
@@ -208,10 +200,7 @@ def _set(state: ChatState, arg: str, console: Console) -> Outcome:
         error(console, str(exc))
         return Outcome.CONTINUE
     name = setting_name(key)
-    shown = getattr(state.settings, name)
-    if isinstance(shown, tuple):
-        shown = ", ".join(shown)
-    note(console, f"{name} = {'off' if shown is None else shown} from the next turn")
+    note(console, f"{name} = {show(getattr(state.settings, name))} from the next turn")
     return Outcome.CONTINUE
 
 
@@ -349,6 +338,7 @@ COMMANDS: dict[str, Command] = {
         Command("help", "/help", "show this help", _help),
         Command("new", "/new", "start a new conversation", _new),
         Command("models", "/models", "show the line-up and settings", _models),
+        Command("lineup", "/lineup [NAME]", "show or switch the named line-up (moa lineups lists them)", _lineup),
         Command("set", "/set KEY VALUE", f"change a setting for the next turns ({', '.join(SETTABLE)})", _set),
         Command("system", "/system [TEXT|clear]", "show, set or clear the system prompt", _system),
         Command("proposals", "/proposals", "what each reference said in the last turn, layer by layer", _proposals),
