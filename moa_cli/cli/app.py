@@ -6,11 +6,13 @@ engine, rich and the SDKs when it runs, so `moa --help` and `moa --version` star
 
 from __future__ import annotations
 
-import os
 import sys
-from typing import Annotated, Optional
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from moa_cli import __version__
 from moa_cli.cli import config_cmd
@@ -19,7 +21,42 @@ from moa_cli.cli.lineups_cmd import lineups
 from moa_cli.cli.models_cmd import models
 from moa_cli.cli.chat import chat
 
+class _Escape(Exception):
+    """Carries an exception past click, which would turn EPIPE into exit 1 and Ctrl-C into 130."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(exc)
+        self.exc = exc
+
+
+@contextmanager
+def _escaping() -> Iterator[None]:
+    try:
+        yield
+    except (typer.Exit, typer.Abort, typer.TyperException, _Escape):
+        raise  # click's own flow (Exit, Abort, usage errors) stays click's
+    except (Exception, KeyboardInterrupt) as exc:
+        raise _Escape(exc) from exc
+
+
+class _Group(TyperGroup):
+    """The root group: every error but click's own reaches main() as it was raised.
+
+    Parsing (where `--help` and `--version` print) and invocation (the subcommands, their
+    own `--help`) both run inside this class's methods.
+    """
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _escaping():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _escaping():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="moa",
     help=(
         "Mixture-of-Agents in the terminal: several models answer, an aggregator writes the final answer.\n\n"
@@ -84,24 +121,76 @@ def normalise_argv(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    """Entry point: usage errors become one line on stderr and exit 2, never a box or a traceback."""
-    argv = normalise_argv(sys.argv[1:])
-    try:
-        code = app(args=argv, prog_name="moa", standalone_mode=False)
-    except typer.Abort:
-        sys.stderr.write("moa: aborted\n")
-        code = 130
-    except typer.TyperException as exc:  # click's ClickException and UsageError derive from it
-        from moa_cli.cli.errors import report
+    """Entry point: every way a run can end becomes its exit code and at most one line on stderr.
 
+    Usage errors exit 2, a reader that goes away (`| head`) exits 141 quietly, a failed
+    write of the answer exits 1, signals exit 128 + signum; never a box or a traceback.
+    """
+    from moa_cli.cli import signals, stdio
+    from moa_cli.cli.errors import EXIT_PIPE, EXIT_WRITE, interrupted
+
+    if not stdio.prepare():
+        sys.stderr.write("moa: error: cannot write the output: stdout is closed\n")
+        sys.exit(EXIT_WRITE)
+    signals.install()
+    argv = normalise_argv(sys.argv[1:])
+    json_mode = "--json" in argv
+    try:
+        try:
+            code = _dispatch(argv, json_mode)
+            sys.stdout.flush()  # a buffered write fails here, not in the interpreter's last flush
+        except KeyboardInterrupt as exc:  # a signal while an error was being reported
+            code = interrupted(exc)
+    except BrokenPipeError:
+        code = EXIT_PIPE  # the reader went away: stop quietly, as `cat` does
+    except OSError as exc:
+        code = _output_failed(exc)
+    if code in (EXIT_PIPE, EXIT_WRITE):
+        stdio.silence_stdout()  # so the interpreter's final flush cannot fail again
+    sys.exit(code)
+
+
+def _dispatch(argv: list[str], json_mode: bool) -> int:
+    """Run the app; map everything but stdout's own failures (EPIPE, ENOSPC...) to a code."""
+    from moa_cli.cli.errors import EXIT_FAILED, interrupted, report
+
+    try:
+        try:
+            code = app(args=argv, prog_name="moa", standalone_mode=False)
+        except _Escape as escaped:
+            raise escaped.exc from None
+    except (typer.Abort, EOFError):
+        sys.stderr.write("moa: aborted\n")
+        return 130
+    except typer.TyperException as exc:  # click's ClickException and UsageError derive from it
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         ctx = getattr(exc, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         code = getattr(exc, "exit_code", 2)
-        report(f"{message}{hint}", json_mode="--json" in argv, code=code)
-    except BrokenPipeError:
-        # The reader went away (`moa ask ... | head -1`): stop quietly, as `cat` does.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail too
-        code = 141
-    sys.exit(code if isinstance(code, int) else 0)
+        report(f"{message}{hint}", json_mode=json_mode, code=code)
+        return code
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP outside a command's own handler
+        return interrupted(exc, json_mode=json_mode)
+    except OSError as exc:
+        if exc.filename is None and exc.filename2 is None:
+            raise  # a write to stdout failed: main() decides
+        report(f"{exc.strerror or exc}: {exc.filename}", json_mode=json_mode)
+        return EXIT_FAILED
+    except Exception as exc:  # a bug: one line, the traceback only with --verbose
+        if "-v" in argv or "--verbose" in argv:
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
+        report(f"unexpected error: {type(exc).__name__}: {exc}", json_mode=json_mode)
+        return EXIT_FAILED
+    return code if isinstance(code, int) else 0
+
+
+def _output_failed(exc: OSError) -> int:
+    """stdout failed (disk full, closed, I/O error): one line on stderr; exit 1."""
+    from moa_cli.cli.errors import EXIT_WRITE
+
+    reason = exc.strerror or type(exc).__name__
+    sys.stderr.write(f"moa: error: cannot write the output: {reason}\n")
+    sys.stderr.flush()
+    return EXIT_WRITE
