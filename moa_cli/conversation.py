@@ -18,7 +18,7 @@ import json
 import os
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ class Exchange:
     prompt: str
     answer: str
     result: TurnResult | None = None  # proposals, usage and timing of the turn, when known
-    at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"prompt": self.prompt, "answer": self.answer, "at": self.at}
@@ -127,14 +127,25 @@ class Conversation:
         if self.system:
             lines += ["**System:**", "", self.system.strip(), ""]
         for exchange in self._exchanges:
-            lines += ["---", "", "**You:**", "", exchange.prompt.strip(), "", "**moa:**", "", exchange.answer.strip(), ""]
+            lines += [
+                "---",
+                "",
+                "**You:**",
+                "",
+                exchange.prompt.strip(),
+                "",
+                "**moa:**",
+                "",
+                exchange.answer.strip(),
+                "",
+            ]
         return "\n".join(lines)
 
     def to_json(self, meta: dict[str, Any] | None = None) -> str:
         """A machine-readable transcript; `messages` can be sent to any chat API as is."""
         data: dict[str, Any] = {
             "version": TRANSCRIPT_VERSION,
-            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
             **(meta or {}),
             "system": self.system,
             "multi_turn": self.multi_turn,
@@ -156,6 +167,7 @@ class Conversation:
         text = self.to_json(meta) if suffix == ".json" else self.to_markdown(meta)
         write_new_file(path, text.encode("utf-8"), overwrite=overwrite)
         return path
+
 
 def _meta_text(value: Any) -> str:
     if isinstance(value, (list, tuple)):

@@ -24,12 +24,12 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from rich.console import Console
 
+from moa_cli.config import Settings, load_settings
+from moa_cli.conversation import Conversation
 from moa_cli.repl import slash
 from moa_cli.repl.loop import Repl
 from moa_cli.repl.session import make_session
 from moa_cli.repl.slash import ChatState
-from moa_cli.config import Settings, load_settings
-from moa_cli.conversation import Conversation
 from moa_cli.types import TurnResult, Usage
 from tests.conftest import ROOT
 from tests.fakes.llm_server import FakeLLMServer, Reply
@@ -192,7 +192,11 @@ def test_a_failed_turn_keeps_the_repl_and_the_conversation_then_retry_works(serv
     assert run.out == "One.\nTwo.\n"
     # The failed "first" left nothing behind: /retry ran it once, then "second" followed.
     assert [e.prompt for e in run.conversation.exchanges] == ["first", "second"]
-    assert turns(server, "ref-a") == [[user("first")], [user("first")], [user("first"), assistant("One."), user("second")]]
+    assert turns(server, "ref-a") == [
+        [user("first")],
+        [user("first")],
+        [user("first"), assistant("One."), user("second")],
+    ]
 
 
 def test_a_model_that_does_not_exist_is_one_error_line(server: FakeLLMServer) -> None:
@@ -280,7 +284,10 @@ def test_unknown_command_names_the_closest(server: FakeLLMServer) -> None:
     assert "unknown command /xyzzy (/help lists the commands)" in run.err
     assert "unknown command /etc" in run.err  # at a terminal the typo help stays
     # A path is a question, and "//" sends a line that starts with a slash.
-    assert turns(server, AGG) == [[user("/usr/bin is what?")], [user("/usr/bin is what?"), assistant("Final answer."), user("/etc is what?")]]
+    assert turns(server, AGG) == [
+        [user("/usr/bin is what?")],
+        [user("/usr/bin is what?"), assistant("Final answer."), user("/etc is what?")],
+    ]
 
 
 def test_help_lists_every_command(server: FakeLLMServer) -> None:

@@ -65,7 +65,10 @@ def wait_for(condition: Callable[[], bool], timeout: float = 5) -> None:
 
 
 def user_turns(server: FakeLLMServer, model: str) -> list[list[str]]:
-    return [[f"{m['role']}: {m['content']}" for m in r.messages if m["role"] != "system"] for r in server.requests_for(model)]
+    return [
+        [f"{m['role']}: {m['content']}" for m in r.messages if m["role"] != "system"]
+        for r in server.requests_for(model)
+    ]
 
 
 @pytest.mark.pty

@@ -101,7 +101,9 @@ def test_a_history_file_that_breaks_later_warns_once_and_is_left_alone(tmp_path:
 
 
 @pytest.mark.pty
-def test_on_a_terminal_a_directory_history_is_one_warning(moa_env: dict[str, str], llm_server: FakeLLMServer, moa_home: Path) -> None:
+def test_on_a_terminal_a_directory_history_is_one_warning(
+    moa_env: dict[str, str], llm_server: FakeLLMServer, moa_home: Path
+) -> None:
     pexpect = pytest.importorskip("pexpect")
     (moa_home / "history").mkdir()
     llm_server.set_default(AGG, Reply(text="Fine answer."))

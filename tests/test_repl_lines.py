@@ -147,7 +147,9 @@ class ClosedPipe(StringIO):
         return False
 
 
-def test_a_closed_stdout_ends_the_interactive_repl_with_broken_pipe(server: FakeLLMServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_closed_stdout_ends_the_interactive_repl_with_broken_pipe(
+    server: FakeLLMServer, caplog: pytest.LogCaptureFixture
+) -> None:
     """Answers streamed into a closed pipe (`moa chat | tee` gone): no task keeps the error."""
     import asyncio
     import gc

@@ -26,7 +26,9 @@ AGG = "agg"
 
 
 @pytest.fixture
-def server(moa_env: dict[str, str], llm_server: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeLLMServer:
+def server(
+    moa_env: dict[str, str], llm_server: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> FakeLLMServer:
     monkeypatch.chdir(tmp_path)
     llm_server.set_default(AGG, Reply(text="The answer."))
     return llm_server
@@ -38,7 +40,9 @@ def run_repl(keys: str) -> tuple[str, Repl]:
     with create_pipe_input() as pipe:
         pipe.send_text(keys)
         session = make_session(None, input=pipe, output=DummyOutput())
-        repl = Repl(ChatState.start(load_settings({"references": ["ref-a"], "aggregator": AGG})), err, out, session=session)
+        repl = Repl(
+            ChatState.start(load_settings({"references": ["ref-a"], "aggregator": AGG})), err, out, session=session
+        )
         asyncio.run(repl.run())
     return err.file.getvalue(), repl  # type: ignore[attr-defined]
 
@@ -81,7 +85,9 @@ def test_save_onto_an_existing_file_is_refused_unless_forced(server: FakeLLMServ
     mine.write_text("my own notes\n")
     err, _ = run_repl("q\r/save notes.md\r/exit\r")
     assert mine.read_text() == "my own notes\n"  # unchanged
-    assert errors(err) == ["moa: error: could not save the transcript to notes.md: the file exists (/save notes.md --force replaces it)"]
+    assert errors(err) == [
+        "moa: error: could not save the transcript to notes.md: the file exists (/save notes.md --force replaces it)"
+    ]
 
     err, _ = run_repl("q\r/save notes.md --force\r/exit\r")
     assert not errors(err) and "saved 1 turn to notes.md" in err

@@ -59,4 +59,3 @@ def is_interactive() -> bool:
     if stdin is None or not stdin.isatty():
         return False
     return any(stream is not None and stream.isatty() for stream in (sys.stdout, sys.stderr))
-

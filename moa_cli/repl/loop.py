@@ -73,7 +73,11 @@ def banner(settings: Settings) -> str:
 
 def write_dim(stream: TextIO, text: str) -> None:
     """One dim line without loading rich (it loads while the user types), same rules as rich."""
-    plain = not stream.isatty() or bool(os.environ.get("NO_COLOR")) or os.environ.get("TERM", "").lower() in ("dumb", "unknown")
+    plain = (
+        not stream.isatty()
+        or bool(os.environ.get("NO_COLOR"))
+        or os.environ.get("TERM", "").lower() in ("dumb", "unknown")
+    )
     stream.write(f"{text}\n" if plain else f"\x1b[2m{text}\x1b[0m\n")
     stream.flush()
 

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from moa_cli.config import Settings
-from moa_cli.settings import by_key, parse_text, settable, show
 from moa_cli.conversation import Conversation
 from moa_cli.errors import ConfigError
+from moa_cli.settings import by_key, parse_text, settable, show
 
 if TYPE_CHECKING:  # rich itself loads later: the REPL imports this module before its first prompt
     from rich.console import Console
