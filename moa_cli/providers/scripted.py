@@ -64,7 +64,8 @@ class Step:
     `delay`: seconds before the first piece; `piece_delay`: seconds between pieces.
     `finish_reason`: yielded as `Finish` after the text ("stop" by default; None: no Finish).
     `error`: a failure kind ("timeout", "rate_limit", ...) raised after `error_after` pieces,
-    with `status` and `reason`. `usage`: reported after the text (None: counted from pieces).
+    with `status` and `reason`; or `raises`: this very exception (any type: a provider bug).
+    `usage`: reported after the text (None: counted from the pieces); `report_usage=False`: none.
     `endless`: keep streaming `text`'s pieces over and over (a server that never stops).
     """
 
@@ -79,6 +80,7 @@ class Step:
     usage: Usage | None = None
     report_usage: bool = True
     endless: bool = False
+    raises: BaseException | None = None
 
     def pieces(self) -> list[str]:
         if isinstance(self.text, str):
@@ -86,7 +88,12 @@ class Step:
             return [w + " " for w in words[:-1]] + [words[-1]] if self.text else []
         return list(self.text)
 
-    def exception(self, model: str) -> ProviderError:
+    def fails(self) -> bool:
+        return self.error is not None or self.raises is not None
+
+    def exception(self, model: str) -> BaseException:
+        if self.raises is not None:
+            return self.raises
         assert self.error is not None
         reason = self.reason or f"scripted {self.error} failure"
         cls = _ERRORS.get(self.error)
@@ -151,7 +158,7 @@ class ScriptedProvider:
             sent = 0
             while True:
                 for piece in pieces:
-                    if step.error is not None and sent >= step.error_after:
+                    if step.fails() and sent >= step.error_after:
                         raise step.exception(request.model)
                     if step.piece_delay:
                         await asyncio.sleep(step.piece_delay)
@@ -161,7 +168,7 @@ class ScriptedProvider:
                     sent += 1
                 if not step.endless or not pieces:
                     break
-            if step.error is not None:
+            if step.fails():
                 raise step.exception(request.model)
             if step.finish_reason is not None:
                 yield Finish(step.finish_reason)
