@@ -23,6 +23,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, TextIO
 
 from prompt_toolkit import PromptSession
+from prompt_toolkit.output import create_output
 
 from moa_cli.config import Settings
 from moa_cli.errors import MoaError
@@ -328,8 +329,6 @@ def run_interactive(settings: Settings) -> int:
     """The interactive chat on the real terminal; returns the exit code."""
     output = None
     if not sys.stdout.isatty():  # `moa chat > answers.md`: draw the prompt on stderr
-        from prompt_toolkit.output import create_output
-
         output = create_output(stdout=sys.stderr)
     history = settings.paths.history_file if settings.paths else None
     session = make_session(history, output=output)

@@ -24,9 +24,10 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from moa_cli.config import Settings
+from moa_cli.config import Settings, with_lineup
 from moa_cli.conversation import Conversation
 from moa_cli.errors import ConfigError
+from moa_cli.providers.registry import check_lineup
 from moa_cli.settings import by_key, parse_text, settable, show
 
 if TYPE_CHECKING:  # rich itself loads later: the REPL imports this module before its first prompt
@@ -160,8 +161,6 @@ def apply_setting(settings: Settings, key: str, value: str) -> Settings:
         raise ConfigError(f"/set {name}: {exc}, got {value!r}") from None
     new = settings.with_changes(**{name: parsed})
     if name in ("aggregator", "references"):
-        from moa_cli.providers.registry import check_lineup
-
         check_lineup(new)  # a missing key fails now, not at the next turn
     return new
 
@@ -172,9 +171,6 @@ def _lineup(state: ChatState, arg: str, console: Console) -> Outcome:
         current = state.settings.lineup or "none (the line-up comes from single settings)"
         note(console, f"line-up: {current}; known: {', '.join(state.settings.lineups)} (/lineup NAME switches)")
         return Outcome.CONTINUE
-    from moa_cli.config import with_lineup
-    from moa_cli.providers.registry import check_lineup
-
     try:
         new = with_lineup(state.settings, name)
         check_lineup(new)
