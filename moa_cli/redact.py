@@ -16,7 +16,7 @@ import re
 import threading
 
 MASK = "****"
-_MIN_SECRET = 4  # shorter values would mask ordinary words
+_MIN_SECRET = 8  # shorter values would mask ordinary words ("none", the placeholder key for keyless servers)
 
 _lock = threading.Lock()
 _secrets: tuple[str, ...] = ()
@@ -26,6 +26,8 @@ _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<cred>[
 # CSI/OSC/other ESC sequences, then any remaining C0/C1 control characters except \t \n
 _ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]|\x9b[0-?]*[ -/]*[@-~]")
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# invisible format characters that reorder or hide text on a terminal (bidi overrides, zero-width)
+_INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _HTML_START = re.compile(r"^\s*(<!doctype html|<html|<head|<body|<\?xml|<h1)", re.IGNORECASE)
 
@@ -70,6 +72,7 @@ def clean_server_text(text: str, *, limit: int = 200) -> str:
         text = f"HTML page: {html.unescape(title.group(1))}" if title else "an HTML page (no title)"
     text = _ESCAPES.sub("", text)
     text = _CONTROLS.sub(" ", text)
+    text = _INVISIBLE.sub("", text)
     text = " ".join(text.split())
     text = redact(text)
     return text[:limit] + ("…" if len(text) > limit else "")
