@@ -23,8 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from loguru import logger
-
 from moa_cli.events import (
     AnswerDelta,
     CallDelta,
@@ -36,6 +34,7 @@ from moa_cli.events import (
     TurnDone,
 )
 from moa_cli.errors import BadResponse, DeadlineExceeded, EmptyAnswer, ProviderError, TurnFailed
+from moa_cli.logs import logger  # disabled until the CLI configures it
 from moa_cli.prompts import inject_references
 from moa_cli.settings import DEFAULTS
 from moa_cli.providers.base import Provider

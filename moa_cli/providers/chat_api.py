@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from loguru import logger
 
 from moa_cli.errors import (
     AuthenticationError,
@@ -35,6 +34,7 @@ from moa_cli.errors import (
     RateLimitError,
     StreamCutOff,
 )
+from moa_cli.logs import logger  # disabled until the CLI configures it
 from moa_cli.redact import clean_server_text, register_secret
 from moa_cli.types import CompletionRequest, Finish, Usage
 

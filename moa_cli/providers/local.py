@@ -33,10 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loguru import logger
-
 from moa_cli.config import ProviderConfig
 from moa_cli.errors import ConfigError, ProviderError
+from moa_cli.logs import logger  # disabled until the CLI configures it
 from moa_cli.types import CompletionRequest, Finish, Usage
 
 if TYPE_CHECKING:

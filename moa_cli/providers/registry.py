@@ -15,10 +15,9 @@ import asyncio
 import difflib
 from collections.abc import AsyncIterator, Iterable
 
-from loguru import logger
-
 from moa_cli.config import ProviderConfig, Settings
 from moa_cli.errors import ConfigError, MissingKeyError
+from moa_cli.logs import logger  # disabled until the CLI configures it
 from moa_cli.providers.base import Provider, StreamItem
 from moa_cli.redact import mask_url
 from moa_cli.types import CompletionRequest
