@@ -27,14 +27,19 @@ MOA = f"{shlex.quote(sys.executable)} -m moa_cli"
 def sh(script: str, env: dict[str, str], *, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """Run a bash script (stdin closed unless the script redirects it)."""
     return subprocess.run(
-        ["bash", "-c", script], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=timeout,
+        ["bash", "-c", script],
+        env=env,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def moa_status(script: str, env: dict[str, str], *, index: int = 0) -> tuple[int, subprocess.CompletedProcess[str]]:
     """Run `script`, a pipeline whose command number `index` is moa; return moa's exit code."""
-    proc = sh(f"{script}; echo \"status=${{PIPESTATUS[{index}]}}\" >&2", env)
+    proc = sh(f'{script}; echo "status=${{PIPESTATUS[{index}]}}" >&2', env)
     *rest, last = proc.stderr.rstrip("\n").split("\n")
     assert last.startswith("status="), proc.stderr
     proc.stderr = "\n".join(rest) + ("\n" if rest else "")
@@ -147,7 +152,12 @@ def start_slow_turn(moa_env: dict[str, str], llm_server: FakeLLMServer, *args: s
     llm_server.script("beta", Reply(text="word " * 500, token_delay=0.05))
     proc = subprocess.Popen(
         [sys.executable, "-m", "moa_cli", *args],
-        env=moa_env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=moa_env,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 20
     while llm_server.active_streams < 2 and time.monotonic() < deadline and proc.poll() is None:
@@ -168,7 +178,11 @@ def stop(proc: subprocess.Popen[str], signum: int) -> tuple[str, str]:
 
 @pytest.mark.parametrize(
     ("signum", "code", "line"),
-    [(signal.SIGTERM, 143, "moa: terminated"), (signal.SIGHUP, 129, "moa: hung up"), (signal.SIGINT, 130, "moa: interrupted")],
+    [
+        (signal.SIGTERM, 143, "moa: terminated"),
+        (signal.SIGHUP, 129, "moa: hung up"),
+        (signal.SIGINT, 130, "moa: interrupted"),
+    ],
     ids=["SIGTERM", "SIGHUP", "SIGINT"],
 )
 def test_a_signal_cancels_the_turn_and_closes_every_stream(
@@ -203,7 +217,12 @@ def test_sigterm_in_chat_line_mode(moa_env: dict[str, str], llm_server: FakeLLMS
     llm_server.script("beta", Reply(text="word " * 500, token_delay=0.05))
     proc = subprocess.Popen(
         [sys.executable, "-m", "moa_cli", "chat", *LINEUP],
-        env=moa_env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=moa_env,
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdin is not None
     proc.stdin.write("q\n")
@@ -214,7 +233,7 @@ def test_sigterm_in_chat_line_mode(moa_env: dict[str, str], llm_server: FakeLLMS
     assert llm_server.active_streams == 2
     try:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=10)
+        _, err = proc.communicate(timeout=10)
     finally:
         proc.kill()
     assert proc.returncode == 143

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -17,9 +17,10 @@ from typer.core import TyperGroup
 from moa_cli import __version__
 from moa_cli.cli import config_cmd
 from moa_cli.cli.ask import ask, run_ask
+from moa_cli.cli.chat import chat
 from moa_cli.cli.lineups_cmd import lineups
 from moa_cli.cli.models_cmd import models
-from moa_cli.cli.chat import chat
+
 
 class _Escape(Exception):
     """Carries an exception past click, which would turn EPIPE into exit 1 and Ctrl-C into 130."""
@@ -78,7 +79,7 @@ def _version(value: bool) -> None:
 def root(
     ctx: typer.Context,
     version: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option("--version", "-V", callback=_version, is_eager=True, help="Show the version and exit."),
     ] = None,
 ) -> None:
@@ -99,8 +100,15 @@ app.add_typer(config_cmd.app, name="config")
 
 # The original demo's spellings; users paste commands from its README.
 UNDERSCORE_ALIASES = frozenset(
-    {"--reference_models", "--max_tokens", "--num_proc", "--multi_turn", "--no_multi_turn",
-     "--layer_deadline", "--aggregator_prompt"}
+    {
+        "--reference_models",
+        "--max_tokens",
+        "--num_proc",
+        "--multi_turn",
+        "--no_multi_turn",
+        "--layer_deadline",
+        "--aggregator_prompt",
+    }
 )
 
 
@@ -176,7 +184,7 @@ def _dispatch(argv: list[str], json_mode: bool) -> int:
             raise  # a write to stdout failed: main() decides
         report(f"{exc.strerror or exc}: {exc.filename}", json_mode=json_mode)
         return EXIT_FAILED
-    except Exception as exc:  # a bug: one line, the traceback only with --verbose
+    except Exception as exc:  # noqa: BLE001  (a bug: one line, the traceback only with --verbose)
         if "-v" in argv or "--verbose" in argv:
             import traceback
 

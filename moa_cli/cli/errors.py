@@ -1,10 +1,10 @@
 """The one place where errors become exit codes and one-line messages.
 
-    0    answered
-    1    the models failed, or the answer could not be written (disk full, stdout closed)
-    2    usage or configuration error
-    129  SIGHUP    130  SIGINT (Ctrl-C)    143  SIGTERM: the turn is cancelled, streams closed
-    141  the reader of stdout went away (`| head`): quietly, as `cat` does
+0    answered
+1    the models failed, or the answer could not be written (disk full, stdout closed)
+2    usage or configuration error
+129  SIGHUP    130  SIGINT (Ctrl-C)    143  SIGTERM: the turn is cancelled, streams closed
+141  the reader of stdout went away (`| head`): quietly, as `cat` does
 """
 
 from __future__ import annotations

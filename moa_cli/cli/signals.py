@@ -26,9 +26,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-HANDLED = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
-)
+HANDLED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 _REASONS = {"SIGINT": "interrupted", "SIGTERM": "terminated", "SIGHUP": "hung up"}
 
 
@@ -94,9 +92,7 @@ class Caught:
 
 
 @contextmanager
-def cancel_on_signal(
-    task: asyncio.Task[Any] | None = None, *, signals: tuple[int, ...] = HANDLED
-) -> Iterator[Caught]:
+def cancel_on_signal(task: asyncio.Task[Any] | None = None, *, signals: tuple[int, ...] = HANDLED) -> Iterator[Caught]:
     """While active (inside a running loop), the first of `signals` cancels `task`.
 
     `task` defaults to the current task. A second signal raises `Interrupted` at once (the
