@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import dataclass
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,5 +97,51 @@ def cli(moa_env: dict[str, str]) -> Iterator[object]:
 
     def call(args: list[str], *, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 30):
         return run_moa(args, {**moa_env, **(env or {})}, input=input, timeout=timeout)
+
+    yield call
+
+
+@dataclass
+class Ran:
+    """What a command did: the same fields as `subprocess.CompletedProcess`."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_in_process(args: list[str], env: dict[str, str | None] | None = None, *, input: str | None = None) -> Ran:
+    """Run `moa ARGS` in this process: the same dispatch as the `moa` command (argument
+    aliases, error lines, exit codes), with stdin, stdout and stderr swapped for buffers that
+    are not terminals. What only a real process has (signals, pipes, a closed fd, a TTY) is
+    tested with `cli` in a subprocess instead."""
+    from loguru import logger
+    from typer.testing import CliRunner
+
+    from moa_cli.cli.app import _dispatch, normalise_argv
+
+    argv = normalise_argv(args)
+    with CliRunner().isolation(input=input or "", env=env) as (out, err, _):
+        try:
+            code = _dispatch(argv, "--json" in argv)
+        except SystemExit as exc:  # pragma: no cover - _dispatch maps exits to codes
+            code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # The CLI pointed loguru at this test's stderr buffer: undo it, as a new process would.
+            logger.remove()
+            logger.disable("moa_cli")
+        return Ran(args, code, out.getvalue().decode("utf-8", "replace"), err.getvalue().decode("utf-8", "replace"))
+
+
+@pytest.fixture
+def moa(moa_env: dict[str, str]) -> Iterator[object]:
+    """`moa(["ask", "hi"], input=...)` runs the CLI in-process against the fake server (fast:
+    no interpreter start-up, the SDKs imported once per worker)."""
+
+    def call(args: list[str], *, input: str | None = None, env: dict[str, str | None] | None = None, timeout: float = 30):
+        return run_in_process(args, env, input=input)
 
     yield call

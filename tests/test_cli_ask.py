@@ -17,55 +17,58 @@ from tests.fakes.llm_server import FakeLLMServer, Reply
 LINEUP = ["-r", "alpha,beta", "-a", "judge"]
 
 
-def test_prompt_as_argument_prints_only_the_answer(cli, llm_server: FakeLLMServer) -> None:
+def test_prompt_as_argument_prints_only_the_answer(moa, llm_server: FakeLLMServer) -> None:
     llm_server.script("judge", Reply(text="Rayleigh scattering.\n\nShort waves scatter more."))
-    proc = cli(["ask", *LINEUP, "Why is the sky blue?"])
+    proc = moa(["ask", *LINEUP, "Why is the sky blue?"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "Rayleigh scattering.\n\nShort waves scatter more.\n"
     assert "Traceback" not in proc.stderr
     assert [r.last_user for r in llm_server.requests] == ["Why is the sky blue?"] * 3
 
 
-def test_prompt_from_stdin(cli, llm_server: FakeLLMServer) -> None:
-    proc = cli(["ask", *LINEUP], input="line one\nline two\n")
+def test_prompt_from_stdin(moa, llm_server: FakeLLMServer) -> None:
+    proc = moa(["ask", *LINEUP], input="line one\nline two\n")
     assert proc.returncode == 0, proc.stderr
     assert llm_server.requests_for("alpha")[0].last_user == "line one\nline two"
     assert proc.stdout == "Answer from judge.\n"
 
 
-def test_stdin_comes_first_then_the_argument(cli, llm_server: FakeLLMServer) -> None:
-    proc = cli(["ask", *LINEUP, "summarise this"], input="# Notes\nbuy milk\n")
+def test_stdin_comes_first_then_the_argument(moa, llm_server: FakeLLMServer) -> None:
+    proc = moa(["ask", *LINEUP, "summarise this"], input="# Notes\nbuy milk\n")
     assert proc.returncode == 0, proc.stderr
     assert llm_server.requests_for("beta")[0].last_user == "# Notes\nbuy milk\n\nsummarise this"
 
 
-def test_bare_moa_with_piped_stdin_asks(cli, llm_server: FakeLLMServer) -> None:
-    proc = cli([], input="hello there", env={"MOA_REFERENCE_MODELS": "alpha", "MOA_AGGREGATOR": "judge"})
+def test_bare_moa_with_piped_stdin_asks(moa, llm_server: FakeLLMServer) -> None:
+    proc = moa([], input="hello there", env={"MOA_REFERENCE_MODELS": "alpha", "MOA_AGGREGATOR": "judge"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "Answer from judge.\n"
 
 
-def test_json_output(cli, llm_server: FakeLLMServer) -> None:
+def test_json_output(moa, llm_server: FakeLLMServer) -> None:
     llm_server.script("beta", Reply(status=404))
-    proc = cli(["ask", *LINEUP, "--rounds", "2", "--json", "q"])
+    proc = moa(["ask", *LINEUP, "--rounds", "2", "--json", "q"])
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert set(data) == {"answer", "aggregator", "proposals", "usage", "seconds"}
+    assert set(data) == {"answer", "aggregator", "finish_reason", "proposals", "usage", "seconds"}
     assert data["answer"] == "Answer from judge." and data["aggregator"] == "judge"
     layers = [(p["model"], p["layer"]) for p in data["proposals"]]
     assert layers == [("alpha", 1), ("beta", 1), ("alpha", 2), ("beta", 2)]
     failed = data["proposals"][1]
     assert failed["text"] is None and "404" in failed["error"] and failed["usage"] is None
+    assert (failed["error_kind"], failed["status"], failed["finish_reason"]) == ("not_found", 404, None)
+    assert failed["error_kind"] == "not_found" and failed["status"] == 404 and data["finish_reason"] == "stop"
     ok = data["proposals"][0]
     assert ok["text"] == "Answer from alpha." and ok["error"] is None and ok["usage"]["total_tokens"] > 0
+    assert (ok["error_kind"], ok["status"], ok["finish_reason"]) == (None, None, "stop")
     known = [p["usage"]["total_tokens"] for p in data["proposals"] if p["usage"]]
     assert data["usage"]["total_tokens"] > sum(known)  # plus the aggregator's
     assert data["usage"]["total_tokens"] == data["usage"]["prompt_tokens"] + data["usage"]["completion_tokens"]
 
 
-def test_one_reference_failing_warns_once_and_answers(cli, llm_server: FakeLLMServer) -> None:
+def test_one_reference_failing_warns_once_and_answers(moa, llm_server: FakeLLMServer) -> None:
     llm_server.script("beta", Reply(status=500, error_message="boom"))
-    proc = cli(["ask", *LINEUP, "q"])
+    proc = moa(["ask", *LINEUP, "q"])
     assert proc.returncode == 0, proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "beta" in warnings[0] and "500" in warnings[0]
@@ -73,18 +76,18 @@ def test_one_reference_failing_warns_once_and_answers(cli, llm_server: FakeLLMSe
     assert "Answer from beta" not in (llm_server.requests_for("judge")[0].system or "")
 
 
-def test_a_404_model_is_named(cli, llm_server: FakeLLMServer) -> None:
+def test_a_404_model_is_named(moa, llm_server: FakeLLMServer) -> None:
     llm_server.unknown_models_404 = True
     llm_server.set_default("alpha", Reply())
     llm_server.set_default("judge", Reply())
-    proc = cli(["ask", "-r", "alpha,no-such/model", "-a", "judge", "q"])
+    proc = moa(["ask", "-r", "alpha,no-such/model", "-a", "judge", "q"])
     assert proc.returncode == 0, proc.stderr
     assert "no-such/model" in proc.stderr and "404" in proc.stderr
 
 
-def test_aggregator_failing_exits_1_with_one_line(cli, llm_server: FakeLLMServer) -> None:
+def test_aggregator_failing_exits_1_with_one_line(moa, llm_server: FakeLLMServer) -> None:
     llm_server.script("judge", Reply(status=500))
-    proc = cli(["ask", *LINEUP, "q"])
+    proc = moa(["ask", *LINEUP, "q"])
     assert proc.returncode == 1
     assert proc.stdout == ""
     errors = [line for line in proc.stderr.splitlines() if line.startswith("moa: error:")]
@@ -92,39 +95,39 @@ def test_aggregator_failing_exits_1_with_one_line(cli, llm_server: FakeLLMServer
     assert "Traceback" not in proc.stderr
 
 
-def test_all_references_failing_exits_1(cli, llm_server: FakeLLMServer) -> None:
+def test_all_references_failing_exits_1(moa, llm_server: FakeLLMServer) -> None:
     llm_server.script("alpha", Reply(status=503))
     llm_server.script("beta", Reply(status=503))
-    proc = cli(["ask", *LINEUP, "q"])
+    proc = moa(["ask", *LINEUP, "q"])
     assert proc.returncode == 1
     assert "every reference model failed" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_json_error_is_a_json_object(cli, llm_server: FakeLLMServer) -> None:
+def test_json_error_is_a_json_object(moa, llm_server: FakeLLMServer) -> None:
     llm_server.script("judge", Reply(status=500))
-    proc = cli(["ask", *LINEUP, "--json", "q"])
+    proc = moa(["ask", *LINEUP, "--json", "q"])
     assert proc.returncode == 1
     data = json.loads(proc.stdout)
     assert "aggregator judge failed" in data["error"]
 
 
-def test_missing_key_exits_2_and_names_the_variable(cli, llm_server: FakeLLMServer) -> None:
-    proc = cli(["ask", *LINEUP, "q"], env={"TOGETHER_API_KEY": ""})
+def test_missing_key_exits_2_and_names_the_variable(moa, llm_server: FakeLLMServer) -> None:
+    proc = moa(["ask", *LINEUP, "q"], env={"TOGETHER_API_KEY": ""})
     assert proc.returncode == 2
     assert "TOGETHER_API_KEY" in proc.stderr and "Traceback" not in proc.stderr
     assert llm_server.requests == []
 
 
-def test_missing_key_for_an_openai_compatible_provider(cli, llm_server: FakeLLMServer) -> None:
-    proc = cli(["ask", "-r", "groq:llama-3.1-8b-instant", "-a", "judge", "q"])
+def test_missing_key_for_an_openai_compatible_provider(moa, llm_server: FakeLLMServer) -> None:
+    proc = moa(["ask", "-r", "groq:llama-3.1-8b-instant", "-a", "judge", "q"])
     assert proc.returncode == 2
     assert "GROQ_API_KEY" in proc.stderr
 
 
-def test_layer_deadline_with_a_slow_reference(cli, llm_server: FakeLLMServer) -> None:
+def test_layer_deadline_with_a_slow_reference(moa, llm_server: FakeLLMServer) -> None:
     llm_server.script("beta", Reply(text="slow", latency=10))
     started = time.perf_counter()
-    proc = cli(["ask", *LINEUP, "--layer-deadline", "0.5", "--json", "q"])
+    proc = moa(["ask", *LINEUP, "--layer-deadline", "0.5", "--json", "q"])
     elapsed = time.perf_counter() - started
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
@@ -133,9 +136,9 @@ def test_layer_deadline_with_a_slow_reference(cli, llm_server: FakeLLMServer) ->
     assert elapsed < 10 / 2  # the straggler's latency would dominate otherwise
 
 
-def test_429_then_success_is_retried_by_the_sdk(cli, llm_server: FakeLLMServer) -> None:
+def test_429_then_success_is_retried_by_the_sdk(moa, llm_server: FakeLLMServer) -> None:
     llm_server.script("alpha", Reply(status=429, headers={"retry-after-ms": "1"}), Reply(text="after retry"))
-    proc = cli(["ask", *LINEUP, "--retries", "1", "--json", "q"])
+    proc = moa(["ask", *LINEUP, "--retries", "1", "--json", "q"])
     assert proc.returncode == 0, proc.stderr
     assert len(llm_server.requests_for("alpha")) == 2
     assert json.loads(proc.stdout)["proposals"][0]["text"] == "after retry"
@@ -151,43 +154,43 @@ def test_429_then_success_is_retried_by_the_sdk(cli, llm_server: FakeLLMServer) 
         (["--no-such-flag"], "No such option"),
     ],
 )
-def test_bad_options_exit_2_with_one_line(cli, args: list[str], needle: str) -> None:
-    proc = cli(["ask", *LINEUP, *args, "q"])
+def test_bad_options_exit_2_with_one_line(moa, args: list[str], needle: str) -> None:
+    proc = moa(["ask", *LINEUP, *args, "q"])
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and needle in proc.stderr and proc.stderr.startswith("moa: error:")
 
 
-def test_no_prompt_exits_2(cli) -> None:
-    proc = cli(["ask", *LINEUP])
+def test_no_prompt_exits_2(moa) -> None:
+    proc = moa(["ask", *LINEUP])
     assert proc.returncode == 2 and "no prompt" in proc.stderr
 
 
-def test_underscore_aliases_from_the_original_demo(cli, llm_server: FakeLLMServer) -> None:
-    proc = cli(["ask", "--reference_models", "alpha", "--aggregator", "judge", "--max_tokens", "7", "--num_proc", "1", "q"])
+def test_underscore_aliases_from_the_original_demo(moa, llm_server: FakeLLMServer) -> None:
+    proc = moa(["ask", "--reference_models", "alpha", "--aggregator", "judge", "--max_tokens", "7", "--num_proc", "1", "q"])
     assert proc.returncode == 0, proc.stderr
     assert all(r.body["max_tokens"] == 7 for r in llm_server.requests)
 
 
-def test_bad_env_value_exits_2(cli) -> None:
-    proc = cli(["ask", *LINEUP, "q"], env={"MOA_TEMPERATURE": "hot"})
+def test_bad_env_value_exits_2(moa) -> None:
+    proc = moa(["ask", *LINEUP, "q"], env={"MOA_TEMPERATURE": "hot"})
     assert proc.returncode == 2 and "MOA_TEMPERATURE" in proc.stderr
 
 
-def test_malformed_config_file_names_file_and_line(cli, moa_home: Path) -> None:
+def test_malformed_config_file_names_file_and_line(moa, moa_home: Path) -> None:
     (moa_home / "config.toml").write_text('temperature = 0.5\nrounds = "two"\n')
-    proc = cli(["ask", *LINEUP, "q"])
+    proc = moa(["ask", *LINEUP, "q"])
     assert proc.returncode == 2
     assert f"{moa_home / 'config.toml'}, line 2" in proc.stderr and "rounds" in proc.stderr
     (moa_home / "config.toml").write_text("temperature = \n")
-    proc = cli(["ask", *LINEUP, "q"])
+    proc = moa(["ask", *LINEUP, "q"])
     assert proc.returncode == 2 and "line 1" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_openai_compatible_provider_mixed_with_together(cli, llm_server: FakeLLMServer, moa_home: Path) -> None:
+def test_openai_compatible_provider_mixed_with_together(moa, llm_server: FakeLLMServer, moa_home: Path) -> None:
     (moa_home / "config.toml").write_text(
         f'[providers.fakeai]\nkind = "openai"\nbase_url = "{llm_server.openai_base_url}"\napi_key_env = "FAKEAI_KEY"\n'
     )
-    proc = cli(["ask", "-r", "fakeai:llama3.2:1b,alpha", "-a", "fakeai:judge", "q"], env={"FAKEAI_KEY": "sk-fake-secret"})
+    proc = moa(["ask", "-r", "fakeai:llama3.2:1b,alpha", "-a", "fakeai:judge", "q"], env={"FAKEAI_KEY": "sk-fake-secret"})
     assert proc.returncode == 0, proc.stderr
     models = sorted(r.model for r in llm_server.requests)
     assert models == ["alpha", "judge", "llama3.2:1b"]
@@ -196,19 +199,19 @@ def test_openai_compatible_provider_mixed_with_together(cli, llm_server: FakeLLM
     assert by_model["alpha"].headers.get("authorization") == "Bearer test-key-0123456789"
 
 
-def test_secrets_never_reach_the_output(cli, llm_server: FakeLLMServer) -> None:
+def test_secrets_never_reach_the_output(moa, llm_server: FakeLLMServer) -> None:
     llm_server.script("judge", Reply(status=401))
-    proc = cli(["ask", *LINEUP, "--verbose", "q"])
+    proc = moa(["ask", *LINEUP, "--verbose", "q"])
     combined = proc.stdout + proc.stderr
     assert "test-key-0123456789" not in combined and "Bearer" not in combined
-    shown = cli(["config", "show"])
+    shown = moa(["config", "show"])
     assert shown.returncode == 0 and "test-key-0123456789" not in shown.stdout
     assert "TOGETHER_API_KEY=tes…89" in shown.stdout
 
 
-def test_flags_beat_env_beat_file(cli, llm_server: FakeLLMServer, moa_home: Path) -> None:
+def test_flags_beat_env_beat_file(moa, llm_server: FakeLLMServer, moa_home: Path) -> None:
     (moa_home / "config.toml").write_text("max_tokens = 11\ntemperature = 0.1\nrounds = 1\n")
-    proc = cli(["ask", *LINEUP, "--temperature", "0.3", "q"], env={"MOA_MAX_TOKENS": "22"})
+    proc = moa(["ask", *LINEUP, "--temperature", "0.3", "q"], env={"MOA_MAX_TOKENS": "22"})
     assert proc.returncode == 0, proc.stderr
     body = llm_server.requests_for("alpha")[0].body
     assert body["max_tokens"] == 22 and body["temperature"] == 0.3
@@ -248,16 +251,16 @@ def test_ctrl_c_exits_130_and_closes_connections(moa_env: dict[str, str], llm_se
     assert all(r.disconnected for r in llm_server.requests)
 
 
-def test_quiet_keeps_stderr_to_warnings(cli, llm_server: FakeLLMServer) -> None:
+def test_quiet_keeps_stderr_to_warnings(moa, llm_server: FakeLLMServer) -> None:
     llm_server.script("beta", Reply(status=500))
-    proc = cli(["ask", *LINEUP, "-q", "q"])
+    proc = moa(["ask", *LINEUP, "-q", "q"])
     assert proc.returncode == 0
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and "warning" in lines[0] and "beta" in lines[0]
 
 
-def test_missing_aggregator_prompt_file_exits_2(cli, tmp_path: Path) -> None:
-    proc = cli(["ask", *LINEUP, "--aggregator-prompt", str(tmp_path / "nope.txt"), "q"])
+def test_missing_aggregator_prompt_file_exits_2(moa, tmp_path: Path) -> None:
+    proc = moa(["ask", *LINEUP, "--aggregator-prompt", str(tmp_path / "nope.txt"), "q"])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("moa: error: cannot read aggregator prompt")
 
