@@ -30,7 +30,7 @@ from moa_cli.events import CallDelta, Event
 from moa_cli.prompts import AGGREGATOR_PROMPT
 from moa_cli.providers import local
 from moa_cli.providers.local import LocalProvider, check_local_model
-from moa_cli.types import CompletionRequest, Message, Usage
+from moa_cli.types import CompletionRequest, Finish, Message, Usage
 from tests.conftest import ROOT, run_moa
 from tests.fakes.llm_server import FakeLLMServer, Reply
 
@@ -68,14 +68,26 @@ def request(messages: list[Message], max_tokens: int, *, temperature: float = 0.
 
 
 async def collect(provider: LocalProvider, req: CompletionRequest) -> tuple[list[str], Usage | None]:
+    pieces, usage, _ = await collect_all(provider, req)
+    return pieces, usage
+
+
+async def collect_all(provider: LocalProvider, req: CompletionRequest) -> tuple[list[str], Usage | None, str | None]:
+    """The text pieces, the Usage and the finish reason, checking the seam's order."""
     pieces: list[str] = []
     usage: Usage | None = None
+    finish: str | None = None
     async for item in provider.stream(req):
+        assert usage is None, "nothing comes after the Usage"
         if isinstance(item, Usage):
             usage = item
+        elif isinstance(item, Finish):
+            assert finish is None, "one Finish at most"
+            finish = item.reason
         else:
+            assert finish is None, "text after the Finish"
             pieces.append(item)
-    return pieces, usage
+    return pieces, usage, finish
 
 
 def stderr_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
@@ -175,9 +187,24 @@ def test_offline_chat_answers_two_turns(bundled: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip(), "no answer on stdout"
     assert not [word for word in LLAMA_NOISE if word in proc.stderr], proc.stderr
-    footers = [line for line in proc.stderr.splitlines() if line.endswith("2 calls")]
+    footers = [line for line in proc.stderr.splitlines() if "2 calls" in line]
     assert len(footers) == 2, proc.stderr  # one footer per turn, each with real token counts
     assert all(re.search(r"\d+ tokens", line) for line in footers)
+    # An answer that stopped at the 8-token limit says so, and names the limit.
+    assert all(line.endswith(("2 calls", "answer cut at the token limit (max_tokens 8)")) for line in footers)
+
+
+@pytest.mark.local
+def test_an_answer_cut_at_max_tokens_says_so(bundled: Path, tmp_path: Path) -> None:
+    proc = run_moa(
+        ["ask", "--json", "--max-tokens", "3", "-r", "local:smollm2", "-a", "local:smollm2", "Tell me a long story."],
+        offline_env(tmp_path),
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["finish_reason"] == "length"
+    assert [p["finish_reason"] for p in result["proposals"]] == ["length"]
 
 
 @pytest.mark.local
@@ -231,7 +258,8 @@ def test_remote_references_with_a_local_aggregator(
 def test_usage_is_what_llama_cpp_counts(
     provider: LocalProvider, bundled: Path, messages: list[Message], max_tokens: int, finish: str
 ) -> None:
-    pieces, usage = asyncio.run(collect(provider, request(messages, max_tokens)))
+    pieces, usage, reported = asyncio.run(collect_all(provider, request(messages, max_tokens)))
+    assert reported == finish  # the provider says why it stopped ("length": cut at max_tokens)
     # The oracle: llama-cpp-python's own non-streaming usage for the same greedy request.
     shared = local._shared(bundled)
     with shared.lock:
