@@ -115,7 +115,7 @@ class EmptyAnswer(ProviderError):
 
 #: What each kind is called in a footer or a progress row.
 KIND_WORDS: dict[str, str] = {
-    "auth": "auth failed",
+    "auth": "authentication failed",
     "rate_limit": "rate limited",
     "not_found": "not found",
     "timeout": "timed out",

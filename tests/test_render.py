@@ -340,3 +340,68 @@ def test_a_call_cut_off_before_it_started_does_not_break_the_view() -> None:
     view = ProgressView(console)
     view.handle(CallFailed(B, "timed out at the layer deadline (0.3s)", 0.3, timed_out=True))
     assert "model-b (layer 1) left out: timed out" in console.file.getvalue()  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------- failure kinds, cut answers, secrets
+
+
+@pytest.mark.parametrize(
+    ("kind", "word"),
+    [("timeout", "timed out"), ("deadline", "timed out"), ("cut_off", "cut off"), ("auth", "authentication failed"),
+     ("rate_limit", "rate limited"), ("not_found", "not found"), ("connection", "connection failed"),
+     ("bad_response", "bad response"), ("empty", "empty"), ("cancelled", "cancelled"), ("other", "failed")],
+)
+def test_the_footer_and_the_row_name_the_kind(kind: str, word: str) -> None:
+    result = TurnResult("x", "agg", [Proposal("model-a", 1, text="a"), Proposal("model-b", 1, error="why", error_kind=kind)])
+    assert footer_text(result).endswith(f"left out: model-b ({word})")
+    console = plain_console()
+    view = ProgressView(console)
+    view.handle(CallStarted(B))
+    view.handle(CallFailed(B, "why", 0.5, kind=kind))
+    assert view.rows[B].state == word
+    assert "moa: warning: model-b (layer 1) left out: why" in console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_every_kind_has_a_word() -> None:
+    from moa_cli.errors import KIND_WORDS, KINDS
+
+    assert set(KIND_WORDS) == set(KINDS)
+
+
+def test_the_footer_says_when_the_answer_was_cut_at_the_token_limit() -> None:
+    result = TurnResult("x", "agg", [Proposal("model-a", 1, text="a", finish_reason="length")], Usage(1, 2, 3), 1.0,
+                        finish_reason="length", max_tokens=256)
+    assert footer_text(result) == "1.0s · 3 tokens · 2 calls · answer cut at the token limit (max_tokens 256)"
+    result.finish_reason = "stop"
+    assert "token limit" not in footer_text(result)  # a reference cut at the limit is not the answer
+
+
+def test_a_partial_answer_is_flagged_incomplete() -> None:
+    err, out = plain_console(), plain_console()
+    view = TurnView(err, out, progress=False)
+    assert not view.answer_started
+    view.handle(AnswerDelta(AGG, "The answer is"))
+    view.stop()
+    assert view.answer_started
+    view.incomplete("agg")
+    assert out.file.getvalue() == "The answer is\n"  # type: ignore[attr-defined]
+    assert err.file.getvalue() == (  # type: ignore[attr-defined]
+        "moa: the answer above is incomplete: the aggregator agg failed before it finished\n"
+    )
+
+
+def test_warnings_and_footers_never_show_a_key() -> None:
+    from moa_cli import redact
+
+    redact.register_secret("sk-live-0123456789")
+    try:
+        console = plain_console()
+        view = ProgressView(console)
+        view.handle(CallFailed(B, "HTTP 401: bad key sk-live-0123456789 at http://u:p@host", 0.1, kind="auth", status=401))
+        text = console.file.getvalue()  # type: ignore[attr-defined]
+        assert "sk-live" not in text and "u:p@" not in text
+        assert "bad key **** at http://****@host" in text
+        result = TurnResult("x", "sk-live-0123456789", [Proposal("sk-live-0123456789", 1, error="e")])
+        assert "sk-live" not in footer_text(result)
+    finally:
+        redact.forget_secrets()
