@@ -259,3 +259,95 @@ def test_usage_is_unknown_when_a_call_was_cut_after_streaming(moa_env: dict[str,
     llm_server.script("alpha", Reply(text="one two three four", cut_after=2))
     result = MoA(references=REFS, aggregator="judge").run("q")
     assert result.usage.total_tokens is None  # alpha was billed for tokens nobody counted
+
+
+# ---------------------------------------------------------------------------- the stream's end, on the wire
+
+
+def test_a_clean_close_without_done_is_cut_off(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
+    llm_server.script("alpha", Reply(text="one two three four", end_after=2))
+    result = MoA(references=REFS, aggregator="judge").run("q")
+    alpha = result.proposals[0]
+    assert (alpha.text, alpha.error_kind) == (None, "cut_off")
+    assert "stream ended before the answer was complete" in (alpha.error or "")
+
+
+def test_finish_reasons_come_off_the_wire(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
+    llm_server.script("alpha", Reply(text="cut here", finish_reason="length"))
+    llm_server.script("judge", Reply(text="final", finish_reason="length"))
+    result = MoA(references=REFS, aggregator="judge").run("q")
+    assert [p.finish_reason for p in result.proposals] == ["length", "stop"]
+    assert result.proposals[0].text == "cut here" and result.finish_reason == "length"
+
+
+def test_an_error_chunk_mid_stream_is_cleaned_and_typed(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
+    llm_server.script("alpha", Reply(text="a b c", error_chunk_after=1, error_message="slow \x1b[2Jdown", error_code=429))
+    result = MoA(references=REFS, aggregator="judge").run("q")
+    alpha = result.proposals[0]
+    assert (alpha.error, alpha.error_kind, alpha.status) == ("error mid-stream: slow down", "rate_limit", 429)
+
+
+def test_the_timeout_bounds_the_whole_call(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
+    """Chunks keep coming faster than the read timeout; the call still ends at --timeout."""
+    llm_server.script("alpha", Reply(text="la ", endless=True, token_delay=0.02))
+    started = time.perf_counter()
+    result = MoA(references=REFS, aggregator="judge", timeout=0.4, max_tokens=10_000).run("q")
+    assert time.perf_counter() - started < 2
+    alpha = result.proposals[0]
+    assert alpha.error_kind == "timeout" and "longer than 0.4s" in (alpha.error or "")
+    assert llm_server.wait_until_idle(timeout=3.0)
+    assert llm_server.requests_for("alpha")[0].disconnected
+
+
+def test_status_errors_keep_kind_and_status(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
+    llm_server.script("alpha", Reply(status=429, error_message="slow down"))
+    llm_server.script("beta", Reply(status=503, html=True, error_message="Service Unavailable"))
+    with pytest.raises(TurnFailed) as caught:
+        MoA(references=REFS, aggregator="judge").run("q")
+    alpha, beta = caught.value.failures
+    assert (type(alpha).__name__, alpha.kind, alpha.status) == ("RateLimitError", "rate_limit", 429)
+    assert (beta.kind, beta.status, beta.reason) == ("other", 503, "HTTP 503: HTML page: 503 Service Unavailable")
+    assert (caught.value.kind, caught.value.status) == ("other", None)
+
+
+def test_the_openai_sdk_reads_the_same_faults(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
+    from moa_cli.engine import Plan, run_turn
+    from moa_cli.providers.openai_compat import OpenAICompatProvider
+
+    provider = OpenAICompatProvider("vllm", api_key="none", base_url=llm_server.openai_base_url, timeout=5, retries=0)
+
+    class Router:
+        def resolve(self, spec: str):
+            return provider, spec
+
+    llm_server.script("alpha", Reply(text="one two three", end_after=1))
+    llm_server.script("beta", Reply(text="fine", finish_reason="length"))
+
+    async def main():
+        try:
+            turn = await run_turn([{"role": "user", "content": "q"}], Plan(REFS, "judge"), Router())
+            return turn, await provider.list_models()
+        finally:
+            await provider.aclose()
+
+    result, models = asyncio.run(main())
+    assert [p.error_kind for p in result.proposals] == ["cut_off", None]
+    assert result.proposals[1].finish_reason == "length"
+    assert {"alpha", "beta"} <= set(models)
+
+
+def test_list_models_maps_errors_in_the_provider(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
+    from moa_cli.errors import ProviderConnectionError
+    from moa_cli.providers.together import TogetherProvider
+
+    provider = TogetherProvider("together", api_key="k" * 12, base_url="http://127.0.0.1:1", timeout=2, retries=0)
+
+    async def main():
+        try:
+            return await provider.list_models()
+        finally:
+            await provider.aclose()
+
+    with pytest.raises(ProviderConnectionError) as caught:
+        asyncio.run(main())
+    assert caught.value.kind == "connection"
