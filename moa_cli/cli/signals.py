@@ -16,13 +16,15 @@ a turn, SIGTERM and SIGHUP raise `Interrupted` at once, as SIGINT raises Keyboar
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import threading
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:  # asyncio is imported when a turn runs: `moa --version` does not pay for it
+    import asyncio
 
 T = TypeVar("T")
 
@@ -99,6 +101,8 @@ def cancel_on_signal(task: asyncio.Task[Any] | None = None, *, signals: tuple[in
     user insists). Leaving restores the previous handlers. Outside the main thread, where
     Python cannot set handlers, this does nothing.
     """
+    import asyncio
+
     caught = Caught()
     if not _in_main_thread():
         yield caught
@@ -130,6 +134,8 @@ def run(coro: Coroutine[Any, Any, T], *, runner: asyncio.Runner | None = None) -
     On SIGINT, SIGTERM or SIGHUP the task is cancelled and, once it has unwound (streams
     closed), `Interrupted(signum)` is raised, even if the coroutine swallowed the cancellation.
     """
+    import asyncio
+
     if runner is None:
         with asyncio.Runner() as own:
             return run(coro, runner=own)
