@@ -171,7 +171,8 @@ class _File:
         return values
 
     def top_level(self) -> dict[str, Any]:
-        table = {k: v for k, v in self.data.items() if k not in ("providers", "lineups")}
+        # [pricing."provider:model"] is read by pricing.py
+        table = {k: v for k, v in self.data.items() if k not in ("providers", "lineups", "pricing")}
         return self.settings_table(table)
 
     def providers(self) -> dict[str, ProviderConfig]:

@@ -305,6 +305,31 @@ class Settings:
             show_default=False,
         ),
     )
+    max_cost: float | None = setting(
+        None,
+        Spec(
+            "float",
+            "Refuse a turn whose worst case (every call at max_tokens, prompts counted) costs more than this many USD.",
+            env="MOA_MAX_COST",
+            flags=("--max-cost",),
+            metavar="USD",
+            checks=(_finite, lambda v: None if v >= 0 else f"{v:g} must be 0 or more"),
+            settable=True,
+            nullable=True,
+            show_default=False,
+        ),
+    )
+    # -- the log (store.py)
+    log: bool = setting(
+        True,
+        Spec(
+            "bool",
+            "Log the turn to the conversation log (moa logs); --no-log leaves no trace of it.",
+            env="MOA_LOG",
+            flags=("--log/--no-log",),
+            show_default=False,
+        ),
+    )
     # -- set in the config file or the environment only
     default_provider: str = setting(
         defaults.DEFAULT_PROVIDER,
