@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from moa_cli import logs  # noqa: F401  (importing it keeps the library quiet by default)
+from moa_cli import recorder
 from moa_cli.config import Settings, load_settings
 from moa_cli.engine import EventSink, Plan, run_turn
 from moa_cli.events import AnswerDelta, Event
@@ -58,6 +59,12 @@ def build_messages(prompt: str | Sequence[Message], system: str | None = None) -
 
 class MoA:
     """A configured Mixture-of-Agents. Cheap to create; providers connect on first use."""
+
+    #: The log (recorder.py): the conversation the next turns belong to (None: each turn
+    #: starts one), what runs them, and the last turn's recording.
+    conversation_id: str | None = None
+    source: str = "api"
+    last_recording: recorder.Recording | None = None
 
     def __init__(
         self,
@@ -123,15 +130,30 @@ class MoA:
         on_event: EventSink | None = None,
         system: str | None = None,
     ) -> TurnResult:
-        """Run one turn. `prompt` is a string or the whole conversation as messages."""
+        """Run one turn. `prompt` is a string or the whole conversation as messages.
+
+        The turn is logged (recorder.py) to `conversation_id` (a new conversation when None)
+        unless the `log` setting is off; its cost is set on the result either way.
+        """
         messages = build_messages(prompt, system or self.settings.system)
-        if self._pool is not None:
-            return await run_turn(messages, self.plan, self._pool, on_event)
-        pool = ProviderPool(self.settings)  # outside `async with`: one pool per call
+        recording = await recorder.start(self.settings, messages, conversation_id=self.conversation_id, source=self.source)
+        on_event = recording.wrap(on_event)
         try:
-            return await run_turn(messages, self.plan, pool, on_event)
-        finally:
-            await pool.aclose()
+            if self._pool is not None:
+                result = await run_turn(messages, self.plan, self._pool, on_event)
+            else:
+                pool = ProviderPool(self.settings)  # outside `async with`: one pool per call
+                try:
+                    result = await run_turn(messages, self.plan, pool, on_event)
+                finally:
+                    await pool.aclose()
+        except BaseException as exc:
+            recording.end(error=exc)
+            self.last_recording = recording
+            raise
+        recording.end(result)
+        self.last_recording = recording
+        return result
 
     def run(self, prompt: str | Sequence[Message], *, on_event: EventSink | None = None) -> TurnResult:
         """Blocking `arun` for code without an event loop."""

@@ -18,6 +18,7 @@ class Usage:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+    cost: float | None = None  # USD, when the provider reported it (OpenRouter's usage.cost)
 
     @property
     def known(self) -> bool:
@@ -132,6 +133,11 @@ class TurnResult:
     aggregator_usage: Usage | None = None
     finish_reason: str | None = None
     max_tokens: int | None = None  # the limit the calls ran with, for "cut at the token limit"
+    # Cost of every call (pricing.py), set when the turn ends: `cost_usd` when every call is
+    # priced, else None; `priced_usd` sums the priced calls; `unpriced_calls` counts the others.
+    cost_usd: float | None = None
+    priced_usd: float | None = None
+    unpriced_calls: int = 0
 
     @property
     def failed(self) -> list[Proposal]:
@@ -144,5 +150,6 @@ class TurnResult:
             "finish_reason": self.finish_reason,
             "proposals": [p.to_dict() for p in self.proposals],
             "usage": self.usage.to_dict(),
+            "cost_usd": self.cost_usd,
             "seconds": round(self.seconds, 3),
         }

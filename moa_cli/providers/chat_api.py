@@ -101,7 +101,9 @@ def _usage(raw: Any) -> Usage | None:
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
     total = raw.get("total_tokens")
-    return Usage(prompt, completion, total if isinstance(total, int) else prompt + completion)
+    cost = raw.get("cost")  # OpenRouter reports what the call cost, in USD
+    cost = float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) and cost >= 0 else None
+    return Usage(prompt, completion, total if isinstance(total, int) else prompt + completion, cost)
 
 
 class ChatAPIProvider:
