@@ -1,0 +1,471 @@
+"""`moa batch` against the fake server: each judge's format byte for byte, resuming, limits.
+
+The expected files are written out here from the judges' own formats, not from moa's code:
+alpaca_eval's model_outputs.json, FastChat llm_judge's model_answer JSONL (as
+gen_api_answer.py writes it: `json.dumps(ans)` per line, then sorted by question_id) and
+FLASK's model_output JSONL.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from moa_cli import batch
+from tests.conftest import ROOT
+from tests.fakes.llm_server import FakeLLMServer, Reply
+
+LINEUP = ["-r", "alpha", "-a", "judge"]
+
+
+def answers_by_prompt(server: FakeLLMServer, model: str = "judge") -> dict[str, str]:
+    """What the aggregator answered each prompt (its last user message)."""
+    return {r.last_user: r.reply.text_for(model) for r in server.requests_for(model) if r.reply and r.last_user}
+
+
+def distinct_answers(server: FakeLLMServer, n: int, model: str = "judge") -> None:
+    server.script(model, *[Reply(text=f"Answer number {i}.") for i in range(n)])
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+# ---------------------------------------------------------------------------- AlpacaEval
+
+
+ALPACA_INPUT = """[
+  {"dataset": "helpful_base", "instruction": "What is 2+2?"},
+  {"dataset": "koala", "instruction": "Caf\\u00e9 \\ud83d\\ude00 with trailing spaces  \\t", "datasplit": "eval"},
+  {"dataset": "oasst", "instruction": "Line one\\r\\nLine two\\n"}
+]
+"""
+
+
+def test_alpaca_output_is_alpaca_evals_model_outputs(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    source = write(tmp_path / "alpaca_eval.json", ALPACA_INPUT)
+    out = tmp_path / "results" / "moa-test" / "model_outputs.json"
+    distinct_answers(llm_server, 3)
+    proc = moa(["batch", str(source), "-o", str(out), *LINEUP, "--parallel", "2"])
+    assert proc.returncode == 0, proc.stderr
+    answers = answers_by_prompt(llm_server)
+    a = [answers["What is 2+2?"], answers["Café 😀 with trailing spaces  \t"], answers["Line one\r\nLine two\n"]]
+    # alpaca_eval's format: the input objects, unchanged and in order, plus output and generator
+    # (named after results/NAME/model_outputs.json); JSON with ASCII escapes.
+    expected = f"""[
+  {{
+    "dataset": "helpful_base",
+    "instruction": "What is 2+2?",
+    "output": "{a[0]}",
+    "generator": "moa-test"
+  }},
+  {{
+    "dataset": "koala",
+    "instruction": "Caf\\u00e9 \\ud83d\\ude00 with trailing spaces  \\t",
+    "datasplit": "eval",
+    "output": "{a[1]}",
+    "generator": "moa-test"
+  }},
+  {{
+    "dataset": "oasst",
+    "instruction": "Line one\\r\\nLine two\\n",
+    "output": "{a[2]}",
+    "generator": "moa-test"
+  }}
+]
+"""
+    assert out.read_bytes() == expected.encode("ascii")
+    # alpaca_eval inner-joins on instruction: every one must match the input's exactly.
+    assert [r["instruction"] for r in json.loads(out.read_text())] == [
+        r["instruction"] for r in json.loads(ALPACA_INPUT)
+    ]
+    assert sorted(a) == [f"Answer number {i}." for i in range(3)]
+    assert "moa: wrote 3 answers" in proc.stderr
+
+
+def test_alpaca_jsonl_input_is_detected(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    source = write(tmp_path / "in.jsonl", '{"instruction": "one"}\n\n{"instruction": "two"}\n')
+    out = tmp_path / "out.json"
+    proc = moa(["batch", str(source), "-o", str(out), *LINEUP, "--generator", "my-moa"])
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text()) == [
+        {"instruction": "one", "output": "Answer from judge.", "generator": "my-moa"},
+        {"instruction": "two", "output": "Answer from judge.", "generator": "my-moa"},
+    ]
+
+
+# ---------------------------------------------------------------------------- MT-Bench
+
+
+MT_INPUT = (
+    '{"question_id": 81, "category": "writing", "turns": ["Write a blog post.", "Rewrite it in limericks."]}\n'
+    '{"question_id": 2, "category": "math", "turns": ["What is 3*7?", "And times 2?"]}\n'
+    '{"question_id": 100, "category": "unlisted", "turns": ["Hi"]}\n'
+)
+
+
+def test_mtbench_output_is_fastchats_model_answer(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    source = write(tmp_path / "question.jsonl", MT_INPUT)
+    out = tmp_path / "model_answer" / "moa-test.jsonl"
+    distinct_answers(llm_server, 5)
+    proc = moa(["batch", str(source), "-o", str(out), *LINEUP, "--fastchat-temperatures", "--parallel", "3"])
+    assert proc.returncode == 0, proc.stderr
+    ans = answers_by_prompt(llm_server)
+    # FastChat: one json.dumps line per question, sorted by question_id; model_id is the file's stem.
+    masked = re.sub(r'"answer_id": "[2-9A-HJ-NP-Za-km-z]{22}"', '"answer_id": "ID"', out.read_text())
+    masked = re.sub(r'"tstamp": \d+\.\d+', '"tstamp": T', masked)
+    expected = (
+        f'{{"question_id": 2, "answer_id": "ID", "model_id": "moa-test", "choices": [{{"index": 0, "turns": '
+        f'["{ans["What is 3*7?"]}", "{ans["And times 2?"]}"]}}], "tstamp": T}}\n'
+        f'{{"question_id": 81, "answer_id": "ID", "model_id": "moa-test", "choices": [{{"index": 0, "turns": '
+        f'["{ans["Write a blog post."]}", "{ans["Rewrite it in limericks."]}"]}}], "tstamp": T}}\n'
+        f'{{"question_id": 100, "answer_id": "ID", "model_id": "moa-test", "choices": [{{"index": 0, "turns": '
+        f'["{ans["Hi"]}"]}}], "tstamp": T}}\n'
+    )
+    assert masked == expected
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len({line["answer_id"] for line in lines}) == 3
+    assert all(abs(line["tstamp"] - time.time()) < 60 for line in lines)
+
+    # The second turn is asked with the first turn and its answer, by every model.
+    for model in ("alpha", "judge"):
+        second = next(r for r in llm_server.requests_for(model) if r.last_user == "And times 2?")
+        convo = [(m["role"], m["content"]) for m in second.messages if m["role"] != "system"]
+        first_answer = next(
+            r.reply.text_for(model) for r in llm_server.requests_for(model) if r.last_user == "What is 3*7?"
+        )
+        assert convo == [("user", "What is 3*7?"), ("assistant", ans["What is 3*7?"]), ("user", "And times 2?")]
+        assert first_answer  # each model saw the aggregator's answer, not its own
+    # FastChat's per-category temperatures (0.7 for a category it does not list).
+    temperatures = {r.last_user: r.body["temperature"] for r in llm_server.requests}
+    assert temperatures["Write a blog post."] == 0.7 and temperatures["What is 3*7?"] == 0.0
+    assert temperatures["Hi"] == 0.7
+
+
+def test_mtbench_generator_unlike_the_file_name_is_a_warning(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    source = write(tmp_path / "question.jsonl", '{"question_id": 1, "category": "math", "turns": ["1+1?"]}\n')
+    out = tmp_path / "answers.jsonl"
+    proc = moa(["batch", str(source), "-o", str(out), *LINEUP, "--generator", "moa-v2"])
+    assert proc.returncode == 0, proc.stderr
+    assert "FastChat names a model by its answer file's name ('answers')" in proc.stderr
+    assert json.loads(out.read_text())["model_id"] == "moa-v2"
+
+
+# ---------------------------------------------------------------------------- FLASK and jsonl
+
+
+def test_flask_output_joins_on_question_id(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    source = write(
+        tmp_path / "flask_evaluation.jsonl",
+        '{"idx": 7, "instruction": "Rewrite: hi", "answer": "Hello", "metrics": ["Conciseness"]}\n'
+        '{"idx": 3, "text": "Name a prime \\u00e9"}\n',
+    )
+    out = tmp_path / "flask-moa.jsonl"
+    distinct_answers(llm_server, 2)
+    proc = moa(["batch", str(source), "-o", str(out), *LINEUP, "--parallel", "1"])
+    assert proc.returncode == 0, proc.stderr
+    # FLASK's model_output/outputs/*.jsonl: question_id (the input's idx), text, model_id; input order.
+    assert out.read_bytes() == (
+        b'{"question_id": 7, "text": "Answer number 0.", "model_id": "flask-moa"}\n'
+        b'{"question_id": 3, "text": "Answer number 1.", "model_id": "flask-moa"}\n'
+    )
+
+
+def test_jsonl_prompts_and_messages(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    source = write(
+        tmp_path / "prompts.jsonl",
+        '{"id": "a", "prompt": "Why?"}\n'
+        '{"id": "b", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},'
+        ' {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]}\n',
+    )
+    out = tmp_path / "out.jsonl"
+    proc = moa(["batch", str(source), "-o", str(out), *LINEUP])
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(x["id"], x["answer"], x["error"]) for x in lines] == [
+        ("a", "Answer from judge.", None),
+        ("b", "Answer from judge.", None),
+    ]
+    assert [p["model"] for p in lines[0]["proposals"]] == ["alpha"]
+    assert lines[0]["usage"]["total_tokens"] > 0 and lines[0]["tokens"] == lines[0]["usage"]["total_tokens"]
+    assert "cost" in lines[0] and lines[0]["aggregator"] == "judge" and lines[0]["finish_reason"] == "stop"
+    convo = [(m["role"], m["content"]) for m in llm_server.requests_for("alpha")[1].messages]
+    assert convo == [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello"), ("user", "Bye")]
+
+
+# ---------------------------------------------------------------------------- bad input: exit 2
+
+
+@pytest.mark.parametrize(
+    ("text", "args", "message"),
+    [
+        ('{"foo": 1}\n', [], "cannot tell the format"),
+        ('{"prompt": "a"}\n{"prompt": \n', [], "line 2: not valid JSON"),
+        ('{"prompt": ""}\n', [], "'prompt' is empty"),
+        ('{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n', [], "id 1 appears twice"),
+        ('{"prompt": "a"}\n', ["--format", "csv"], "unknown format 'csv'"),
+        ('{"prompt": "a"}\n', ["--ids", "0,9"], "no item with id 9"),
+        ('{"question_id": 1, "turns": []}\n', [], "'turns' must be a list"),
+        ('{"prompt": "a"}\n', ["--fastchat-temperatures"], "MT-Bench input only"),
+    ],
+)
+def test_bad_input_exits_2(
+    moa, llm_server: FakeLLMServer, tmp_path: Path, text: str, args: list[str], message: str
+) -> None:
+    source = write(tmp_path / "in.jsonl", text)
+    proc = moa(["batch", str(source), "-o", str(tmp_path / "out.jsonl"), *LINEUP, *args])
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and proc.stderr.count("\n") == 1
+    assert llm_server.requests == [] and not (tmp_path / "out.jsonl").exists()
+
+
+# ---------------------------------------------------------------------------- failures and resuming
+
+
+def prompts_file(tmp_path: Path, n: int, name: str = "in.jsonl") -> Path:
+    return write(tmp_path / name, "".join(json.dumps({"id": i, "prompt": f"prompt {i}"}) + "\n" for i in range(n)))
+
+
+def test_a_failed_item_writes_no_file_and_a_rerun_retries_only_it(
+    moa, llm_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    source, out = prompts_file(tmp_path, 3), tmp_path / "out.jsonl"
+    llm_server.script("judge", Reply(), Reply(status=500, error_message="boom"), Reply())
+    proc = moa(["batch", str(source), "-o", str(out), *LINEUP, "--parallel", "1"])
+    assert proc.returncode == 1, proc.stderr
+    assert not out.exists()
+    assert "1 of 3 items failed" in proc.stderr and "1: " in proc.stderr and "boom" in proc.stderr
+    assert f"moa batch {source}" in proc.stderr  # the command that resumes
+    manifest = json.loads(batch.manifest_path(out).read_text())
+    assert manifest["status"] == "failed" and manifest["output_written"] is False
+    assert manifest["failures"][0]["id"] == "1" and manifest["failures"][0]["status"] == 500
+    assert manifest["counts"] == {"items": 3, "answered": 2, "resumed": 0, "failed": 1, "not_run": 0}
+
+    llm_server.requests.clear()
+    proc = moa(["batch", str(source), "-o", str(out), *LINEUP, "--parallel", "1"])
+    assert proc.returncode == 0, proc.stderr
+    assert [r.last_user for r in llm_server.requests] == ["prompt 1", "prompt 1"]  # alpha, judge: only the failed item
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [0, 1, 2]
+    assert "(2 from an earlier run)" in proc.stderr
+    assert json.loads(batch.manifest_path(out).read_text())["status"] == "done"
+
+
+def test_allow_failures_writes_fastchats_error_marker(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    source = write(
+        tmp_path / "question.jsonl",
+        '{"question_id": 1, "category": "math", "turns": ["a", "b"]}\n{"question_id": 2, "category": "math", "turns": ["c"]}\n',
+    )
+    out = tmp_path / "moa.jsonl"
+    # Question 1: the first turn is answered, the second fails; question 2 is answered.
+    llm_server.script("judge", Reply(text="first"), Reply(status=500), Reply(text="third"))
+    proc = moa(["batch", str(source), "-o", str(out), *LINEUP, "--parallel", "1", "--allow-failures"])
+    assert proc.returncode == 0, proc.stderr
+    assert "1 of 2 items failed, written with $ERROR$" in proc.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["choices"][0]["turns"] for line in lines] == [["first", "$ERROR$"], ["third"]]
+    assert "None" not in out.read_text()
+    assert json.loads(batch.manifest_path(out).read_text())["failures"][0]["id"] == "1"
+
+
+def test_allow_failures_writes_an_empty_alpaca_output(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    source = write(tmp_path / "in.json", '[{"instruction": "x"}, {"instruction": "y"}]')
+    out = tmp_path / "model_outputs.json"
+    llm_server.script("alpha", Reply(status=401), Reply())
+    proc = moa(["batch", str(source), "-o", str(out), *LINEUP, "-p", "1", "--allow-failures", "--generator", "g"])
+    assert proc.returncode == 0, proc.stderr
+    assert [r["output"] for r in json.loads(out.read_text())] == ["", "Answer from judge."]
+
+
+def test_a_changed_setting_is_refused_unless_restart(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    source, out = prompts_file(tmp_path, 2), tmp_path / "out.jsonl"
+    assert moa(["batch", str(source), "-o", str(out), *LINEUP]).returncode == 0
+    llm_server.requests.clear()
+    proc = moa(["batch", str(source), "-o", str(out), *LINEUP, "-t", "0.2"])
+    assert proc.returncode == 2
+    assert "made with a different temperature" in proc.stderr and "--restart" in proc.stderr
+    assert llm_server.requests == []
+    proc = moa(["batch", str(source), "-o", str(out), *LINEUP, "-t", "0.2", "--restart"])
+    assert proc.returncode == 0, proc.stderr
+    assert len(llm_server.requests) == 4 and {r.body["temperature"] for r in llm_server.requests} == {0.2}
+    # The same settings again: nothing to ask, the file written again from what was kept.
+    llm_server.requests.clear()
+    before = out.read_bytes()
+    out.unlink()
+    assert moa(["batch", str(source), "-o", str(out), *LINEUP, "-t", "0.2"]).returncode == 0
+    assert llm_server.requests == [] and out.read_bytes() == before
+
+
+def test_limit_and_ids_select_items(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    source = prompts_file(tmp_path, 5)
+    out = tmp_path / "out.jsonl"
+    assert moa(["batch", str(source), "-o", str(out), *LINEUP, "--limit", "2"]).returncode == 0
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == [0, 1]
+    assert moa(["batch", str(source), "-o", str(out), *LINEUP, "--ids", "4,1,3", "--limit", "2"]).returncode == 0
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == [1, 3]
+    asked = [r.last_user for r in llm_server.requests_for("judge")]
+    assert sorted(asked) == ["prompt 0", "prompt 1", "prompt 3"]  # item 1 was not asked twice
+
+
+def test_a_torn_last_line_in_the_sidecar_is_dropped(tmp_path: Path) -> None:
+    header = {"moa_batch": 1, "fingerprint": "f", "parts": {}}
+    car = batch.Sidecar(tmp_path / "x.moa-progress", header)
+    assert car.open(restart=False) == {}
+    car.append(batch.Outcome("1", True, ["one"]))
+    car.close()
+    with open(car.path, "ab") as file:
+        file.write(b'{"id": "2", "ok": tr')  # killed mid-write
+    car = batch.Sidecar(car.path, header)
+    assert list(car.open(restart=False)) == ["1"]
+    car.append(batch.Outcome("3", True, ["three"]))
+    car.close()
+    car = batch.Sidecar(car.path, header)
+    assert list(car.open(restart=False)) == ["1", "3"]
+    car.close()
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path: Path) -> None:
+    header = {"moa_batch": 1, "fingerprint": "f", "parts": {}}
+    first = batch.Sidecar(tmp_path / "x.moa-progress", header)
+    first.open(restart=False)
+    with pytest.raises(batch.BatchInputError, match="another moa batch"):
+        batch.Sidecar(first.path, header).open(restart=False)
+    first.close()
+
+
+# ---------------------------------------------------------------------------- real processes: kill, signals
+
+
+def start(moa_env: dict[str, str], args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "moa_cli", "batch", *args],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=moa_env, cwd=ROOT,
+    )  # fmt: skip
+
+
+def wait_for_records(sidecar: Path, count: int, proc: subprocess.Popen[str], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sidecar.exists() and sidecar.read_bytes().count(b"\n") >= count + 1:  # + the header
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise AssertionError("no progress")
+
+
+def done_ids(sidecar: Path) -> list[str]:
+    lines = sidecar.read_bytes().split(b"\n")[1:]
+    return [json.loads(line)["id"] for line in lines if line.strip() and json.loads(line)["ok"]]
+
+
+def test_resume_after_kill_9_loses_nothing_and_asks_nothing_twice(
+    cli, moa_env: dict[str, str], llm_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    n = 12
+    source, out = prompts_file(tmp_path, n), tmp_path / "out.jsonl"
+    llm_server.default_reply = Reply(latency=0.1)
+    args = [str(source), "-o", str(out), *LINEUP, "--parallel", "3"]
+    proc = start(moa_env, args)
+    try:
+        wait_for_records(batch.sidecar_path(out), 4, proc)
+        proc.kill()  # SIGKILL: no handler runs
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    llm_server.wait_until_idle(timeout=5)
+    assert not out.exists()
+    kept = done_ids(batch.sidecar_path(out))
+    assert 4 <= len(kept) < n and len(set(kept)) == len(kept)
+    first_run = len(llm_server.requests)
+
+    llm_server.default_reply = Reply()
+    proc2 = cli(["batch", *args])
+    assert proc2.returncode == 0, proc2.stderr
+    second = llm_server.requests[first_run:]
+    asked_again = {r.last_user for r in second}
+    assert not asked_again & {f"prompt {i}" for i in kept}  # nothing answered before is asked again
+    assert asked_again == {f"prompt {i}" for i in range(n) if str(i) not in kept}
+    assert len(second) == 2 * (n - len(kept))  # one reference and the aggregator, once each
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [x["id"] for x in lines] == list(range(n)) and all(x["answer"] for x in lines)
+
+
+def test_sigterm_keeps_the_finished_items_and_exits_143(
+    cli, moa_env: dict[str, str], llm_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    source, out = prompts_file(tmp_path, 8), tmp_path / "out.jsonl"
+    llm_server.default_reply = Reply(latency=0.15)
+    proc = start(moa_env, [str(source), "-o", str(out), *LINEUP, "--parallel", "2"])
+    wait_for_records(batch.sidecar_path(out), 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=10)
+    assert proc.returncode == 143, stderr
+    assert "kept in" in stderr and "run the same command to go on" in stderr and "Traceback" not in stderr
+    assert llm_server.wait_until_idle(timeout=2)  # every stream was closed
+    assert not out.exists()
+    assert json.loads(batch.manifest_path(out).read_text())["status"] == "interrupted"
+    llm_server.default_reply = Reply()
+    assert cli(["batch", str(source), "-o", str(out), *LINEUP]).returncode == 0
+    assert len(out.read_text().splitlines()) == 8
+
+
+# ---------------------------------------------------------------------------- --rps and --parallel
+
+
+def test_rps_caps_the_request_rate(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    source, out = prompts_file(tmp_path, 8), tmp_path / "out.jsonl"
+    proc = moa(["batch", str(source), "-o", str(out), *LINEUP, "--parallel", "8", "--rps", "20"])
+    assert proc.returncode == 0, proc.stderr
+    starts = sorted(r.received_at for r in llm_server.requests)
+    assert len(starts) == 16
+    rate = (len(starts) - 1) / (starts[-1] - starts[0])
+    assert rate <= 20 * 1.1, rate  # 15 gaps of at least 1/20 s
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 0.8 / 20, gaps  # evenly spaced, no burst
+
+
+def test_parallel_bounds_the_items_in_flight(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    source, out = prompts_file(tmp_path, 6), tmp_path / "out.jsonl"
+    llm_server.default_reply = Reply(latency=0.15)
+    proc = moa(["batch", str(source), "-o", str(out), *LINEUP, "--parallel", "2"])
+    assert proc.returncode == 0, proc.stderr
+    # One reference, then the aggregator: each item has one request in flight at a time.
+    events = sorted(
+        [(r.received_at, 1) for r in llm_server.requests] + [(r.finished_at or 0.0, -1) for r in llm_server.requests],
+        key=lambda e: (e[0], e[1]),
+    )
+    in_flight = peak = 0
+    for _, step in events:
+        in_flight += step
+        peak = max(peak, in_flight)
+    assert peak == 2
+
+
+def test_plain_progress_lines_when_stderr_is_not_a_terminal(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    source, out = prompts_file(tmp_path, 3), tmp_path / "out.jsonl"
+    proc = moa(["batch", str(source), "-o", str(out), *LINEUP])
+    assert proc.returncode == 0, proc.stderr
+    assert "moa: batch: 0/3 done" in proc.stderr and "moa: batch: 3/3 done" in proc.stderr
+    quiet = moa(["batch", str(source), "-o", str(tmp_path / "q.jsonl"), *LINEUP, "-q"])
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_side_files_do_not_look_like_fastchat_answers(tmp_path: Path) -> None:
+    out = tmp_path / "model_answer" / "moa.jsonl"
+    # FastChat's load_model_answers reads every *.jsonl in the directory as a model.
+    assert not batch.sidecar_path(out).name.endswith(".jsonl")
+    assert not batch.manifest_path(out).name.endswith(".jsonl")
+    assert batch.default_generator(tmp_path / "results" / "moa-x" / "model_outputs.json") == "moa-x"
+    assert batch.default_generator(out) == "moa"
+    assert os.path.dirname(batch.sidecar_path(out)) == str(out.parent)
