@@ -19,7 +19,6 @@ from moa_cli.cli import config_cmd
 from moa_cli.cli.ask import ask, run_ask
 from moa_cli.cli.batch_cmd import batch
 from moa_cli.cli.chat import chat
-from moa_cli.cli.serve import serve
 from moa_cli.cli.lineups_cmd import lineups
 from moa_cli.cli.models_cmd import models
 
@@ -97,7 +96,6 @@ app.command("ask")(ask)
 app.command("chat")(chat)
 app.command("models")(models)
 app.command("lineups")(lineups)
-app.command("serve")(serve)
 app.command("batch")(batch)
 app.add_typer(config_cmd.app, name="config")
 
