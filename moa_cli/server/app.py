@@ -1,0 +1,354 @@
+"""The ASGI app: routes, one ProviderPool shared by every request, CORS, drain.
+
+    GET  /health                200 {"status": "ok"}
+    GET  /health/ready          200, or 503 while draining
+    GET  /v1/models             every served model (models.py); /v1/models/{id} one of them
+    POST /v1/chat/completions   one MoA turn (or one passthrough call), JSON or SSE
+
+    app = create_app(settings, ServeOptions(...))     # `moa serve`, tests
+    app_from_environment()                            # uvicorn's factory in each --workers process
+
+Sharing the pool makes the per-provider `max_concurrency` caps hold across all turns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from moa_cli.config import Settings
+from moa_cli.errors import ConfigError
+from moa_cli.logs import logger
+from moa_cli.providers.registry import ProviderPool, check_lineup, lineup_specs
+from moa_cli.server import errors, sse
+from moa_cli.server.auth import Keys
+from moa_cli.server.errors import ApiError, bad_request
+from moa_cli.server.lifecycle import Drain, hook_signals
+from moa_cli.server.limits import Gate
+from moa_cli.server.models import Catalogue, Served
+from moa_cli.server.options import ServeOptions
+from moa_cli.server.schema import ChatRequest, parse_chat, read_json
+from moa_cli.server.turns import Turn
+from moa_cli.settings import coerce
+
+T = TypeVar("T")
+
+
+class ServerState:
+    """Everything the routes share; nothing here outlives the process or depends on a request."""
+
+    def __init__(self, settings: Settings, options: ServeOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self.catalogue = Catalogue(settings, options.passthrough)
+        self.pool = ProviderPool(settings)
+        self.keys = Keys(options.api_keys)
+        self.gate = Gate(options.max_concurrent, options.queue)
+        self.drain = Drain(options.shutdown_timeout)
+
+    def preload(self) -> None:
+        """Import the SDKs every served model needs, before the event loop runs."""
+        specs: list[str] = []
+        for served in self.catalogue.models.values():
+            specs += lineup_specs(served.settings) if served.settings is not None else [served.spec or ""]
+        self.pool.preload(specs)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def guarded(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Errors become OpenAI-style responses; a bug is one log line and a 500, never a traceback."""
+
+    async def run(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except ApiError as exc:
+            return error_response(exc)
+        except Exception as exc:  # noqa: BLE001 - the one catch-all of a request
+            logger.error("{} {} failed: {}: {}", request.method, request.url.path, type(exc).__name__, exc)
+            return error_response(errors.internal())
+
+    return run
+
+
+class ClientGone(Exception):
+    """The client closed the connection while we were working for it."""
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """`await work`, unless the client goes away first (then `work` is cancelled: ClientGone)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, watcher):
+            if not pending.done():
+                pending.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(task, watcher, return_exceptions=True)
+    if task.cancelled():
+        raise ClientGone
+    return task.result()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    too_big = ApiError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise too_big
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def settings_for(state: ServerState, served: Served, request: ChatRequest) -> Settings | None:
+    """The line-up's settings, changed by the request's {"moa": {...}} when the server allows it."""
+    if not request.overrides:
+        return served.settings
+    if served.settings is None:
+        raise bad_request(f"moa: {served.id} is a passthrough model, not a line-up", "moa")
+    if not state.options.allow_overrides:
+        raise bad_request("this server does not let requests change the line-up (moa serve --allow-overrides)", "moa")
+    changes: dict[str, Any] = {}
+    for name, value in request.overrides.items():
+        try:
+            changes[name] = coerce(name, value)
+        except ValueError as exc:
+            raise bad_request(f"moa.{name}: {exc}", f"moa.{name}") from None
+    try:
+        settings = served.settings.with_changes(**changes)
+        check_lineup(settings)
+    except ConfigError as exc:
+        raise bad_request(f"moa: {exc}", "moa") from None
+    return settings
+
+
+# ---------------------------------------------------------------------------- streaming
+
+
+class TurnStream(StreamingResponse):
+    """The SSE response of one turn; whatever ends it (done, error, disconnect), `on_close` runs."""
+
+    def __init__(self, turn: Turn, completion: sse.Completion, on_close: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(self._events(turn, completion), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+        self._on_close = on_close
+
+    @staticmethod
+    async def _events(turn: Turn, completion: sse.Completion) -> AsyncIterator[bytes]:
+        yield completion.role()
+        async for kind, text in turn.pieces():
+            if kind == "text":
+                yield completion.content(text)
+            elif kind == "reasoning":
+                yield completion.reasoning(text)
+            else:
+                yield sse.comment(text)
+        if turn.error is not None:
+            yield sse.event(turn.error.body())  # the openai client raises it as an APIError
+            return
+        yield completion.finish(turn.finish_reason)
+        if completion.include_usage:
+            yield completion.usage(turn.usage(), turn.moa())
+        yield sse.DONE
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._on_close()
+
+
+# ---------------------------------------------------------------------------- routes
+
+
+def _state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.moa
+    return state
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    state = _state(request)
+    if state.drain.draining:
+        return JSONResponse(
+            {"status": "draining"}, status_code=503, headers={"Retry-After": str(errors.RETRY_AFTER_SECONDS)}
+        )
+    return JSONResponse({"status": "ready", "running": state.gate.running, "queued": state.gate.waiting})
+
+
+@guarded
+async def list_models(request: Request) -> Response:
+    state = _state(request)
+    state.keys.check(request.headers)
+    return JSONResponse(state.catalogue.listing())
+
+
+@guarded
+async def get_model(request: Request) -> Response:
+    state = _state(request)
+    state.keys.check(request.headers)
+    served = state.catalogue.get(request.path_params["model"])
+    return JSONResponse(served.entry(state.catalogue.created))
+
+
+@guarded
+async def completions(request: Request) -> Response:
+    raise errors.not_found("only chat completions are served: POST /v1/chat/completions", "unsupported_endpoint")
+
+
+@guarded
+async def chat_completions(request: Request) -> Response:
+    state = _state(request)
+    state.keys.check(request.headers)
+    if state.drain.draining:
+        raise errors.draining()
+    chat = parse_chat(read_json(await read_body(request, state.options.max_body)))
+    served = state.catalogue.get(chat.model)
+    settings = settings_for(state, served, chat)
+    try:
+        await unless_disconnected(request, state.gate.enter())
+    except ClientGone:
+        return Response(status_code=499)
+    turn = Turn(
+        served,
+        chat,
+        settings,
+        state.pool,
+        turn_timeout=state.options.turn_timeout,
+        heartbeat=state.options.heartbeat if chat.stream else None,
+        reasoning=chat.stream and state.options.progress == "reasoning",
+    )
+    untrack = state.drain.track(turn.end_by_shutdown)
+    started = time.perf_counter()
+
+    async def finish() -> None:
+        try:
+            await turn.close()
+        finally:
+            untrack()
+            state.gate.leave()
+            status = turn.error.status if turn.error else 200
+            logger.info(
+                "{} {} {} in {:.3f}s",
+                served.id,
+                "stream" if chat.stream else "json",
+                status,
+                time.perf_counter() - started,
+            )
+
+    turn.start()
+    completion = sse.Completion(served.id, include_usage=chat.include_usage)
+    if chat.stream:
+        return TurnStream(turn, completion, finish)
+    try:
+        text = await unless_disconnected(request, turn.collect())
+    except ClientGone:
+        return Response(status_code=499)
+    finally:
+        await finish()
+    if turn.error is not None:
+        raise turn.error
+    return JSONResponse(completion.whole(text, turn.finish_reason, turn.usage(), turn.moa()))
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (unknown path, wrong method) in OpenAI's shape."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    if status == 404:
+        error = errors.not_found(f"no such endpoint: {request.method} {request.url.path}", "unknown_endpoint")
+    elif status == 405:
+        error = ApiError(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed")
+    else:
+        error = ApiError(status, str(getattr(exc, "detail", "error")), type="server_error")
+    return error_response(error)
+
+
+# ---------------------------------------------------------------------------- the app
+
+
+def create_app(settings: Settings, options: ServeOptions | None = None) -> Starlette:
+    """The app for these settings. ConfigError (exit 2) if a passthrough model cannot be used."""
+    state = ServerState(settings, options or ServeOptions())
+    state.preload()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        undo = hook_signals(state.drain, asyncio.get_running_loop())
+        try:
+            yield
+        finally:
+            undo()
+            state.drain.close()
+            await state.pool.aclose()
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/health/ready", ready, methods=["GET"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+    ]
+    middleware = []
+    if state.options.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(state.options.cors_origins),
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["*"],  # the openai SDKs send a dozen X-Stainless-* headers
+                expose_headers=["Retry-After", "x-should-retry"],
+                max_age=600,
+            )
+        )
+    app = Starlette(
+        routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={HTTPException: http_error}
+    )
+    app.state.moa = state
+    return app
+
+
+def app_from_environment() -> Starlette:
+    """uvicorn's app factory in each `--workers` process: the options come in MOA_SERVE_CONFIG."""
+    from moa_cli import logs
+    from moa_cli.config import load_settings
+    from moa_cli.server.options import from_environment
+
+    options, overrides, local = from_environment()
+    settings = load_settings(overrides, force_local=local)
+    logs.configure(settings.log_level)
+    check_lineup(settings)
+    return create_app(settings, options)

@@ -1,0 +1,389 @@
+"""One request's turn: it runs in its own task; what it produces comes out of `pieces()`.
+
+    turn = Turn(served, request, settings, pool, ...)
+    turn.start()
+    async for kind, text in turn.pieces():    # ("text" | "reasoning" | "heartbeat", str)
+        ...
+    turn.error or (turn.finish_reason, turn.usage(), turn.moa())
+    await turn.close()                         # always: cancels the turn if it still runs
+
+The aggregator's `AnswerDelta` events are the text, as they arrive upstream: nothing is
+buffered but the few characters that could begin a stop sequence. A stop sequence ends
+the turn there (its aggregator stream is closed). A client that goes away, a drain that
+reaches its deadline and --turn-timeout all cancel the task, which closes every upstream
+stream (the engine's cancellation contract).
+
+Sampling from the request (temperature, max_tokens, seed) applies to the aggregator; the
+references keep the line-up's. `_Sampling` routes each call's request through a wrapper
+that the engine's `CallStarted` event for the aggregator arms: the engine emits it just
+before it opens that call's stream, with no await in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import anyio
+
+from moa_cli.api import MoA, build_messages
+from moa_cli.engine import Router, piece_limit
+from moa_cli.errors import KIND_WORDS, ConfigError, EmptyAnswer, ProviderError, TurnFailed
+from moa_cli.events import AnswerDelta, CallFailed, CallFinished, CallStarted, Event
+from moa_cli.logs import logger
+from moa_cli.providers.base import Provider, StreamItem
+from moa_cli.providers.registry import ProviderPool
+from moa_cli.server import errors
+from moa_cli.server.errors import ApiError
+from moa_cli.server.models import Served
+from moa_cli.server.schema import ChatRequest
+from moa_cli.settings import Settings
+from moa_cli.types import CallInfo, CompletionRequest, Finish, TurnResult, Usage
+
+_END = object()
+_CLOSE_SECONDS = 5.0  # how long close() waits for a cancelled turn to close its streams
+
+
+class StopMatcher:
+    """Cuts streamed text at the first stop sequence, holding back only what could start one."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.hold = max((len(s) for s in stops), default=1) - 1
+        self.buffer = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """(text that can go out now, whether a stop sequence was met)."""
+        if not self.stops:
+            return text, False
+        self.buffer += text
+        cut = min((i for i in (self.buffer.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.buffer = self.buffer[:cut], ""
+            return out, True
+        keep = self.hold
+        out = self.buffer[: len(self.buffer) - keep] if keep else self.buffer
+        self.buffer = self.buffer[len(out) :]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.buffer = self.buffer, ""
+        return out
+
+
+class _Sampled:
+    """A provider whose requests get the sampling of the call they belong to."""
+
+    def __init__(self, inner: Provider, router: _Sampling) -> None:
+        self._inner = inner
+        self._router = router
+        self.name = inner.name
+        self.kind = getattr(inner, "kind", None)
+        self.max_concurrency = getattr(inner, "max_concurrency", None)
+
+    def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
+        return self._inner.stream(self._router.rewrite(request))
+
+    async def list_models(self) -> list[str]:
+        return await self._inner.list_models()
+
+    async def aclose(self) -> None:  # the pool owns the provider
+        pass
+
+
+class _Sampling:
+    """Router for one turn: references get `reference`, the aggregator `aggregator`."""
+
+    def __init__(self, pool: ProviderPool, reference: dict[str, Any], aggregator: dict[str, Any]) -> None:
+        self._pool = pool
+        self.reference = reference
+        self.aggregator = aggregator
+        self._armed = False
+
+    def resolve(self, spec: str) -> tuple[Provider, str]:
+        provider, model = self._pool.resolve(spec)
+        return _Sampled(provider, self), model
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, CallStarted) and event.call.is_aggregator:
+            self._armed = True
+
+    def rewrite(self, request: CompletionRequest) -> CompletionRequest:
+        armed, self._armed = self._armed, False
+        return replace(request, **(self.aggregator if armed else self.reference))
+
+
+class Turn:
+    def __init__(
+        self,
+        served: Served,
+        request: ChatRequest,
+        settings: Settings | None,
+        pool: ProviderPool,
+        *,
+        turn_timeout: float | None = None,
+        heartbeat: float | None = None,
+        reasoning: bool = False,
+    ) -> None:
+        self.served = served
+        self.request = request
+        self.settings = settings
+        self.pool = pool
+        self.turn_timeout = turn_timeout
+        self.heartbeat = heartbeat
+        self.reasoning = reasoning
+        self.error: ApiError | None = None
+        self.result: TurnResult | None = None
+        self.finish_reason = "stop"
+        self.started = time.perf_counter()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._matcher = StopMatcher(request.stop)
+        self._task: asyncio.Task[TurnResult] | None = None
+        self._ended_by: str | None = None  # "shutdown", "stop"
+        self._last_put = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self._calls: dict[CallInfo, dict[str, Any]] = {}  # each call as the events told it
+        self._layer = (1, 0, 0)  # (layer, done, total) for the heartbeat comment
+        self._router: _Sampling | None = None
+
+    # ------------------------------------------------------------------ running
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+        self._task.add_done_callback(lambda _: self._queue.put_nowait(_END))
+        if self.heartbeat:
+            self._timer = asyncio.get_running_loop().call_later(self.heartbeat / 2, self._beat)
+
+    async def _run(self) -> TurnResult:
+        async with asyncio.timeout(self.turn_timeout):
+            if self.served.spec is not None:
+                return await self._passthrough(self.served.spec)
+            return await self._moa()
+
+    async def _moa(self) -> TurnResult:
+        """Through `MoA.arun`, the one place every front end's turns pass (log, max_cost)."""
+        settings = self.settings
+        assert settings is not None
+        r = self.request
+        router: Router = self.pool
+        wanted = {"temperature": r.temperature, "max_tokens": r.max_tokens, "seed": r.seed}
+        aggregator = {k: v for k, v in wanted.items() if v is not None}
+        if aggregator:
+            # The references keep the line-up's sampling; the engine's piece cap must fit both.
+            reference = {"temperature": settings.temperature, "max_tokens": settings.max_tokens}
+            self._router = _Sampling(self.pool, reference, aggregator)
+            router = self._router
+            settings = settings.with_changes(max_tokens=max(settings.max_tokens, r.max_tokens or 0))
+        moa = MoA(settings=settings)
+        moa.source = "serve"
+        # The server's one pool (through this turn's router), shared by every request.
+        moa._pool = router  # type: ignore[assignment]
+        return await moa.arun(r.messages, on_event=self._on_event)
+
+    async def _passthrough(self, spec: str) -> TurnResult:
+        """One direct call to a provider model, reported like an aggregator's."""
+        s = self.pool.settings
+        r = self.request
+        provider, model = self.pool.resolve(spec)
+        max_tokens = r.max_tokens or s.max_tokens
+        request = CompletionRequest(
+            model=model,
+            messages=build_messages(r.messages, s.system),
+            temperature=s.temperature if r.temperature is None else r.temperature,
+            max_tokens=max_tokens,
+            seed=r.seed,
+        )
+        call = CallInfo(spec, 1, 0, "aggregator")
+        self._on_event(CallStarted(call))
+        started = time.perf_counter()
+        parts: list[str] = []
+        usage: Usage | None = None
+        finish: str | None = None
+        stream = provider.stream(request)
+        try:
+            async for item in stream:
+                if isinstance(item, Usage):
+                    usage = item
+                elif isinstance(item, Finish):
+                    finish = item.reason
+                else:
+                    parts.append(item)
+                    if len(parts) > piece_limit(max_tokens):
+                        raise ProviderError(spec, "the stream ran far past max_tokens: cut", kind="bad_response")
+                    self._on_event(AnswerDelta(call, item))
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        text = "".join(parts)
+        if not text.strip():
+            raise EmptyAnswer(spec, "returned an empty answer")
+        seconds = time.perf_counter() - started
+        self._on_event(CallFinished(call, text, seconds, usage, finish))
+        return TurnResult(
+            answer=text, aggregator=spec, usage=usage or Usage(), seconds=seconds, aggregator_usage=usage,
+            finish_reason=finish, max_tokens=max_tokens,
+        )  # fmt: skip
+
+    def _put(self, item: Any) -> None:
+        self._last_put = time.monotonic()
+        self._queue.put_nowait(item)
+
+    def _on_event(self, event: Event) -> None:
+        if self._router is not None:
+            self._router.on_event(event)
+        if isinstance(event, AnswerDelta):
+            self._put(("answer", event.text))
+            return
+        call = getattr(event, "call", None)
+        if call is None:
+            return
+        if isinstance(event, CallStarted):
+            self._calls[call] = {"model": call.model, "layer": call.layer, "role": call.role, "status": "running"}
+            layer, done, total = self._layer
+            self._layer = (call.layer, 0, 1) if call.layer != layer else (layer, done, total + 1)
+            if self.reasoning and call.is_aggregator and self.served.spec is None:
+                self._put(("reasoning", f"{call.model} is writing the answer.\n\n"))
+        elif isinstance(event, CallFinished):
+            self._calls[call].update(
+                status="ok", seconds=round(event.seconds, 3), finish_reason=event.finish_reason,
+                usage=event.usage.to_dict() if event.usage and event.usage.known else None,
+            )  # fmt: skip
+            self._layer_done(call)
+            if self.reasoning and not call.is_aggregator:
+                self._put(("reasoning", f"{call.model} (layer {call.layer}) answered in {event.seconds:.1f}s.\n"))
+        elif isinstance(event, CallFailed):
+            self._calls[call].update(status="failed", seconds=round(event.seconds, 3), error_kind=event.kind,
+                                     http_status=event.status, error=event.error)  # fmt: skip
+            self._layer_done(call)
+            if self.reasoning and not call.is_aggregator:
+                word = KIND_WORDS.get(event.kind, "failed")
+                self._put(("reasoning", f"{call.model} (layer {call.layer}) {word}: left out.\n"))
+
+    def _layer_done(self, call: CallInfo) -> None:
+        layer, done, total = self._layer
+        if call.layer == layer:
+            self._layer = (layer, done + 1, total)
+
+    def _beat(self) -> None:
+        assert self.heartbeat
+        if time.monotonic() - self._last_put >= self.heartbeat / 2:
+            layer, done, total = self._layer
+            rounds = self.settings.rounds if self.settings is not None else 0
+            if self.served.spec is not None:
+                text = f"moa waiting for {self.served.spec}"
+            elif layer > rounds:
+                text = "moa aggregator"
+            else:
+                text = f"moa layer {layer} {done}/{len(self.settings.references) if self.settings else total}"
+            self._put(("heartbeat", text))
+        self._timer = asyncio.get_running_loop().call_later(self.heartbeat / 2, self._beat)
+
+    # ------------------------------------------------------------------ reading
+
+    async def pieces(self) -> AsyncIterator[tuple[str, str]]:
+        """("text", ...) as the aggregator writes, plus ("reasoning"|"heartbeat", ...)."""
+        while (item := await self._queue.get()) is not _END:
+            kind, value = item
+            if kind != "answer":
+                yield kind, value
+                continue
+            text, stopped = self._matcher.feed(value)
+            if text:
+                yield "text", text
+            if stopped:
+                self._stop_here()
+                return
+        tail = self._matcher.flush()
+        self._settle()
+        if tail and self.error is None:
+            yield "text", tail
+
+    async def collect(self) -> str:
+        return "".join([text async for kind, text in self.pieces() if kind == "text"])
+
+    def _stop_here(self) -> None:
+        """A stop sequence: the answer ends here; the aggregator's stream is closed."""
+        self._ended_by = "stop"
+        self.finish_reason = "stop"
+        if self._task is not None:
+            self._task.cancel()
+
+    def end_by_shutdown(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._ended_by = "shutdown"
+            self._task.cancel()
+
+    def _settle(self) -> None:
+        task = self._task
+        assert task is not None and task.done()
+        if task.cancelled():
+            self.error = (
+                errors.ended_by_shutdown() if self._ended_by == "shutdown" else errors.internal("turn cancelled")
+            )
+            return
+        exc = task.exception()
+        if exc is None:
+            self.result = task.result()
+            self.finish_reason = self.result.finish_reason or "stop"
+        elif isinstance(exc, TurnFailed):
+            self.error = errors.from_turn_failed(exc)
+        elif isinstance(exc, ProviderError):
+            self.error = errors.from_provider_error(exc)
+        elif isinstance(exc, ConfigError):  # refused before it started (--max-cost)
+            self.error = ApiError(400, str(exc), code="turn_refused")
+        elif isinstance(exc, TimeoutError):
+            self.error = errors.turn_timed_out(self.turn_timeout or 0)
+        else:
+            logger.error("turn failed unexpectedly: {}: {}", type(exc).__name__, exc)
+            self.error = errors.internal()
+        if self.error is not None:
+            logger.info("{} turn failed: {} ({})", self.served.id, self.error.message, self.error.status)
+
+    async def close(self) -> None:
+        """Cancel the turn if it still runs and wait (briefly) until its streams are closed."""
+        if self._timer is not None:
+            self._timer.cancel()
+        task = self._task
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait({task}, timeout=_CLOSE_SECONDS)
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: no "exception was never retrieved" at exit
+
+    # ------------------------------------------------------------------ reporting
+
+    def usage(self) -> dict[str, int | None] | None:
+        """The turn's total usage as the providers reported it; None when any call did not say."""
+        if self.result is None or not self.result.usage.known:
+            return None
+        return self.result.usage.to_dict()
+
+    def moa(self) -> dict[str, Any]:
+        calls = list(self._calls.values())
+        for call in calls:
+            if call["status"] == "running":
+                call["status"] = "stopped" if self._ended_by == "stop" else "cancelled"
+        info: dict[str, Any] = {
+            "proposals": [{k: v for k, v in c.items() if k != "role"} for c in calls if c["role"] == "proposer"],
+            "aggregator": next(
+                ({k: v for k, v in c.items() if k != "role"} for c in calls if c["role"] == "aggregator"), None
+            ),
+            "usage_complete": self.usage() is not None,
+            "seconds": round(time.perf_counter() - self.started, 3),
+        }
+        s = self.settings
+        if s is not None:
+            info["lineup"] = {
+                "name": self.served.id,
+                "references": list(s.references),
+                "aggregator": s.aggregator,
+                "rounds": s.rounds,
+            }
+        else:
+            info["passthrough"] = self.served.spec
+        return info
