@@ -473,6 +473,11 @@ class Store:
             raise StoreError(f"cannot search the log: {exc}") from None
         return [_turn(row) for row in rows]
 
+    def counts(self) -> tuple[int, int]:
+        """(turns, conversations) in the log."""
+        rows = self._query("SELECT (SELECT count(*) FROM turns), (SELECT count(*) FROM conversations)")
+        return int(rows[0][0]), int(rows[0][1])
+
     def turn(self, turn_id: int | None = None) -> TurnRecord:
         """One turn with its calls (the latest without an id)."""
         columns = ", ".join(f"t.{c.strip()}" for c in _TURN_COLUMNS.split(","))

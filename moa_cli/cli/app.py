@@ -15,12 +15,13 @@ import typer
 from typer.core import TyperGroup
 
 from moa_cli import __version__
-from moa_cli.cli import config_cmd
+from moa_cli.cli import config_cmd, logs_cmd
 from moa_cli.cli.ask import ask, run_ask
 from moa_cli.cli.batch_cmd import batch
 from moa_cli.cli.chat import chat
 from moa_cli.cli.lineups_cmd import lineups
 from moa_cli.cli.models_cmd import models
+from moa_cli.cli.trace_cmd import trace
 
 
 class _Escape(Exception):
@@ -98,6 +99,8 @@ app.command("models")(models)
 app.command("lineups")(lineups)
 app.command("batch")(batch)
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(logs_cmd.app, name="logs")
+app.command("trace")(trace)
 
 
 # The original demo's spellings; users paste commands from its README.
