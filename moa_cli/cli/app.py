@@ -19,6 +19,7 @@ from moa_cli.cli import config_cmd, logs_cmd
 from moa_cli.cli.ask import ask, run_ask
 from moa_cli.cli.batch_cmd import batch
 from moa_cli.cli.chat import chat
+from moa_cli.cli.serve import serve
 from moa_cli.cli.lineups_cmd import lineups
 from moa_cli.cli.models_cmd import models
 from moa_cli.cli.trace_cmd import trace
@@ -97,6 +98,7 @@ app.command("ask")(ask)
 app.command("chat")(chat)
 app.command("models")(models)
 app.command("lineups")(lineups)
+app.command("serve")(serve)
 app.command("batch")(batch)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(logs_cmd.app, name="logs")
