@@ -602,14 +602,25 @@ class _LimitedRouter:
 
 
 class _SharedPoolMoA(MoA):
-    """A MoA whose turns go through the batch's router, shared by every item and temperature.
+    """One item's MoA: its turns go through the batch's router (shared by every item) and
+    are logged as one conversation from source "batch" (when the log is on).
 
     MoA has no public way to pass a router yet: `_pool` is what `arun` routes through.
     """
 
+    source = "batch"
+
     def __init__(self, settings: Settings, router: Any) -> None:
         super().__init__(settings=settings)
         self._pool = router
+
+    async def arun(self, prompt: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().arun(prompt, **kwargs)
+        finally:
+            recording = getattr(self, "last_recording", None)
+            if recording is not None and getattr(recording, "conversation_id", None):
+                self.conversation_id = recording.conversation_id  # the next turn continues it
 
 
 # ---------------------------------------------------------------------------- the run
@@ -802,16 +813,16 @@ async def run_batch(prepared: Prepared, listener: Listener | None = None, *, rou
     todo = [item for item in prepared.items if not (item.id in known and known[item.id].ok)]
     outcomes = dict(known)
     shared = router or _LimitedRouter(ProviderPool(prepared.settings), RateLimiter(job.rps) if job.rps else None)
-    moas: dict[float, MoA] = {}
+    settings_at: dict[float, Settings] = {}
 
     def moa_for(item: Item) -> MoA:
         temperature = _temperature(prepared, item)
-        if temperature not in moas:
+        if temperature not in settings_at:
             settings = prepared.settings
             if temperature != settings.temperature:
                 settings = settings.with_changes(temperature=temperature)
-            moas[temperature] = _SharedPoolMoA(settings, shared)
-        return moas[temperature]
+            settings_at[temperature] = settings
+        return _SharedPoolMoA(settings_at[temperature], shared)
 
     pending = iter(todo)
 

@@ -19,6 +19,8 @@ FORBIDDEN: dict[str, set[str]] = {
     "config.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp"},
     "engine.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"},
     "api.py": {"rich", "prompt_toolkit", "typer", "together", "openai"},
+    # batch: formats, sidecar and manifest only; its progress bar is cli/batch_cmd.py's business.
+    "batch.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp"},
     "render.py": {"prompt_toolkit", "typer", "together", "openai", "httpx"},
     "conversation.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"},
     # The REPL may use rich, prompt_toolkit, the engine and the API, but no SDK or Typer:

@@ -469,3 +469,22 @@ def test_side_files_do_not_look_like_fastchat_answers(tmp_path: Path) -> None:
     assert batch.default_generator(tmp_path / "results" / "moa-x" / "model_outputs.json") == "moa-x"
     assert batch.default_generator(out) == "moa"
     assert os.path.dirname(batch.sidecar_path(out)) == str(out.parent)
+
+
+def test_each_item_is_logged_as_one_conversation(moa, llm_server: FakeLLMServer, tmp_path: Path, moa_home: Path) -> None:
+    from moa_cli.store import Store, db_path, flush_all
+
+    source = write(
+        tmp_path / "question.jsonl",
+        '{"question_id": 1, "category": "math", "turns": ["a", "b"]}\n{"question_id": 2, "category": "math", "turns": ["c"]}\n',
+    )
+    proc = moa(["batch", str(source), "-o", str(tmp_path / "moa.jsonl"), *LINEUP, "--parallel", "2"])
+    assert proc.returncode == 0, proc.stderr
+    flush_all()
+    with Store(db_path(moa_home), create=False) as store:
+        turns = store.turns(limit=10)
+    assert {t.source for t in turns} == {"batch"}
+    conversations: dict[str, list[str]] = {}
+    for turn in sorted(turns, key=lambda t: t.seq):
+        conversations.setdefault(turn.conversation_id, []).append(turn.prompt)
+    assert sorted(conversations.values()) == [["a", "b"], ["c"]]

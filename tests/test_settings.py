@@ -33,6 +33,20 @@ def test_every_command_parameter_is_a_setting_or_a_front_end_option(command: obj
     assert not unknown, f"parameters with no setting: {unknown}"
 
 
+# `moa batch`'s own options: what to read and write, which items, and how to pace the run.
+BATCH_OPTIONS = {"input_file", "output", "input_format", "parallel", "rps", "limit", "ids", "generator"}
+BATCH_OPTIONS |= {"allow_failures", "restart", "fastchat_temperatures"}
+
+
+def test_every_batch_parameter_is_a_setting_or_a_front_end_option() -> None:
+    from moa_cli.cli.batch_cmd import batch
+
+    unknown = parameters(batch) - set(SPECS) - FRONT_END_OPTIONS - BATCH_OPTIONS
+    assert not unknown, f"parameters with no setting: {unknown}"
+    every_turn = {name for name, spec in SPECS.items() if spec.flags and spec.commands is None}
+    assert set(batch.setting_names) == every_turn  # type: ignore[attr-defined]
+
+
 def test_every_setting_has_a_way_in() -> None:
     for name, spec in SPECS.items():
         ways = {"file"}  # every setting can be set in the config file
