@@ -52,7 +52,6 @@ class StopMatcher:
 
     def __init__(self, stops: tuple[str, ...]) -> None:
         self.stops = stops
-        self.hold = max((len(s) for s in stops), default=1) - 1
         self.buffer = ""
 
     def feed(self, text: str) -> tuple[str, bool]:
@@ -64,10 +63,20 @@ class StopMatcher:
         if cut >= 0:
             out, self.buffer = self.buffer[:cut], ""
             return out, True
-        keep = self.hold
-        out = self.buffer[: len(self.buffer) - keep] if keep else self.buffer
+        keep = self._possible_start()
+        out = self.buffer[: len(self.buffer) - keep]
         self.buffer = self.buffer[len(out) :]
         return out, False
+
+    def _possible_start(self) -> int:
+        """Length of the longest end of the buffer that could begin a stop sequence."""
+        keep = 0
+        for stop in self.stops:
+            for k in range(min(len(stop) - 1, len(self.buffer)), keep, -1):
+                if self.buffer.endswith(stop[:k]):
+                    keep = k
+                    break
+        return keep
 
     def flush(self) -> str:
         out, self.buffer = self.buffer, ""
@@ -240,7 +249,10 @@ class Turn:
         if call is None:
             return
         if isinstance(event, CallStarted):
-            self._calls[call] = {"model": call.model, "layer": call.layer, "role": call.role, "status": "running"}
+            self._calls[call] = {
+                "model": call.model, "layer": call.layer, "role": call.role, "status": "running", "seconds": None,
+                "usage": None, "finish_reason": None, "error_kind": None, "http_status": None, "error": None,
+            }  # fmt: skip
             layer, done, total = self._layer
             self._layer = (call.layer, 0, 1) if call.layer != layer else (layer, done, total + 1)
             if self.reasoning and call.is_aggregator and self.served.spec is None:
