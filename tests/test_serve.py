@@ -227,7 +227,7 @@ def test_models_lists_the_lineups_and_the_passthroughs(moa_env, llm_server: Fake
     data = listing.json()
     assert data["object"] == "list"
     by_id = {m["id"]: m for m in data["data"]}
-    assert list(by_id)[0] == "moa" and {"fast", "together", "cheap"} <= set(by_id)
+    assert next(iter(by_id)) == "moa" and {"fast", "together", "cheap"} <= set(by_id)
     assert by_id["moa"]["moa"] == {
         "lineup": None,
         "references": ["alpha", "beta"],
@@ -313,7 +313,7 @@ BAD = [
 def test_bad_requests_get_one_clear_400(
     moa_env, llm_server: FakeLLMServer, body: Any, param: str | None, needle: str
 ) -> None:
-    (response,) = call(moa_env, ("POST", "/v1/chat/completions", body if isinstance(body, bytes) else body))
+    (response,) = call(moa_env, ("POST", "/v1/chat/completions", body))
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
