@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,14 @@ from moa_cli.logs import logger
 from moa_cli.pricing import Estimate, PriceBook, load_book, total, worst_case
 from moa_cli.providers.registry import split_spec
 from moa_cli.redact import redact
-from moa_cli.settings import SPECS, DEFAULTS, Settings
+from moa_cli.settings import DEFAULTS, SPECS, Settings, coerce
 from moa_cli.store import (
     CallRecord,
     Store,
     StoreError,
     TurnRecord,
     db_path,
+    flush_all,
     logging_off_marker,
     new_conversation_id,
     writer_for,
@@ -297,3 +298,62 @@ def _warn_if_failed(future: Future[int]) -> None:
     exc = future.exception()
     if exc is not None:
         logger.warning("the turn was not logged: {}", exc)
+
+
+# ---------------------------------------------------------------------------- continuing
+
+
+@dataclass(slots=True)
+class Resumed:
+    """A logged conversation to continue: its id, the settings to continue with, its turns."""
+
+    conversation_id: str
+    settings: Settings
+    turns: list[TurnRecord]  # the answered ones, in order
+
+    def history(self) -> list[Message]:
+        """What the models saw: the system prompt, then each prompt and its final answer."""
+        messages: list[Message] = []
+        if self.settings.system:
+            messages.append({"role": "system", "content": self.settings.system})
+        for turn in self.turns:
+            messages.append({"role": "user", "content": turn.prompt})
+            messages.append({"role": "assistant", "content": turn.answer or ""})
+        return messages
+
+
+def resume(settings: Settings, ref: str | None = None) -> Resumed:
+    """The conversation `ref` (an id or a unique prefix; None: the latest) to continue.
+
+    It keeps its line-up and sampling settings, and its system prompt, unless flags say
+    otherwise: a flag for a setting (or --lineup) wins over what the conversation used.
+    ConfigError (exit 2) when there is nothing to continue.
+    """
+    if settings.paths is None:
+        raise ConfigError("no log to continue a conversation from")
+    path = db_path(settings.paths.data_dir)
+    if not path.exists():
+        raise ConfigError(f"no conversation to continue: nothing logged yet ({path})")
+    try:
+        flush_all()
+        with Store(path) as store:
+            conversation_id = store.latest_conversation_id() if ref is None else store.resolve_conversation(ref)
+            if conversation_id is None:
+                raise ConfigError("no conversation to continue: nothing logged yet")
+            conversation = store.conversation(conversation_id)
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
+    given = set(settings.overrides)
+    stored = conversation.turns[-1].settings if conversation.turns else {}
+    changes: dict[str, Any] = {}
+    if "lineup" not in given:
+        for name, value in stored.items():
+            if name in SPECS and (SPECS[name].lineup or name == "system") and name not in given:
+                try:
+                    changes[name] = coerce(name, value)
+                except ValueError:
+                    continue  # a value this version no longer accepts: keep the current one
+    if changes:
+        settings = settings.with_changes(**changes)
+    answered = [t for t in conversation.turns if t.status == "ok" and t.answer is not None]
+    return Resumed(conversation_id, settings, answered)

@@ -431,6 +431,10 @@ def footer_text(result: TurnResult) -> str:
         names = ", ".join(f"{p.model} ({kind_word(p.error_kind, p.timed_out)})" for p in failed)
         parts.append(f"left out: {names}")
     if result.finish_reason == "length":
+    if result.cost_usd is not None or result.unpriced_calls:  # priced by pricing.py (None: not priced)
+        from moa_cli.pricing import cost_text
+
+        parts.append(cost_text(result.priced_usd or 0.0, result.unpriced_calls, len(result.proposals) + 1))
         limit = f" (max_tokens {result.max_tokens})" if result.max_tokens is not None else ""
         parts.append(f"answer cut at the token limit{limit}")
     return redact(" · ".join(parts))

@@ -40,6 +40,8 @@ def ask(
     json_output: opt.JsonOutput = False,
     verbose: opt.Verbose = False,
     quiet: opt.Quiet = False,
+    resume: opt.Continue = False,
+    cid: opt.ConversationId = None,
     flags: dict[str, Any],
 ) -> None:
     """Ask once: the references answer in parallel, the aggregator's answer streams to stdout.
@@ -52,11 +54,26 @@ def ask(
 
       moa ask --rounds 2 -r ollama:llama3.2:1b -r ollama:qwen2.5:1.5b -a ollama:qwen2.5:1.5b "Hi"
     """
-    run_ask(prompt, opt.flag_overrides(flags, verbose=verbose), local=local, json_output=json_output, quiet=quiet)
+    run_ask(
+        prompt,
+        opt.flag_overrides(flags, verbose=verbose),
+        local=local,
+        json_output=json_output,
+        quiet=quiet,
+        resume=resume or cid is not None,
+        cid=cid,
+    )
 
 
 def run_ask(
-    prompt: str | None, flags: dict[str, Any], *, local: bool = False, json_output: bool = False, quiet: bool = False
+    prompt: str | None,
+    flags: dict[str, Any],
+    *,
+    local: bool = False,
+    json_output: bool = False,
+    quiet: bool = False,
+    resume: bool = False,
+    cid: str | None = None,
 ) -> None:
     """The body of `moa ask` (also used by a bare `moa` with piped stdin)."""
     with handle_errors(json_mode=json_output):
@@ -64,7 +81,17 @@ def run_ask(
         from moa_cli.cli.runtime import load, run_one_turn  # deferred: keeps --help fast
 
         settings = load(flags, local=local)
-        result = run_one_turn(settings, text, json_output=json_output, quiet=quiet)
+        messages: Any = text
+        conversation_id = None
+        if resume:  # -c / --cid: the logged conversation, its line-up unless flags say otherwise
+            from moa_cli.recorder import resume as resume_conversation
+
+            resumed = resume_conversation(settings, cid)
+            settings, conversation_id = resumed.settings, resumed.conversation_id
+            messages = [*resumed.history(), {"role": "user", "content": text}]
+        result = run_one_turn(
+            settings, messages, json_output=json_output, quiet=quiet, conversation_id=conversation_id, source="ask"
+        )
         if json_output:
             import json
 

@@ -23,6 +23,8 @@ def chat(
     *,
     local: opt.Local = False,
     verbose: opt.Verbose = False,
+    resume: opt.Continue = False,
+    cid: opt.ConversationId = None,
     flags: dict[str, Any],
 ) -> None:
     """Chat with the mixture: a multi-turn REPL with live progress and streamed Markdown.
@@ -41,14 +43,24 @@ def chat(
         from moa_cli.cli.runtime import load
 
         settings = load(opt.flag_overrides(flags, verbose=verbose), local=local)
+        resumed = None
+        if resume or cid is not None:  # the logged conversation, its line-up unless flags say otherwise
+            from moa_cli.providers.registry import check_lineup
+            from moa_cli.recorder import resume as resume_conversation
+
+            resumed = resume_conversation(settings, cid)
+            settings = resumed.settings
+            check_lineup(settings)
         if is_interactive():
             from moa_cli.repl.loop import run_interactive
 
-            code = run_interactive(settings)
+            if resumed is not None:
+                show_last_exchange(resumed)
+            code = run_interactive(settings, resumed)
         else:
             from moa_cli.repl.lines import run_lines
 
-            code = run_lines(settings, sys.stdin)
+            code = run_lines(settings, sys.stdin, resumed=resumed)
     if code:
         raise typer.Exit(code)
 
@@ -59,3 +71,17 @@ def is_interactive() -> bool:
     if stdin is None or not stdin.isatty():
         return False
     return any(stream is not None and stream.isatty() for stream in (sys.stdout, sys.stderr))
+
+
+def show_last_exchange(resumed: Any) -> None:
+    """`moa chat -c`: which conversation this is, and its last prompt and answer."""
+    from moa_cli.render import make_console, markdown
+
+    err, out = make_console(stderr=True), make_console()
+    turns = len(resumed.turns)
+    err.print(f"continuing conversation {resumed.conversation_id} ({turns} turn{'' if turns == 1 else 's'})", style="dim", markup=False, highlight=False)
+    if resumed.turns:
+        last = resumed.turns[-1]
+        out.print(f">>> {last.prompt}", markup=False, highlight=False)
+        out.print(markdown(last.answer or ""))
+

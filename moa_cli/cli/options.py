@@ -29,6 +29,24 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs on st
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or footer on stderr; warnings and errors still.")]
 Local = Annotated[bool, typer.Option("--local", help="Use the offline line-up on the bundled model (--lineup local).")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print one JSON object: answer, proposals, usage.")]
+# The conversation log (store.py): continue a logged conversation.
+Continue = Annotated[
+    bool,
+    typer.Option(
+        "--continue",
+        "-c",
+        help="Continue the latest logged conversation. It keeps its line-up, settings and system prompt unless flags say otherwise.",
+    ),
+]
+ConversationId = Annotated[
+    Optional[str],
+    typer.Option(
+        "--cid",
+        metavar="ID",
+        help="Continue the logged conversation ID (moa logs lists them); as -c, flags override its line-up.",
+        show_default=False,
+    ),
+]
 
 _PYTHON_TYPE: dict[str, Any] = {
     "str": Optional[str],

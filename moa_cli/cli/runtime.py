@@ -27,7 +27,15 @@ def load(flags: dict[str, Any], *, local: bool = False) -> Settings:
     return settings
 
 
-def run_one_turn(settings: Settings, prompt: str, *, json_output: bool = False, quiet: bool = False) -> Any:
+def run_one_turn(
+    settings: Settings,
+    prompt: Any,
+    *,
+    json_output: bool = False,
+    quiet: bool = False,
+    conversation_id: str | None = None,
+    source: str = "ask",
+) -> Any:
     """Run one turn with live progress on stderr and the answer on stdout (unless JSON).
 
     When the aggregator fails after part of its answer reached stdout, stderr says that
@@ -39,6 +47,7 @@ def run_one_turn(settings: Settings, prompt: str, *, json_output: bool = False, 
     from moa_cli.render import TurnView, make_console
 
     moa = MoA(settings=settings)
+    moa.conversation_id, moa.source = conversation_id, source  # the log (recorder.py)
     moa.check(preload=True)
     err, out = make_console(stderr=True), make_console()
     view = TurnView(err, out, show_answer=not json_output, progress=not quiet)

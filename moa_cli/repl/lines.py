@@ -29,9 +29,11 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED = 0, 1
 
 
-def run_lines(settings: Settings, stream: TextIO, err: Console | None = None, out: Console | None = None) -> int:
+def run_lines(
+    settings: Settings, stream: TextIO, err: Console | None = None, out: Console | None = None, resumed: object = None
+) -> int:
     """Run every line of `stream` until its end (or an exit word); returns the exit code."""
-    repl = Repl(ChatState.start(settings), err, out, line_mode=True)
+    repl = Repl(ChatState.start(settings, resumed), err, out, line_mode=True)
     # One loop for the whole input, so connections are reused across turns.
     with asyncio.Runner() as runner:
         try:

@@ -195,6 +195,7 @@ class Repl:
         self.turns += 1
         messages = state.conversation.messages_for(prompt)
         moa = await self._get_moa()
+        moa.conversation_id, moa.source = state.conversation_id, "chat"  # the log (recorder.py)
         # In line mode the answer is held back until the turn has succeeded.
         view = TurnView(self.err, self.out, markdown=self.markdown, show_answer=not self.line_mode)
         view.start()
@@ -325,12 +326,12 @@ class Repl:
         return lambda: signal.signal(signal.SIGINT, previous)
 
 
-def run_interactive(settings: Settings) -> int:
+def run_interactive(settings: Settings, resumed: object = None) -> int:
     """The interactive chat on the real terminal; returns the exit code."""
     output = None
     if not sys.stdout.isatty():  # `moa chat > answers.md`: draw the prompt on stderr
         output = create_output(stdout=sys.stderr)
     history = settings.paths.history_file if settings.paths else None
     session = make_session(history, output=output)
-    repl = Repl(ChatState.start(settings), session=session, warm_up=True)
+    repl = Repl(ChatState.start(settings, resumed), session=session, warm_up=True)
     return asyncio.run(repl.run())

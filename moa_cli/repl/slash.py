@@ -56,10 +56,20 @@ class ChatState:
     conversation: Conversation
     last_prompt: str | None = None  # the last prompt sent, whether or not it was answered
     last_failed: bool = False  # that prompt failed or was cancelled: it is not in the conversation
+    conversation_id: str | None = None  # in the log (store.py); /new starts another
 
     @classmethod
-    def start(cls, settings: Settings) -> ChatState:
-        return cls(settings, Conversation(settings.system, multi_turn=settings.multi_turn))
+    def start(cls, settings: Settings, resumed: Any = None) -> ChatState:
+        """A new conversation, or `resumed` (recorder.Resumed: `moa chat -c`) with its turns."""
+        from moa_cli.store import new_conversation_id
+        from moa_cli.types import TurnResult
+
+        state = cls(settings, Conversation(settings.system, multi_turn=settings.multi_turn), conversation_id=new_conversation_id())
+        if resumed is not None:
+            state.conversation_id = resumed.conversation_id
+            for turn in resumed.turns:
+                state.conversation.add(turn.prompt, TurnResult(turn.answer or "", turn.lineup.get("aggregator", "")))
+        return state
 
 
 Handler = Callable[["ChatState", str, "Console"], Outcome]
@@ -117,6 +127,9 @@ def _exit(state: ChatState, arg: str, console: Console) -> Outcome:
 def _new(state: ChatState, arg: str, console: Console) -> Outcome:
     state.conversation.clear()
     state.last_prompt, state.last_failed = None, False
+    from moa_cli.store import new_conversation_id
+
+    state.conversation_id = new_conversation_id()
     note(console, "new conversation")
     return Outcome.CONTINUE
 
