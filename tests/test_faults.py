@@ -1,4 +1,5 @@
-"""The fault matrix of issue 7, run through the real CLI against the project's fake server.
+"""The fault matrix of issue 7, run through the CLI's own dispatch (in-process; the secrets
+test in a real process) against the project's fake server over real HTTP.
 
 Each upstream fault hits one reference or the aggregator, under `moa ask` and `moa ask
 --json`; the exit code, stdout and the stderr lines are pinned. (Piped `moa chat` is
@@ -48,10 +49,10 @@ def stderr_lines(proc) -> list[str]:
 
 @pytest.mark.parametrize("json_mode", [False, True], ids=["ask", "ask-json"])
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
-def test_a_fault_in_a_reference(cli, llm_server: FakeLLMServer, fault: Fault, json_mode: bool) -> None:
+def test_a_fault_in_a_reference(moa, llm_server: FakeLLMServer, fault: Fault, json_mode: bool) -> None:
     llm_server.script("alpha", fault.reply)
     args = ["ask", *LINEUP, *fault.args, *(["--json"] if json_mode else []), "q"]
-    proc = cli(args)
+    proc = moa(args)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     warnings = [line for line in stderr_lines(proc) if line.startswith("moa: warning:")]
@@ -85,10 +86,10 @@ def test_a_fault_in_a_reference(cli, llm_server: FakeLLMServer, fault: Fault, js
 
 @pytest.mark.parametrize("json_mode", [False, True], ids=["ask", "ask-json"])
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
-def test_a_fault_in_the_aggregator(cli, llm_server: FakeLLMServer, fault: Fault, json_mode: bool) -> None:
+def test_a_fault_in_the_aggregator(moa, llm_server: FakeLLMServer, fault: Fault, json_mode: bool) -> None:
     llm_server.script("judge", fault.reply)
     args = ["ask", *LINEUP, *fault.args, *(["--json"] if json_mode else []), "q"]
-    proc = cli(args)
+    proc = moa(args)
     assert "Traceback" not in proc.stderr
     lines = stderr_lines(proc)
     if fault.kind is None:  # an answer cut at max_tokens is an answer, and the footer says so
@@ -118,26 +119,26 @@ def test_a_fault_in_the_aggregator(cli, llm_server: FakeLLMServer, fault: Fault,
         assert lines.index(notice[0]) < lines.index(errors[0])
 
 
-def test_an_endless_stream_is_cut_past_max_tokens(cli, llm_server: FakeLLMServer) -> None:
+def test_an_endless_stream_is_cut_past_max_tokens(moa, llm_server: FakeLLMServer) -> None:
     llm_server.script("alpha", Reply(text="la ", endless=True))
-    proc = cli(["ask", *LINEUP, "--json", "q"])
+    proc = moa(["ask", *LINEUP, "--json", "q"])
     assert proc.returncode == 0, proc.stderr
     alpha = json.loads(proc.stdout)["proposals"][0]
     assert alpha["error_kind"] == "bad_response" and "far past max_tokens" in alpha["error"]
     assert llm_server.wait_until_idle(timeout=3.0)
 
 
-def test_a_slow_endless_stream_is_bounded_by_the_timeout(cli, llm_server: FakeLLMServer) -> None:
+def test_a_slow_endless_stream_is_bounded_by_the_timeout(moa, llm_server: FakeLLMServer) -> None:
     llm_server.script("alpha", Reply(text="la ", endless=True, token_delay=0.05))
-    proc = cli(["ask", *LINEUP, "--max-tokens", "500", "--timeout", "0.5", "--json", "q"])
+    proc = moa(["ask", *LINEUP, "--max-tokens", "500", "--timeout", "0.5", "--json", "q"])
     assert proc.returncode == 0, proc.stderr
     alpha = json.loads(proc.stdout)["proposals"][0]
     assert alpha["error_kind"] == "timeout" and alpha["seconds"] < 2
 
 
-def test_an_html_error_page_is_reduced_to_its_status_and_title(cli, llm_server: FakeLLMServer) -> None:
+def test_an_html_error_page_is_reduced_to_its_status_and_title(moa, llm_server: FakeLLMServer) -> None:
     llm_server.script("alpha", Reply(status=502, html=True, error_message="Bad \x1b[31mGateway"))
-    proc = cli(["ask", *LINEUP, "q"])
+    proc = moa(["ask", *LINEUP, "q"])
     assert proc.returncode == 0, proc.stderr
     (warning,) = [line for line in stderr_lines(proc) if "warning" in line]
     assert warning == "moa: warning: alpha (layer 1) left out: HTTP 502: HTML page: 502 Bad Gateway"

@@ -20,7 +20,7 @@ from moa_cli.repl.slash import SETTABLE, apply_setting
 from moa_cli.settings import DEFAULTS, SPECS, Settings
 
 # Command parameters that are not settings: what to run and how to show it.
-FRONT_END_OPTIONS = {"prompt", "json_output", "verbose", "quiet", "local"}
+FRONT_END_OPTIONS = {"prompt", "json_output", "verbose", "quiet", "local", "resume", "cid"}
 
 
 def parameters(command: object) -> set[str]:
