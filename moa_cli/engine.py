@@ -71,6 +71,7 @@ class Plan:
     layer_deadline: float | None = DEFAULTS["layer_deadline"]
     aggregator_prompt: str = DEFAULTS["aggregator_prompt"]
     seed: int | None = DEFAULTS["seed"]
+    quorum: int | None = DEFAULTS["quorum"]
 
     def seed_for(self, layer: int, index: int) -> int | None:
         """Distinct seeds per sample, so repeated models (Self-MoA) give distinct answers."""
@@ -206,14 +207,22 @@ class _Turn:
         )
 
     async def layer(self, layer: int, messages: list[Message]) -> list[Proposal]:
-        """Run every reference of a layer; honour the layer deadline."""
+        """Run every reference of a layer; go on at the quorum or the deadline, whichever comes first.
+
+        With a quorum K, the layer goes on as soon as K references have answered: the calls
+        still running (or waiting for a slot) are cancelled, their streams closed, and each is
+        reported as cut by the quorum (kind "quorum"). The deadline, past which the layer goes
+        on with whatever answers it has, still applies; neither ever goes on with no answer.
+        """
         calls = [CallInfo(model, layer, i) for i, model in enumerate(self.plan.references)]
         started = time.perf_counter()
         tasks = {asyncio.create_task(self.call(c, messages)): c for c in calls}
         results: dict[CallInfo, Proposal] = {}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.plan.layer_deadline if self.plan.layer_deadline else None
+        quorum = min(self.plan.quorum, len(calls)) if self.plan.quorum else None
         pending = set(tasks)
+        cut: ProviderError | None = None
         try:
             while pending:
                 # Before the deadline, wake at it; after it, wait for the first answer.
@@ -221,8 +230,15 @@ class _Turn:
                 done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     results[tasks[task]] = task.result()
-                past_deadline = deadline is not None and loop.time() >= deadline
-                if past_deadline and any(p.text is not None for p in results.values()):
+                answered = sum(p.text is not None for p in results.values())
+                if not pending:
+                    break
+                if quorum is not None and answered >= quorum:
+                    reason = f"cut by the quorum ({answered} of {len(calls)} answered, quorum {quorum})"
+                    cut = ProviderError("", reason, kind="quorum")
+                    break
+                if deadline is not None and loop.time() >= deadline and answered:
+                    cut = DeadlineExceeded("", f"timed out at the layer deadline ({self.plan.layer_deadline:g}s)")
                     break
             for task in pending:
                 task.cancel()
@@ -230,8 +246,9 @@ class _Turn:
                 await asyncio.gather(*pending, return_exceptions=True)
             for task in pending:
                 call = tasks[task]
-                reason = f"timed out at the layer deadline ({self.plan.layer_deadline:g}s)"
-                results[call] = self._failed(call, DeadlineExceeded(call.model, reason), started)
+                assert cut is not None
+                error = type(cut)(call.model, cut.reason, kind=cut.kind)
+                results[call] = self._failed(call, error, started)
         finally:
             # Reached with tasks still running only when the turn itself is cancelled.
             running = [t for t in tasks if not t.done()]

@@ -14,7 +14,9 @@
     │   ├── BadResponse               invalid JSON, a stream far past max_tokens, ...           bad_response
     │   └── EmptyAnswer               the model answered nothing                                empty
     │   (ProviderError itself: any other status or failure, kind "other"; "cancelled" for a
-    │    call a provider reports as cancelled on its side)
+    │    call a provider reports as cancelled on its side; "quorum" for a call the engine
+    │    stopped because enough references of its layer had answered (--quorum): not a
+    │    timeout and not the model's fault, so neither DeadlineExceeded nor "deadline")
     └── TurnFailed                    every reference of a layer failed, or the aggregator did -> exit 1
 
 Every `ProviderError` carries a `kind` (one of `KINDS`) and the HTTP `status` when there
@@ -40,6 +42,7 @@ ErrorKind = Literal[
     "bad_response",
     "empty",
     "cancelled",
+    "quorum",
     "other",
 ]
 #: Every failure kind, in the order above.
@@ -125,6 +128,7 @@ KIND_WORDS: dict[str, str] = {
     "bad_response": "bad response",
     "empty": "empty",
     "cancelled": "cancelled",
+    "quorum": "cut by the quorum",
     "other": "failed",
 }
 

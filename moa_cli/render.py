@@ -141,7 +141,14 @@ class ProgressView:
             elif isinstance(event, CallFailed):
                 row.state = kind_word(event.kind, event.timed_out)
                 row.seconds, row.error = event.seconds, event.error
-        if isinstance(event, CallFailed) and not event.call.is_aggregator:
+        if isinstance(event, CallFailed) and event.kind == "quorum":
+            if not self.animated:  # asked for, so not a warning: the row and the footer say it
+                self.console.print(
+                    f"moa: {event.call.model} ({_label(event.call)}) {KIND_WORDS['quorum']} after {event.seconds:.1f}s",
+                    markup=False,
+                    soft_wrap=True,
+                )
+        elif isinstance(event, CallFailed) and not event.call.is_aggregator:
             self.console.print(left_out_warning(event), soft_wrap=True)
         elif isinstance(event, CallFinished) and not self.animated and not event.call.is_aggregator:
             self.console.print(
@@ -424,6 +431,10 @@ def footer_text(result: TurnResult) -> str:
     parts = [f"{result.seconds:.1f}s"]
     total = result.usage.total_tokens
     parts.append(f"{total:,} tokens" if total is not None else "tokens unknown")
+    if result.cost_usd is not None or result.unpriced_calls:  # priced by pricing.py (None: not priced)
+        from moa_cli.pricing import cost_text
+
+        parts.append(cost_text(result.priced_usd or 0.0, result.unpriced_calls, len(result.proposals) + 1))
     calls = len(result.proposals) + 1
     parts.append(f"{calls} calls")
     failed = result.failed
@@ -431,10 +442,6 @@ def footer_text(result: TurnResult) -> str:
         names = ", ".join(f"{p.model} ({kind_word(p.error_kind, p.timed_out)})" for p in failed)
         parts.append(f"left out: {names}")
     if result.finish_reason == "length":
-    if result.cost_usd is not None or result.unpriced_calls:  # priced by pricing.py (None: not priced)
-        from moa_cli.pricing import cost_text
-
-        parts.append(cost_text(result.priced_usd or 0.0, result.unpriced_calls, len(result.proposals) + 1))
         limit = f" (max_tokens {result.max_tokens})" if result.max_tokens is not None else ""
         parts.append(f"answer cut at the token limit{limit}")
     return redact(" · ".join(parts))
@@ -469,7 +476,7 @@ class TurnView:
             return
         if self.progress:
             self.progress.handle(event)
-        elif isinstance(event, CallFailed) and not event.call.is_aggregator:
+        elif isinstance(event, CallFailed) and not event.call.is_aggregator and event.kind != "quorum":
             self.err.print(left_out_warning(event), soft_wrap=True)
 
     def stop(self) -> None:

@@ -31,6 +31,7 @@ Check = Callable[[Any], "str | None"]  # returns what is wrong with a value, or 
 Kind = Literal["str", "int", "float", "bool", "models", "text"]
 
 LINEUP_PANEL, SAMPLING_PANEL, LIMITS_PANEL, OTHER_PANEL = "Line-up", "Sampling", "Limits", "Other"
+AGGREGATIONS = ("synthesize", "select")  # aggregation.py
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 # What servers accept: max_tokens is an int32 on every API seen, a seed an int64.
 INT32_MAX = 2**31 - 1
@@ -187,6 +188,20 @@ class Settings:
             show_default=False,
         ),
     )
+    aggregation: str = setting(
+        "synthesize",
+        Spec(
+            "str",
+            "How the aggregator combines the last layer's answers: synthesize (write a new answer) "
+            "or select (name the best one, which is given verbatim).",
+            env="MOA_AGGREGATION",
+            flags=("--aggregation",),
+            metavar="synthesize|select",
+            checks=(one_of(*AGGREGATIONS),),
+            settable=True,
+            lineup=True,
+        ),
+    )
     # -- sampling
     temperature: float = setting(
         0.7,
@@ -210,6 +225,19 @@ class Settings:
             flags=("--max-tokens",),
             metavar="N",
             checks=(at_least(1, INT32_MAX),),
+            settable=True,
+            lineup=True,
+        ),
+    )
+    repeat_penalty: float = setting(
+        1.0,
+        Spec(
+            "float",
+            "Penalty on repeating recent tokens, for local (llama.cpp) models; 1 is off. Hosted models ignore it.",
+            env="MOA_REPEAT_PENALTY",
+            flags=("--repeat-penalty",),
+            metavar="P",
+            checks=(_finite, between(0.5, 2)),
             settable=True,
             lineup=True,
         ),
@@ -305,6 +333,21 @@ class Settings:
             show_default=False,
         ),
     )
+    quorum: int | None = setting(
+        None,
+        Spec(
+            "int",
+            "A layer goes on once K references have answered; the rest are cut (at most the number of references).",
+            env="MOA_QUORUM",
+            flags=("--quorum",),
+            metavar="K",
+            checks=(at_least(1, 1024),),
+            settable=True,
+            lineup=True,
+            nullable=True,
+            show_default=False,
+        ),
+    )
     max_cost: float | None = setting(
         None,
         Spec(
@@ -316,6 +359,20 @@ class Settings:
             checks=(_finite, lambda v: None if v >= 0 else f"{v:g} must be 0 or more"),
             settable=True,
             nullable=True,
+            show_default=False,
+        ),
+    )
+    # -- the terminal
+    preview: bool = setting(
+        True,
+        Spec(
+            "bool",
+            "While the references answer, show the draft furthest along, dimmed, until the answer starts "
+            "(a terminal only; never with --json or a redirected stdout).",
+            env="MOA_PREVIEW",
+            flags=("--preview/--no-preview",),
+            settable=True,
+            commands=frozenset({"ask", "chat"}),
             show_default=False,
         ),
     )
@@ -515,6 +572,14 @@ def validate(settings: Settings) -> None:
             # A flag's error names the flag as typed; a file's or variable's, the key and where.
             label = spec.flags[0].split("/")[0] if where == "flag" and spec.flags else key_for(name)
             raise ConfigError(f"invalid {label}{origin}: {message}")
+    if settings.quorum is not None and settings.quorum > len(settings.references):
+        where = settings.sources.get("quorum", "default")
+        origin = f" (from {where})" if where not in ("default", "flag", "argument", "command") else ""
+        label = "--quorum" if where == "flag" else "quorum"
+        count = len(settings.references)
+        raise ConfigError(
+            f"invalid {label}{origin}: {settings.quorum} is more than the {count} reference model{'s' * (count != 1)}"
+        )
     if settings.providers and settings.default_provider not in settings.providers:
         raise ConfigError(f"invalid default_provider: no provider named {settings.default_provider!r}")
 

@@ -31,7 +31,7 @@ RETRY_AFTER_SECONDS = 5
 
 PERMANENT_KINDS = frozenset({"auth", "not_found", "bad_response", "empty", "other", "cancelled"})
 _PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 422})
-TRANSIENT_KINDS = frozenset({"rate_limit", "timeout", "deadline", "connection", "cut_off"})
+TRANSIENT_KINDS = frozenset({"rate_limit", "timeout", "deadline", "connection", "cut_off", "quorum"})
 
 
 @dataclass
