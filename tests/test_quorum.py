@@ -165,7 +165,7 @@ def test_the_quorum_is_checked_against_the_references(tmp_path: Path) -> None:
     assert apply_setting(s, "quorum", "off").quorum is None
     with pytest.raises(ConfigError, match="more than the 3 reference"):
         apply_setting(s, "quorum", "4")
-    with pytest.raises(ConfigError, match="more than the 1 reference model$"):
+    with pytest.raises(ConfigError, match=r"more than the 1 reference model$"):
         apply_setting(s, "references", "x")
     # The Python API takes it by name, and the engine's plan carries it.
     moa = MoA(["a", "b"], "j", quorum=1, env=env)
@@ -185,7 +185,9 @@ def test_the_quorum_in_a_config_file_and_a_lineup(tmp_path: Path) -> None:
 def test_the_footer_names_the_cut() -> None:
     from moa_cli.types import Proposal, TurnResult, Usage
 
-    result = TurnResult("x", "j", [Proposal("a", 1, text="a"), Proposal("d", 1, error="cut", error_kind="quorum")], Usage(), 1.0)
+    result = TurnResult(
+        "x", "j", [Proposal("a", 1, text="a"), Proposal("d", 1, error="cut", error_kind="quorum")], Usage(), 1.0
+    )
     assert footer_text(result).endswith("left out: d (cut by the quorum)")
 
 
