@@ -355,26 +355,26 @@ def test_conversation_snapshot_restore_and_messages() -> None:
 # ---------------------------------------------------------------------------- stdin not a terminal
 
 
-def test_lines_mode_answers_each_line_plainly(cli: Any, server: FakeLLMServer) -> None:
+def test_lines_mode_answers_each_line_plainly(moa: Any, server: FakeLLMServer) -> None:
     server.script(AGG, Reply(text="**One.**"), Reply(text="Two."))
-    result = cli(["chat", *LINEUP], input="first\nsecond\n")
+    result = moa(["chat", *LINEUP], input="first\nsecond\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "**One.**\nTwo.\n"  # plain: the Markdown is not rendered
     assert turns(server, AGG)[1] == [user("first"), assistant("**One.**"), user("second")]
     assert "Traceback" not in result.stderr
 
 
-def test_lines_mode_no_multi_turn_alias(cli: Any, server: FakeLLMServer) -> None:
-    result = cli(["chat", "--no_multi_turn", *LINEUP], input="first\nsecond\n")
+def test_lines_mode_no_multi_turn_alias(moa: Any, server: FakeLLMServer) -> None:
+    result = moa(["chat", "--no_multi_turn", *LINEUP], input="first\nsecond\n")
     assert result.returncode == 0, result.stderr
     assert turns(server, AGG) == [[user("first")], [user("second")]]
 
 
-def test_lines_mode_a_failing_turn_then_a_good_one(cli: Any, server: FakeLLMServer) -> None:
+def test_lines_mode_a_failing_turn_then_a_good_one(moa: Any, server: FakeLLMServer) -> None:
     server.script("ref-a", Reply(status=500))
     server.script("ref-b", Reply(status=500))
     server.script(AGG, Reply(text="Second answer."))
-    result = cli(["chat", *LINEUP], input="first\nsecond\n")
+    result = moa(["chat", *LINEUP], input="first\nsecond\n")
     assert result.returncode == 1  # a turn failed
     assert result.stdout == "Second answer.\n"
     assert result.stderr.endswith("moa: 1 of 2 turns failed\n")
@@ -383,8 +383,8 @@ def test_lines_mode_a_failing_turn_then_a_good_one(cli: Any, server: FakeLLMServ
     assert turns(server, AGG) == [[user("second")]]
 
 
-def test_missing_key_is_a_usage_error_before_any_prompt(cli: Any, server: FakeLLMServer) -> None:
-    result = cli(["chat", *LINEUP], input="hi\n", env={"TOGETHER_API_KEY": ""})
+def test_missing_key_is_a_usage_error_before_any_prompt(moa: Any, server: FakeLLMServer) -> None:
+    result = moa(["chat", *LINEUP], input="hi\n", env={"TOGETHER_API_KEY": ""})
     assert result.returncode == 2
     assert result.stderr.startswith("moa: error: no API key") and result.stderr.count("\n") == 1
     assert result.stdout == "" and server.requests == []

@@ -42,13 +42,13 @@ def server(moa_env: dict[str, str], llm_server: FakeLLMServer) -> FakeLLMServer:
     return llm_server
 
 
-def test_an_aggregator_cut_mid_answer_prints_no_partial_answer_and_exits_1(cli: Any, server: FakeLLMServer) -> None:
+def test_an_aggregator_cut_mid_answer_prints_no_partial_answer_and_exits_1(moa: Any, server: FakeLLMServer) -> None:
     server.script(
         AGG,
         Reply(text="The first answer looks real but it is cut here and the rest never comes.", cut_after=5),
         Reply(text="Second answer."),
     )
-    result = cli(["chat", *LINEUP], input="first\nsecond\n")
+    result = moa(["chat", *LINEUP], input="first\nsecond\n")
 
     assert result.returncode == 1
     assert result.stdout == "Second answer.\n"  # nothing of the cut answer
@@ -62,17 +62,17 @@ def test_an_aggregator_cut_mid_answer_prints_no_partial_answer_and_exits_1(cli: 
     assert turns(server, "ref-a")[1] == [user("second")]
 
 
-def test_every_turn_answered_exits_0_and_says_nothing_about_failures(cli: Any, server: FakeLLMServer) -> None:
+def test_every_turn_answered_exits_0_and_says_nothing_about_failures(moa: Any, server: FakeLLMServer) -> None:
     server.script(AGG, Reply(text="One."), Reply(text="Two."))
-    result = cli(["chat", *LINEUP], input="first\nsecond\n")
+    result = moa(["chat", *LINEUP], input="first\nsecond\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "One.\nTwo.\n"
     assert "failed" not in result.stderr
     assert turns(server, AGG)[1] == [user("first"), assistant("One."), user("second")]
 
 
-def test_a_line_that_names_no_command_is_a_prompt(cli: Any, server: FakeLLMServer) -> None:
-    result = cli(["chat", *LINEUP], input="/etc is a directory?\n/models\n")
+def test_a_line_that_names_no_command_is_a_prompt(moa: Any, server: FakeLLMServer) -> None:
+    result = moa(["chat", *LINEUP], input="/etc is a directory?\n/models\n")
     assert result.returncode == 0, result.stderr
     assert turns(server, AGG) == [[user("/etc is a directory?")]]
     assert "unknown command" not in result.stderr
@@ -80,15 +80,15 @@ def test_a_line_that_names_no_command_is_a_prompt(cli: Any, server: FakeLLMServe
     assert result.stdout == "Final answer.\n"
 
 
-def test_a_double_slash_sends_the_line_with_one_slash(cli: Any, server: FakeLLMServer) -> None:
-    result = cli(["chat", *LINEUP], input="//help\n")
+def test_a_double_slash_sends_the_line_with_one_slash(moa: Any, server: FakeLLMServer) -> None:
+    result = moa(["chat", *LINEUP], input="//help\n")
     assert result.returncode == 0, result.stderr
     assert turns(server, AGG) == [[user("/help")]]
     assert "/proposals" not in result.stderr  # the help was not shown
 
 
-def test_exit_and_known_commands_still_work(cli: Any, server: FakeLLMServer) -> None:
-    result = cli(["chat", *LINEUP], input="/set temperature 0.3\nhi\nexit\nnever sent\n")
+def test_exit_and_known_commands_still_work(moa: Any, server: FakeLLMServer) -> None:
+    result = moa(["chat", *LINEUP], input="/set temperature 0.3\nhi\nexit\nnever sent\n")
     assert result.returncode == 0, result.stderr
     assert [r.last_user for r in server.requests_for(AGG)] == ["hi"]
     assert server.requests_for("ref-a")[0].body["temperature"] == 0.3
