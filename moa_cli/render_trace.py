@@ -74,7 +74,7 @@ class TraceView:
         bars = tl.bars
         width = options.max_width
         title_w = max([len(lane.title) for lane in tl.lanes] + [5])
-        model_w = min(28, max([len(b.model) for b in bars] + [5]))
+        model_w = min(28, width // 5, max([len(b.model) for b in bars] + [5]))
         infos = {id(b): _info(b) for b in bars}
         slowest = len("  ◀ slowest") if any(lane.held_up_by for lane in tl.lanes) else 0
         info_w = min(40, max([len(i) for i in infos.values()] + [10])) + slowest

@@ -156,6 +156,13 @@ def _print_text(listings: list[ProviderListing]) -> None:
 
 def models(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
+    refresh_prices: Annotated[
+        bool,
+        typer.Option(
+            "--refresh-prices",
+            help="Fetch Together's and OpenRouter's published prices into the log database (used for cost; never fetched during a turn).",
+        ),
+    ] = False,
 ) -> None:
     """List the configured providers and their models, as names to pass to -r / -a.
 
@@ -171,6 +178,9 @@ def models(
 
         settings = load_settings()  # no line-up notice: nothing is being run
         logs.configure(settings.log_level)
+        if refresh_prices:
+            _refresh_prices(settings, json_output)
+            return
         listings = asyncio.run(collect(settings))
         for listing in listings:
             if listing.error:
@@ -180,3 +190,28 @@ def models(
             sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
         else:
             _print_text(listings)
+
+
+def _refresh_prices(settings: Settings, json_output: bool) -> None:
+    """`moa models --refresh-prices`: each provider's catalogue into the log database."""
+    from moa_cli.pricing import refresh
+    from moa_cli.recorder import forget_prices
+    from moa_cli.store import StoreError, open_store
+
+    try:
+        with open_store(settings.paths.data_dir) as store:
+            results = refresh(settings, store)
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
+    forget_prices()
+    if json_output:
+        payload = [{"provider": r.provider, "prices": r.count, "error": r.error, "skipped": r.skipped} for r in results]
+        sys.stdout.write(json.dumps({"refreshed": payload}, ensure_ascii=False) + "\n")
+    for r in results:
+        if r.error:
+            sys.stderr.write(f"moa: warning: could not fetch {r.provider} prices: {r.error}\n")
+        elif r.skipped:
+            sys.stderr.write(f"moa: {r.provider}: skipped ({r.skipped})\n")
+        elif not json_output:
+            sys.stdout.write(f"{r.provider}: {r.count} model prices\n")
+

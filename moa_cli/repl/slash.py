@@ -341,6 +341,112 @@ def _save(state: ChatState, arg: str, console: Console) -> Outcome:
     return Outcome.CONTINUE
 
 
+# ---------------------------------------------------------------------------- the log (store.py)
+
+
+def _logged_turns(state: ChatState, *, with_calls: bool = False) -> list[Any] | None:
+    """This conversation's logged turns (any pending write flushed first); None without a log."""
+    from moa_cli.store import StoreError, db_path, open_store
+
+    paths = state.settings.paths
+    if paths is None or state.conversation_id is None or not db_path(paths.data_dir).exists():
+        return None
+    try:
+        with open_store(paths.data_dir, create=False) as store:
+            turns = store.turns(limit=10_000, conversation_id=state.conversation_id)[::-1]
+            if with_calls:
+                for turn in turns:
+                    turn.calls = store.calls(turn.id)
+            return turns
+    except StoreError:
+        return None
+
+
+def _history(state: ChatState, arg: str, console: Console) -> Outcome:
+    from moa_cli.pricing import cost_text
+
+    turns = _logged_turns(state)
+    if not turns:
+        note(console, "nothing logged in this conversation yet" if turns is not None or state.settings.log else "the log is off (--no-log)")
+        return Outcome.CONTINUE
+    for turn in turns:
+        prompt = " ".join(turn.prompt.split())
+        prompt = prompt if len(prompt) <= 60 else prompt[:59] + "…"
+        status = "" if turn.status == "ok" else f" [{turn.status}]"
+        cost = cost_text(turn.priced_usd, turn.unpriced_calls)
+        console.print(f"{turn.seq:>3}. turn {turn.id}  {cost}{status}  {prompt}", markup=False, highlight=False)
+    note(console, f"conversation {state.conversation_id} · moa logs show {state.conversation_id[:10]} shows it all")
+    return Outcome.CONTINUE
+
+
+def _trace(state: ChatState, arg: str, console: Console) -> Outcome:
+    turns = _logged_turns(state, with_calls=True)
+    if not turns:
+        note(console, "no logged turn in this conversation yet (/trace draws the last one from the log)")
+        return Outcome.CONTINUE
+    from moa_cli.render_trace import TraceView
+    from moa_cli.trace import timeline
+
+    console.print(TraceView(timeline(turns[-1])))
+    return Outcome.CONTINUE
+
+
+def _usage(state: ChatState, arg: str, console: Console) -> Outcome:
+    from moa_cli.pricing import cost_text
+
+    turns = _logged_turns(state, with_calls=True)
+    if turns is None:  # no log: what this session holds
+        results = [e.result for e in state.conversation.exchanges if e.result is not None]
+        if not results:
+            note(console, "no answered turn yet")
+            return Outcome.CONTINUE
+        last = results[-1]
+        tokens = last.usage.total_tokens
+        console.print(
+            f"last turn: {tokens if tokens is not None else 'unknown'} tokens, "
+            f"{cost_text(last.priced_usd or 0.0, last.unpriced_calls, len(last.proposals) + 1)}",
+            markup=False,
+            highlight=False,
+        )
+        priced = sum(r.priced_usd or 0.0 for r in results)
+        unpriced = sum(r.unpriced_calls for r in results)
+        console.print(f"this conversation: {len(results)} turns, {cost_text(priced, unpriced)}", markup=False, highlight=False)
+        return Outcome.CONTINUE
+    if not turns:
+        note(console, "no turn yet")
+        return Outcome.CONTINUE
+    last = turns[-1]
+    tokens = "unknown" if last.total_tokens is None else f"{last.total_tokens:,}"
+    console.print(
+        f"last turn ({last.status}): {tokens} tokens, {cost_text(last.priced_usd, last.unpriced_calls, len(last.calls) or None)}",
+        markup=False,
+        highlight=False,
+    )
+    for call in last.calls:
+        price = "unpriced" if call.cost_usd is None else cost_text(call.cost_usd, 0)
+        where = f" ({call.price_source})" if call.price_source else ""
+        console.print(f"  {call.spec}: {price}{where}", markup=False, highlight=False)
+    calls = sum(len(t.calls) for t in turns)
+    priced = sum(t.priced_usd for t in turns)
+    unpriced = sum(t.unpriced_calls for t in turns)
+    console.print(
+        f"this conversation: {len(turns)} turns, {cost_text(priced, unpriced, calls or None)}", markup=False, highlight=False
+    )
+    return Outcome.CONTINUE
+
+
+def _estimate(state: ChatState, arg: str, console: Console) -> Outcome:
+    from moa_cli.recorder import _load_book, estimate
+
+    prompt = arg.strip() or "?"
+    worst = estimate(state.settings, state.conversation.messages_for(prompt), _load_book(state.settings))
+    what = "this prompt" if arg.strip() else "the history (plus your prompt)"
+    console.print(f"worst case of the next turn, for {what}: {worst.text()}", markup=False, highlight=False)
+    if state.settings.max_cost is not None:
+        note(console, f"max_cost is {state.settings.max_cost:g} USD")
+    return Outcome.CONTINUE
+
+
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in (
@@ -358,6 +464,10 @@ COMMANDS: dict[str, Command] = {
             "write the transcript to FILE.md or FILE.json (--force replaces an existing file)",
             _save,
         ),
+        Command("history", "/history", "this conversation's turns in the log, with their cost", _history),
+        Command("trace", "/trace", "the timeline of the last turn: one bar per model call", _trace),
+        Command("usage", "/usage", "tokens and cost of the last turn and of this conversation", _usage),
+        Command("estimate", "/estimate [PROMPT]", "the worst-case cost of the next turn (every call at max_tokens)", _estimate),
         Command("exit", "/exit", "quit (also exit, quit, Ctrl-D)", _exit),
     )
 }
