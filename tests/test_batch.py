@@ -199,7 +199,8 @@ def test_jsonl_prompts_and_messages(moa, llm_server: FakeLLMServer, tmp_path: Pa
     assert [p["model"] for p in lines[0]["proposals"]] == ["alpha"]
     assert lines[0]["usage"]["total_tokens"] > 0 and lines[0]["tokens"] == lines[0]["usage"]["total_tokens"]
     assert "cost" in lines[0] and lines[0]["aggregator"] == "judge" and lines[0]["finish_reason"] == "stop"
-    convo = [(m["role"], m["content"]) for m in llm_server.requests_for("alpha")[1].messages]
+    second = next(r for r in llm_server.requests_for("alpha") if r.last_user == "Bye")
+    convo = [(m["role"], m["content"]) for m in second.messages]
     assert convo == [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello"), ("user", "Bye")]
 
 
