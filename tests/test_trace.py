@@ -91,4 +91,5 @@ def test_repl_commands_history_usage_trace_estimate(moa, llm_server, moa_home: P
     assert "last turn (ok)" in err and "judge: $0.0" in err and "alpha: unpriced" in err
     assert "this conversation: 1 turns, at least $0.0" in err
     assert "layer 1" in err and "aggregator" in err and "┃" in err
-    assert "worst case of the next turn" in err and "no price for alpha" in err
+    flat = " ".join(err.split())
+    assert "worst case of the next turn" in flat and "no price for alpha, beta" in flat
