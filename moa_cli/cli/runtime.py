@@ -50,7 +50,7 @@ def run_one_turn(
     moa.conversation_id, moa.source = conversation_id, source  # the log (recorder.py)
     moa.check(preload=True)
     err, out = make_console(stderr=True), make_console()
-    view = TurnView(err, out, show_answer=not json_output, progress=not quiet)
+    view = TurnView(err, out, show_answer=not json_output, progress=not quiet, preview=settings.preview)
 
     async def turn() -> Any:
         view.start()

@@ -197,7 +197,13 @@ class Repl:
         moa = await self._get_moa()
         moa.conversation_id, moa.source = state.conversation_id, "chat"  # the log (recorder.py)
         # In line mode the answer is held back until the turn has succeeded.
-        view = TurnView(self.err, self.out, markdown=self.markdown, show_answer=not self.line_mode)
+        view = TurnView(
+            self.err,
+            self.out,
+            markdown=self.markdown,
+            show_answer=not self.line_mode,
+            preview=state.settings.preview and not self.line_mode,
+        )
         view.start()
         closed_pipe: list[BrokenPipeError] = []
 
