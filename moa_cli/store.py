@@ -772,7 +772,7 @@ def logging_off_marker(data_dir: Path) -> Path:
 def open_store(data_dir: Path, *, create: bool = True) -> Store:
     """The log under `data_dir`, with any writes still queued in this process flushed first."""
     path = db_path(data_dir)
-    writer = _writers.get(path.resolve()) if path.exists() else None
+    writer = _writers.get(path.resolve())
     if writer is not None:
         writer.flush()
     return Store(path, create=create)

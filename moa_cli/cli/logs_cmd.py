@@ -64,7 +64,9 @@ def parse_date(text: str) -> float:
 
 def _data_dir() -> Path:
     from moa_cli.config import resolve_paths
+    from moa_cli.store import flush_all
 
+    flush_all()  # turns this process ran are on the file before it is read
     return resolve_paths(os.environ).data_dir
 
 

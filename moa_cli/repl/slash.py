@@ -346,8 +346,9 @@ def _save(state: ChatState, arg: str, console: Console) -> Outcome:
 
 def _logged_turns(state: ChatState, *, with_calls: bool = False) -> list[Any] | None:
     """This conversation's logged turns (any pending write flushed first); None without a log."""
-    from moa_cli.store import StoreError, db_path, open_store
+    from moa_cli.store import StoreError, db_path, flush_all, open_store
 
+    flush_all()  # the last turn may still be on its way to the file
     paths = state.settings.paths
     if paths is None or state.conversation_id is None or not db_path(paths.data_dir).exists():
         return None
