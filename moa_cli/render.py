@@ -4,6 +4,9 @@ Progress and warnings go to the stderr console; the answer alone goes to the std
 
 * stderr is a TTY: a live table, one row per model call (model, layer, state, seconds,
   tokens), cleared when the answer starts. Otherwise: one plain line per finished call.
+  With the preview on and stdout a TTY too, the draft of the reference furthest along
+  streams dimmed under the rows, in the same transient region: it never reaches stdout
+  and leaves nothing behind when the answer replaces it.
 * stdout is a TTY: the answer renders as Markdown while it streams. Finished blocks are
   printed once, for good; only the unfinished tail block is live, and only its last
   screenful is drawn, so long answers never tear or duplicate lines. A token costs a
@@ -35,6 +38,7 @@ from moa_cli.events import (
     CallStarted,
     Event,
     TurnDone,
+    TurnWarning,
 )
 from moa_cli.errors import KIND_WORDS
 from moa_cli.redact import redact
@@ -60,6 +64,7 @@ class _Row:
     tokens: int = 0  # streamed pieces until the provider reports usage, then its count
     exact: bool = False  # tokens is the provider's own count
     error: str | None = None
+    parts: list[str] = field(default_factory=list)  # the streamed text, kept only for the draft
 
     def token_text(self, unit: str = "tok") -> str:
         # Pieces are not tokens: say "~" until the provider gives its count.
@@ -93,12 +98,20 @@ def incomplete_notice(model: str) -> Text:
 
 
 class ProgressView:
-    """One row per model call; a live table on a terminal, plain lines otherwise."""
+    """One row per model call; a live table on a terminal, plain lines otherwise.
 
-    def __init__(self, console: Console) -> None:
+    With `draft=True` (and a live table), the text of the reference furthest along is shown
+    under the rows, dimmed and labelled, cut to what fits on the screen: something to read
+    while the references work. It lives in the same transient region as the rows, so it is
+    redrawn at the same capped rate and vanishes with them when the answer starts.
+    """
+
+    def __init__(self, console: Console, *, draft: bool = False, auto_refresh: bool = True) -> None:
         self.console = console
         self.rows: dict[CallInfo, _Row] = {}
         self.live: Live | None = None
+        self.draft = draft
+        self.auto_refresh = auto_refresh  # False: drawn only by live.refresh() (the tests)
         self._lock = threading.Lock()
 
     @property
@@ -111,6 +124,7 @@ class ProgressView:
                 self,
                 console=self.console,
                 refresh_per_second=REFRESH_PER_SECOND,
+                auto_refresh=self.auto_refresh,
                 transient=True,
                 redirect_stdout=False,  # stdout is for the answer only
             )
@@ -132,6 +146,8 @@ class ProgressView:
             row = self.rows.setdefault(event.call, _Row(event.call))
             if isinstance(event, (CallDelta, AnswerDelta)):
                 row.tokens += 1
+                if self.draft and isinstance(event, CallDelta):
+                    row.parts.append(event.text)
             elif isinstance(event, CallFirstToken):
                 row.state = "streaming"
             elif isinstance(event, CallFinished):
@@ -179,6 +195,31 @@ class ProgressView:
                 icon, state = Text("✗", style="red"), Text(row.state, style="red")
             table.add_row(icon, row.call.model, _label(row.call), state, f"{seconds:.1f}s", row.token_text())
         yield table
+        if self.draft and self.animated:
+            yield from self._draft_lines(console, options, rows)
+
+    def _draft_lines(self, console: Console, options: ConsoleOptions, rows: list[_Row]) -> RenderResult:
+        """The draft furthest along in the latest layer: a label, then its last lines that fit."""
+        # The screen holds the rows, a blank line, the label, the draft and the cursor's line.
+        room = console.size.height - len(rows) - 3
+        references = [r for r in rows if not r.call.is_aggregator and r.parts and r.state in ("running", "streaming", "done")]
+        if room < 1 or not references:
+            return
+        latest = max(r.call.layer for r in references)
+        best = max((r for r in references if r.call.layer == latest), key=lambda r: (len(r.parts), -r.call.index))
+        text = "".join(best.parts)
+        # Wrapping costs what the text is long: wrap only the end that can show.
+        keep = room * max(20, options.max_width) * 2
+        text = text[-keep:].strip("\n")
+        if not text.strip():
+            return
+        label = Text(f"draft from {best.call.model} ({_label(best.call)})", style="dim italic")
+        lines = console.render_lines(Text(text, style="dim"), options, pad=False)
+        yield Segment.line()
+        yield from console.render(label, options)
+        for line in lines[-room:]:
+            yield from line
+            yield Segment.line()
 
 
 # ---------------------------------------------------------------------------- answer
@@ -458,8 +499,11 @@ class TurnView:
         markdown: bool | None = None,
         progress: bool = True,
         show_answer: bool = True,
+        preview: bool = False,
     ) -> None:
-        self.progress = ProgressView(err) if progress else None
+        # The draft is for someone watching the answer arrive: both streams on a terminal.
+        draft = preview and show_answer and out.is_terminal and not out.is_dumb_terminal
+        self.progress = ProgressView(err, draft=draft) if progress else None
         self.answer = AnswerView(out, markdown=markdown) if show_answer else None
         self.err = err
 
@@ -468,6 +512,9 @@ class TurnView:
             self.progress.start()
 
     def handle(self, event: Event) -> None:
+        if isinstance(event, TurnWarning):  # aggregation.py's fallback, for one: said even with --quiet
+            self.err.print(Text(redact(f"moa: warning: {event.message}"), style="yellow"), soft_wrap=True)
+            return
         if isinstance(event, AnswerDelta):
             if self.answer is not None:
                 if self.progress and self.progress.live is not None:
