@@ -23,6 +23,13 @@ FORBIDDEN: dict[str, set[str]] = {
     "batch.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp"},
     "render.py": {"prompt_toolkit", "typer", "together", "openai", "httpx"},
     "conversation.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"},
+    # The conversation log: the store is sqlite3 and plain records; pricing fetches catalogues
+    # with httpx only in `refresh`; the trace is data, drawn by render_trace.py with rich.
+    "store.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"},
+    "pricing.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "loguru", "llama_cpp"},
+    "trace.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp", "sqlite3"},
+    "render_trace.py": {"prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"},
+    "recorder.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"},
     # The REPL may use rich, prompt_toolkit, the engine and the API, but no SDK or Typer:
     # the command line is cli/chat.py's business.
     **{
@@ -123,3 +130,14 @@ def test_help_path_imports_no_heavy_package() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+def test_the_store_imports_only_plain_values_and_errors() -> None:
+    """store.py may use types, errors and sqlite3: no settings, engine, providers or terminal."""
+    assert {n.rsplit(".", 1)[0] if n.count(".") > 1 else n for n in moa_imports(PKG / "store.py")} <= {
+        "moa_cli.errors",
+        "moa_cli.types",
+    }
+    for module in ("engine.py", "api.py", "render.py"):
+        assert not {n for n in moa_imports(PKG / module) if n.startswith("moa_cli.store")}, module
+
