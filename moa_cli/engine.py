@@ -35,6 +35,7 @@ from moa_cli.events import (
 )
 from moa_cli.errors import BadResponse, DeadlineExceeded, EmptyAnswer, ProviderError, TurnFailed
 from moa_cli.logs import logger  # disabled until the CLI configures it
+from moa_cli.aggregation import aggregate
 from moa_cli.prompts import inject_references
 from moa_cli.settings import DEFAULTS
 from moa_cli.providers.base import Provider
@@ -71,6 +72,8 @@ class Plan:
     layer_deadline: float | None = DEFAULTS["layer_deadline"]
     aggregator_prompt: str = DEFAULTS["aggregator_prompt"]
     seed: int | None = DEFAULTS["seed"]
+    aggregation: str = DEFAULTS["aggregation"]
+    repeat_penalty: float = DEFAULTS["repeat_penalty"]
     quorum: int | None = DEFAULTS["quorum"]
 
     def seed_for(self, layer: int, index: int) -> int | None:
@@ -98,18 +101,31 @@ class _Turn:
         self.active: dict[str, set[CallInfo]] = {}  # provider name -> its calls in flight
         self.overlapped: set[CallInfo] = set()  # calls that shared their provider with another
 
-    async def call(self, call: CallInfo, messages: list[Message]) -> Proposal:
-        """Run one model call to completion. Failures become a Proposal with `error`."""
+    async def call(
+        self,
+        call: CallInfo,
+        messages: list[Message],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        answer: bool = True,
+    ) -> Proposal:
+        """Run one model call to completion. Failures become a Proposal with `error`.
+
+        `max_tokens` and `temperature` override the plan's (aggregation.py's selection call);
+        an aggregator call streams as the answer unless `answer` is False.
+        """
         provider, model = self.router.resolve(call.model)
         request = CompletionRequest(
             model=model,
             messages=messages,
-            temperature=self.plan.temperature,
-            max_tokens=self.plan.max_tokens,
+            temperature=self.plan.temperature if temperature is None else temperature,
+            max_tokens=max_tokens or self.plan.max_tokens,
             seed=self.plan.seed if call.is_aggregator else self.plan.seed_for(call.layer, call.index),
+            repeat_penalty=self.plan.repeat_penalty,
         )
-        delta = AnswerDelta if call.is_aggregator else CallDelta
-        limit = piece_limit(self.plan.max_tokens)
+        delta = AnswerDelta if call.is_aggregator and answer else CallDelta
+        limit = piece_limit(request.max_tokens)
         parts: list[str] = []
         usage: Usage | None = None
         finish: str | None = None
@@ -272,11 +288,20 @@ class _Turn:
                 failures = [self.errors[CallInfo(model, layer, i)] for i, model in enumerate(self.plan.references)]
                 raise TurnFailed(f"every reference model failed in layer {layer} ({reasons})", failures)
 
-        call = CallInfo(self.plan.aggregator, self.plan.rounds + 1, 0, "aggregator")
-        final = await self.call(call, inject_references(messages, self.plan.aggregator_prompt, answers))
+        step = await aggregate(
+            self.plan.aggregation,
+            self,
+            self.plan.aggregator,
+            self.plan.rounds + 1,
+            messages,
+            self.plan.aggregator_prompt,
+            [p for p in results if p.text is not None],
+        )
+        final = step.final
         if final.text is None:
-            raise TurnFailed(f"the aggregator {final.model} failed: {final.error}", [self.errors[call]], aggregator=True)
-        usage = Usage.total([p.usage for p in proposals if p.text is not None] + [final.usage])
+            failed = [self.errors[step.failed_call]] if step.failed_call in self.errors else []
+            raise TurnFailed(f"the aggregator {final.model} failed: {final.error}", failed, aggregator=True)
+        usage = Usage.total([p.usage for p in proposals if p.text is not None] + [c.usage for c in step.calls])
         if self.usage_lost:
             usage = Usage()
         result = TurnResult(
@@ -285,9 +310,12 @@ class _Turn:
             proposals=proposals,
             usage=usage,
             seconds=time.perf_counter() - started,
-            aggregator_usage=final.usage,
+            aggregator_usage=step.usage(),
             finish_reason=final.finish_reason,
             max_tokens=self.plan.max_tokens,
+            aggregation=self.plan.aggregation,
+            selected=step.selected,
+            warnings=step.warnings,
         )
         self.emit(TurnDone(result))
         return result

@@ -70,9 +70,20 @@ class CallFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnWarning:
+    """Something the user should know about the turn that is not a failure (one line);
+    also kept in `TurnResult.warnings`. Example: `select` fell back to synthesizing."""
+
+    message: str
+    type: Literal["turn_warning"] = "turn_warning"
+
+
+@dataclass(frozen=True, slots=True)
 class TurnDone:
     result: TurnResult
     type: Literal["turn_done"] = "turn_done"
 
 
-Event = Union[CallStarted, CallFirstToken, CallDelta, AnswerDelta, CallFinished, CallFailed, TurnDone]
+Event = Union[
+    CallStarted, CallFirstToken, CallDelta, AnswerDelta, CallFinished, CallFailed, TurnWarning, TurnDone
+]

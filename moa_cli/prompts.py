@@ -23,8 +23,12 @@ The responses are numbered and each is enclosed in <response_N> and </response_N
 _TAG = re.compile(r"<(/?)(response_)", re.IGNORECASE)
 
 
-def _neutralise(text: str) -> str:
+def neutralise(text: str) -> str:
+    """`text` with anything that looks like a <response_N> tag defused."""
     return _TAG.sub(r"&lt;\1\2", text)
+
+
+_neutralise = neutralise
 
 
 def references_block(prompt: str, answers: list[str]) -> str:

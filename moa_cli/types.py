@@ -63,6 +63,7 @@ class CompletionRequest:
     temperature: float = 0.7
     max_tokens: int = 512
     seed: int | None = None
+    repeat_penalty: float | None = None  # local (llama.cpp) models only; None: the provider's own
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,10 +139,23 @@ class TurnResult:
     cost_usd: float | None = None
     priced_usd: float | None = None
     unpriced_calls: int = 0
+    # How the aggregator combined the answers (aggregation.py): the strategy asked for, the
+    # proposal `select` gave verbatim (None: none was), and what went otherwise ("fell back ...").
+    aggregation: str = "synthesize"
+    selected: Proposal | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[Proposal]:
         return [p for p in self.proposals if p.error is not None]
+
+    def _selected_dict(self) -> dict[str, Any] | None:
+        """The proposal `select` chose: its model, layer and position in the line-up (from 0)."""
+        if self.selected is None:
+            return None
+        layer = [p for p in self.proposals if p.layer == self.selected.layer]
+        index = next((i for i, p in enumerate(layer) if p is self.selected), None)
+        return {"model": self.selected.model, "layer": self.selected.layer, "index": index}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -152,4 +166,9 @@ class TurnResult:
             "usage": self.usage.to_dict(),
             "cost_usd": self.cost_usd,
             "seconds": round(self.seconds, 3),
+            "aggregation": {
+                "strategy": self.aggregation,
+                "selected": self._selected_dict(),
+                "warnings": list(self.warnings),
+            },
         }

@@ -303,6 +303,7 @@ def _generate(
                 max_tokens=request.max_tokens,
                 temperature=request.temperature,
                 seed=request.seed,
+                **({} if request.repeat_penalty is None else {"repeat_penalty": request.repeat_penalty}),
             )
             for chunk in chunks:
                 choice = chunk["choices"][0]

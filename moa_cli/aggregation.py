@@ -1,0 +1,175 @@
+"""How the aggregator combines the last layer's answers: the `aggregation` setting.
+
+    synthesize   the paper's method: the aggregator reads the numbered answers and writes a
+                 new one, streamed as it is written
+    select       the aggregator is asked only which numbered answer is best (a few output
+                 tokens, at temperature 0); that answer is then given verbatim, so the final
+                 answer is never worse than the answer picked, and cannot loop. When the reply
+                 names no valid number, moa synthesizes instead and says so (a `TurnWarning`
+                 event and `TurnResult.warnings`)
+
+The engine runs the calls (`Caller` is its `_Turn`); this module decides which calls to make
+and what the answer is. Stdlib only, besides moa's own value types.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from moa_cli.events import AnswerDelta, Event, TurnWarning
+from moa_cli.prompts import inject_references, neutralise
+from moa_cli.settings import AGGREGATIONS
+from moa_cli.types import CallInfo, Message, Proposal, Usage
+
+__all__ = ["AGGREGATIONS", "SELECT_MAX_TOKENS", "SELECT_PROMPT", "Outcome", "aggregate", "parse_choice", "select_messages"]
+
+#: Output tokens allowed for the selection: enough for "Response 12." and nothing to loop on.
+SELECT_MAX_TOKENS = 8
+
+SELECT_PROMPT = """\
+Below are a request and {count} candidate responses to it, numbered 1 to {count}.
+
+<request>
+{request}
+</request>
+
+{responses}
+
+Which response follows the request best, including every instruction it gives about \
+format, length, wording and content? Reply with the number of the best response only \
+(1 to {count}), and nothing else."""
+
+
+class Caller(Protocol):
+    """What the engine gives a strategy: one model call, and the event sink."""
+
+    def emit(self, event: Event) -> None: ...
+
+    async def call(
+        self,
+        call: CallInfo,
+        messages: list[Message],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        answer: bool = True,
+    ) -> Proposal:
+        """Run one call; `answer=False` streams it as CallDelta, not as the answer."""
+        ...
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The aggregator step's result. `final` is the answer as a Proposal (None text: it failed)."""
+
+    final: Proposal
+    calls: list[Proposal] = field(default_factory=list)  # every aggregator call made, in order
+    selected: Proposal | None = None
+    warnings: list[str] = field(default_factory=list)
+    failed_call: CallInfo | None = None  # the call whose failure ended the step
+
+    def usage(self) -> Usage | None:
+        """What the aggregator's calls used (None: no call was made)."""
+        if len(self.calls) == 1:
+            return self.calls[0].usage
+        return Usage.total([c.usage for c in self.calls]) if self.calls else None
+
+
+def select_messages(messages: Sequence[Message], answers: Sequence[str]) -> list[Message]:
+    """The conversation with its last user message replaced by the selection question.
+
+    The system prompt and earlier turns stay, so the aggregator judges in context.
+    """
+    request = neutralise(messages[-1]["content"].strip())
+    responses = "\n\n".join(
+        f"<response_{n}>\n{neutralise(answer.strip())}\n</response_{n}>" for n, answer in enumerate(answers, start=1)
+    )
+    question = SELECT_PROMPT.format(count=len(answers), request=request, responses=responses)
+    return [*messages[:-1], {"role": "user", "content": question}]
+
+
+_NUMBER = re.compile(r"(?<![\d.])(\d{1,3})(?![\d.]\d)")
+
+
+def parse_choice(text: str, count: int) -> int | None:
+    """The answer number (1..count) a selection reply names first, or None if it names none.
+
+    "2", "Response 2.", "<response_2>", "**2**" and "The best is 2" all name 2; "0", "7 of 3"
+    and "none" name no valid answer.
+    """
+    for match in _NUMBER.finditer(text):
+        number = int(match.group(1))
+        if 1 <= number <= count:
+            return number
+        return None  # the first number is the model's choice: a wrong one is not a choice
+    return None
+
+
+async def aggregate(
+    strategy: str,
+    caller: Caller,
+    aggregator: str,
+    layer: int,
+    messages: list[Message],
+    prompt: str,
+    proposals: Sequence[Proposal],
+) -> Outcome:
+    """Run the aggregator step over the last layer's answered `proposals`."""
+    if strategy == "select":
+        return await _select(caller, aggregator, layer, messages, prompt, proposals)
+    if strategy != "synthesize":
+        raise ValueError(f"unknown aggregation {strategy!r}")
+    return await _synthesize(caller, CallInfo(aggregator, layer, 0, "aggregator"), messages, prompt, proposals)
+
+
+async def _synthesize(
+    caller: Caller, call: CallInfo, messages: list[Message], prompt: str, proposals: Sequence[Proposal]
+) -> Outcome:
+    answers = [p.text for p in proposals if p.text is not None]
+    final = await caller.call(call, inject_references(messages, prompt, answers))
+    return Outcome(final, [final], failed_call=call if final.text is None else None)
+
+
+async def _select(
+    caller: Caller,
+    aggregator: str,
+    layer: int,
+    messages: list[Message],
+    prompt: str,
+    proposals: Sequence[Proposal],
+) -> Outcome:
+    answered = [p for p in proposals if p.text is not None]
+    judge = CallInfo(aggregator, layer, 0, "aggregator")
+    if len(answered) == 1:  # nothing to choose between: no call
+        chosen = answered[0]
+        caller.emit(AnswerDelta(judge, chosen.text or ""))
+        return Outcome(_as_final(chosen, aggregator, layer), [], selected=chosen)
+    answers = [p.text or "" for p in answered]
+    reply = await caller.call(
+        judge, select_messages(messages, answers), max_tokens=SELECT_MAX_TOKENS, temperature=0.0, answer=False
+    )
+    if reply.text is None:
+        return Outcome(reply, [reply], failed_call=judge)
+    number = parse_choice(reply.text, len(answered))
+    if number is None:
+        said = " ".join(reply.text.split())[:60]
+        warning = (
+            f"aggregation select: the aggregator named no answer between 1 and {len(answered)} "
+            f"(it said {said!r}), so it synthesized one instead"
+        )
+        caller.emit(TurnWarning(warning))
+        fallback = await _synthesize(caller, CallInfo(aggregator, layer, 1, "aggregator"), messages, prompt, answered)
+        fallback.calls.insert(0, reply)
+        fallback.warnings.append(warning)
+        return fallback
+    chosen = answered[number - 1]
+    caller.emit(AnswerDelta(judge, chosen.text or ""))
+    return Outcome(_as_final(chosen, aggregator, layer), [reply], selected=chosen)
+
+
+def _as_final(chosen: Proposal, aggregator: str, layer: int) -> Proposal:
+    """The chosen answer as the aggregator's result: its text and why it stopped, verbatim."""
+    return Proposal(aggregator, layer, text=chosen.text, finish_reason=chosen.finish_reason)
