@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import fields
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from moa_cli import logs  # noqa: F401  (importing it keeps the library quiet by default)
 from moa_cli import recorder
@@ -210,7 +210,7 @@ class AnswerStream:
 
     def __iter__(self) -> Iterator[str]:
         with asyncio.Runner() as runner:
-            agen = self._inner.__aiter__()
+            agen = cast(AsyncGenerator[str, None], self._inner.__aiter__())
             try:
                 while True:
                     try:

@@ -81,39 +81,39 @@ class ProviderError(MoaError):
 
 
 class AuthenticationError(ProviderError):
-    default_kind = "auth"
+    default_kind: ClassVar[ErrorKind] = "auth"
 
 
 class RateLimitError(ProviderError):
-    default_kind = "rate_limit"
+    default_kind: ClassVar[ErrorKind] = "rate_limit"
 
 
 class ModelNotFoundError(ProviderError):
-    default_kind = "not_found"
+    default_kind: ClassVar[ErrorKind] = "not_found"
 
 
 class ProviderTimeout(ProviderError):
-    default_kind = "timeout"
+    default_kind: ClassVar[ErrorKind] = "timeout"
 
 
 class DeadlineExceeded(ProviderTimeout):
-    default_kind = "deadline"
+    default_kind: ClassVar[ErrorKind] = "deadline"
 
 
 class ProviderConnectionError(ProviderError):
-    default_kind = "connection"
+    default_kind: ClassVar[ErrorKind] = "connection"
 
 
 class StreamCutOff(ProviderConnectionError):
-    default_kind = "cut_off"
+    default_kind: ClassVar[ErrorKind] = "cut_off"
 
 
 class BadResponse(ProviderError):
-    default_kind = "bad_response"
+    default_kind: ClassVar[ErrorKind] = "bad_response"
 
 
 class EmptyAnswer(ProviderError):
-    default_kind = "empty"
+    default_kind: ClassVar[ErrorKind] = "empty"
 
 
 #: What each kind is called in a footer or a progress row.

@@ -50,7 +50,7 @@ def test_json_output(moa, llm_server: FakeLLMServer) -> None:
     proc = moa(["ask", *LINEUP, "--rounds", "2", "--json", "q"])
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert set(data) == {"answer", "aggregator", "finish_reason", "proposals", "usage", "cost_usd", "seconds"}
+    assert {"answer", "aggregator", "finish_reason", "proposals", "usage", "cost_usd", "seconds"} <= set(data)
     assert data["answer"] == "Answer from judge." and data["aggregator"] == "judge"
     layers = [(p["model"], p["layer"]) for p in data["proposals"]]
     assert layers == [("alpha", 1), ("beta", 1), ("alpha", 2), ("beta", 2)]

@@ -181,7 +181,7 @@ def _dispatch(argv: list[str], json_mode: bool) -> int:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         ctx = getattr(exc, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        code = getattr(exc, "exit_code", 2)
+        code = int(getattr(exc, "exit_code", 2))
         report(f"{message}{hint}", json_mode=json_mode, code=code)
         return code
     except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP outside a command's own handler

@@ -33,7 +33,7 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_FAILED
 
 
-def report(message: str, *, json_mode: bool = False, code: int = EXIT_FAILED, extra: dict | None = None) -> None:
+def report(message: str, *, json_mode: bool = False, code: int = EXIT_FAILED, extra: dict[str, object] | None = None) -> None:
     """Print one error line on stderr (and, with --json, an error object on stdout, plus `extra`)."""
     from moa_cli.redact import redact
 
@@ -56,7 +56,8 @@ def handle_errors(*, json_mode: bool = False) -> Iterator[None]:
     except MoaError as exc:
         code = exit_code_for(exc)
         # a failed model call or turn: its kind and HTTP status (TurnFailed, ProviderError)
-        extra = {"error_kind": exc.kind, "status": exc.status} if hasattr(exc, "kind") else None
+        kind, status = getattr(exc, "kind", None), getattr(exc, "status", None)
+        extra: dict[str, object] | None = {"error_kind": kind, "status": status} if kind else None
         report(str(exc), json_mode=json_mode, code=code, extra=extra)
         raise typer.Exit(code) from None
 

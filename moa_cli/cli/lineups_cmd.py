@@ -155,10 +155,11 @@ def lineups(
             for warning in asyncio.run(check(settings, lineup_rows)):
                 sys.stderr.write(f"moa: warning: {' '.join(warning.split())}\n")
         if json_output:
-            payload = {"default": settings.lineup, "lineups": [asdict(row) for row in lineup_rows]}
+            items = [asdict(row) for row in lineup_rows]
             if not check_members:
-                for item in payload["lineups"]:
+                for item in items:
                     del item["missing"], item["unchecked"]
+            payload = {"default": settings.lineup, "lineups": items}
             sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
         else:
             _print_text(lineup_rows, check_members)

@@ -16,13 +16,11 @@ import functools
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, Optional
 
 import typer
 
 from moa_cli.settings import DEFAULTS, Spec, flag_specs, show
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 # Options of the commands themselves (output and logging), not settings.
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs on stderr.")]
@@ -67,15 +65,15 @@ def _help(name: str, spec: Spec) -> str:
 def _option(name: str, spec: Spec) -> inspect.Parameter:
     extra: dict[str, Any] = {"dir_okay": False} if spec.kind == "text" else {}
     option = typer.Option(*spec.flags, metavar=spec.metavar, help=_help(name, spec), show_default=False, **extra)
-    annotation = Annotated[_PYTHON_TYPE[spec.kind], option]
+    annotation = Annotated[_PYTHON_TYPE[spec.kind], option]  # type: ignore[valid-type,name-defined]
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
 
 
-def setting_options(command: str) -> Callable[[F], F]:
+def setting_options(command: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add the options of every setting `command` takes; the function gets them as `flags`."""
     specs = flag_specs(command)
 
-    def decorate(func: F) -> F:
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(func, eval_str=True)
         own = [p for p in signature.parameters.values() if p.name != "flags"]
         if "flags" not in signature.parameters:
@@ -104,7 +102,7 @@ def setting_options(command: str) -> Callable[[F], F]:
         wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
         wrapper.setting_names = tuple(specs)  # type: ignore[attr-defined]  # for the tests
-        return wrapper  # type: ignore[return-value]
+        return wrapper
 
     return decorate
 

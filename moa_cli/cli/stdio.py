@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+from typing import TextIO
 
 
 def _point_at_devnull(fd: int) -> None:
@@ -56,7 +57,7 @@ class QuietStderr(io.TextIOWrapper):
             pass
 
 
-def quiet_stderr(original: io.TextIOBase | None) -> QuietStderr:
+def quiet_stderr(original: TextIO | io.TextIOBase | None) -> QuietStderr:
     """A line-buffered text stream on fd 2 that never raises on write or flush."""
     encoding = getattr(original, "encoding", None) or "utf-8"
     errors = getattr(original, "errors", None) or "backslashreplace"

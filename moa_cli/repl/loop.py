@@ -238,9 +238,9 @@ class Repl:
         if task.cancelled():
             note(self.err, "cancelled: the conversation is as it was before this turn")
             return None
-        exc = task.exception()
-        if exc is not None:
-            self._failed(exc)
+        failure = task.exception()
+        if failure is not None:
+            self._failed(failure)
             return None
         result = task.result()
         state.conversation.add(prompt, result)
