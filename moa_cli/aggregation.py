@@ -24,7 +24,15 @@ from moa_cli.prompts import inject_references, neutralise
 from moa_cli.settings import AGGREGATIONS
 from moa_cli.types import CallInfo, Message, Proposal, Usage
 
-__all__ = ["AGGREGATIONS", "SELECT_MAX_TOKENS", "SELECT_PROMPT", "Outcome", "aggregate", "parse_choice", "select_messages"]
+__all__ = [
+    "AGGREGATIONS",
+    "SELECT_MAX_TOKENS",
+    "SELECT_PROMPT",
+    "Outcome",
+    "aggregate",
+    "parse_choice",
+    "select_messages",
+]
 
 #: Output tokens allowed for the selection: enough for "Response 12." and nothing to loop on.
 SELECT_MAX_TOKENS = 8

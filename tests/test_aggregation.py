@@ -95,7 +95,11 @@ def test_select_streams_the_chosen_answer_verbatim() -> None:
     assert any(isinstance(e, CallDelta) and e.call.is_aggregator for e in events)
     assert result.selected is not None and result.selected.model == "beta"
     data = result.to_dict()
-    assert data["aggregation"] == {"strategy": "select", "selected": {"model": "beta", "layer": 1, "index": 1}, "warnings": []}
+    assert data["aggregation"] == {
+        "strategy": "select",
+        "selected": {"model": "beta", "layer": 1, "index": 1},
+        "warnings": [],
+    }
     assert data["finish_reason"] == "stop" and not result.warnings
     provider.assert_complete()
 
@@ -186,10 +190,15 @@ def test_aggregation_is_a_checked_lineup_setting(tmp_path) -> None:
     assert load_settings({"aggregation": "synthesize"}, env).aggregation == "synthesize"
     with pytest.raises(ConfigError, match="not one of synthesize, select"):
         load_settings({"aggregation": "vote"}, {"MOA_HOME": str(tmp_path)})
-    (tmp_path / "config.toml").write_text('[lineups.pick]\nreference_models = ["a", "b"]\naggregator = "c"\naggregation = "select"\n')
+    (tmp_path / "config.toml").write_text(
+        '[lineups.pick]\nreference_models = ["a", "b"]\naggregator = "c"\naggregation = "select"\n'
+    )
     settings = load_settings({"lineup": "pick"}, {"MOA_HOME": str(tmp_path)})
     assert settings.aggregation == "select" and MoA(settings=settings).plan.aggregation == "select"
-    assert MoA(references=["a"], aggregator="b", aggregation="select", env={"MOA_HOME": str(tmp_path)}).plan.aggregation == "select"
+    assert (
+        MoA(references=["a"], aggregator="b", aggregation="select", env={"MOA_HOME": str(tmp_path)}).plan.aggregation
+        == "select"
+    )
 
 
 def test_select_through_the_cli(moa, llm_server: FakeLLMServer) -> None:
@@ -200,7 +209,11 @@ def test_select_through_the_cli(moa, llm_server: FakeLLMServer) -> None:
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["answer"] == "Beta's answer."
-    assert data["aggregation"] == {"strategy": "select", "selected": {"model": "beta", "layer": 1, "index": 1}, "warnings": []}
+    assert data["aggregation"] == {
+        "strategy": "select",
+        "selected": {"model": "beta", "layer": 1, "index": 1},
+        "warnings": [],
+    }
     judge = llm_server.requests_for("judge")
     assert len(judge) == 1 and judge[0].body["max_tokens"] == SELECT_MAX_TOKENS
     llm_server.assert_complete()
