@@ -30,6 +30,15 @@ FORBIDDEN: dict[str, set[str]] = {
     "trace.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp", "sqlite3"},
     "render_trace.py": {"prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"},
     "recorder.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"},
+    # The server (ASGI, Starlette) may use the engine, the API and the settings, but no terminal
+    # code, no Typer and no SDK: `moa serve` itself is cli/serve.py.
+    **{
+        f"server/{name}": {"rich", "prompt_toolkit", "typer", "together", "openai", "llama_cpp"}
+        for name in (
+            "__init__.py", "app.py", "auth.py", "errors.py", "lifecycle.py", "limits.py",
+            "models.py", "options.py", "schema.py", "sse.py", "turns.py",
+        )
+    },  # fmt: skip
     # The REPL may use rich, prompt_toolkit, the engine and the API, but no SDK or Typer:
     # the command line is cli/chat.py's business.
     **{
@@ -73,6 +82,24 @@ def moa_imports(path: Path) -> set[str]:
 
 def test_every_repl_module_has_rules() -> None:
     assert {f"repl/{p.name}" for p in (PKG / "repl").glob("*.py")} <= set(FORBIDDEN)
+
+
+def test_every_server_module_has_rules() -> None:
+    assert {f"server/{p.name}" for p in (PKG / "server").glob("*.py")} <= set(FORBIDDEN)
+
+
+def test_only_the_serve_command_imports_the_server() -> None:
+    for path in PKG.rglob("*.py"):
+        if path.relative_to(PKG).parts[0] in ("server",) or path.relative_to(PKG).as_posix() == "cli/serve.py":
+            continue
+        for name in moa_imports(path):
+            assert not (name == "moa_cli.server" or name.startswith("moa_cli.server.")), path
+
+
+def test_the_serve_command_loads_no_server_at_import() -> None:
+    """`moa --help` imports cli/serve.py: Starlette and uvicorn must not come with it."""
+    loaded = module_level_imports(PKG / "cli" / "serve.py")
+    assert not {n for n in loaded if n.split(".")[0] in ("starlette", "uvicorn") or n.startswith("moa_cli.server")}
 
 
 def test_nothing_imports_the_cli() -> None:

@@ -47,6 +47,20 @@ def test_every_batch_parameter_is_a_setting_or_a_front_end_option() -> None:
     assert set(batch.setting_names) == every_turn  # type: ignore[attr-defined]
 
 
+# `moa serve`'s own options: where to listen, who may call, how much load, how to stop.
+SERVE_OPTIONS = {"host", "port", "api_key", "cors_origin", "max_concurrent", "queue", "turn_timeout"}
+SERVE_OPTIONS |= {"shutdown_timeout", "workers", "passthrough", "allow_overrides", "progress"}
+
+
+def test_every_serve_parameter_is_a_setting_or_a_front_end_option() -> None:
+    from moa_cli.cli.serve import serve
+
+    unknown = parameters(serve) - set(SPECS) - FRONT_END_OPTIONS - SERVE_OPTIONS
+    assert not unknown, f"parameters with no setting: {unknown}"
+    every_turn = {name for name, spec in SPECS.items() if spec.flags and spec.commands is None}
+    assert set(serve.setting_names) == every_turn  # type: ignore[attr-defined]
+
+
 def test_every_setting_has_a_way_in() -> None:
     for name, spec in SPECS.items():
         ways = {"file"}  # every setting can be set in the config file
