@@ -234,6 +234,7 @@ class _View:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[failed]}"),
                 TextColumn("{task.fields[tokens]}"),
+                TextColumn("{task.fields[cost]}"),
                 TimeRemainingColumn(),
                 console=console,
                 transient=False,
@@ -265,7 +266,7 @@ class _View:
     def _fields(summary: Summary) -> dict[str, str]:
         failed = f"{len(summary.failed)} failed" if summary.failed else ""
         tokens = f"{summary.tokens:,} tok" if summary.tokens is not None else "tokens unknown"
-        return {"failed": failed, "tokens": tokens}
+        return {"failed": failed, "tokens": tokens, "cost": _cost(summary)}
 
     def _line(self, summary: Summary) -> None:
         self._last_line = time.monotonic()
@@ -277,12 +278,19 @@ class _View:
         if summary.failed:
             parts.append(f"{len(summary.failed)} failed")
         parts.append(f"{summary.tokens:,} tokens" if summary.tokens is not None else "tokens unknown")
+        if _cost(summary):
+            parts.append(_cost(summary))
         rate = (self._new + len(summary.failed)) / elapsed if elapsed > 0 else 0.0
         left = summary.total - finished
         if rate > 0 and left:
             parts.append(f"{rate:.2f} items/s, about {_duration(left / rate)} left")
         sys.stderr.write("moa: batch: " + ", ".join(parts) + "\n")
         sys.stderr.flush()
+
+
+def _cost(summary: Summary) -> str:
+    """The run's cost so far when every answered item was priced, else nothing (never a guess)."""
+    return f"${summary.cost:.4f}" if summary.cost is not None and summary.done else ""
 
 
 def _view(quiet: bool) -> _View:
