@@ -8,7 +8,6 @@ FLASK's model_output JSONL.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -431,9 +430,10 @@ def test_rps_caps_the_request_rate(moa, llm_server: FakeLLMServer, tmp_path: Pat
     starts = sorted(r.received_at for r in llm_server.requests)
     assert len(starts) == 16
     rate = (len(starts) - 1) / (starts[-1] - starts[0])
-    assert rate <= 20 * 1.1, rate  # 15 gaps of at least 1/20 s
-    gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert min(gaps) >= 0.8 / 20, gaps  # evenly spaced, no burst
+    assert rate <= 20 * 1.25, rate  # 15 gaps of 1/20 s (unlimited, these 16 calls take ~0.1 s)
+    # No burst: any half second holds about 10 starts, give or take the network's jitter.
+    busiest = max(sum(1 for t in starts if s <= t < s + 0.5) for s in starts)
+    assert busiest <= 0.5 * 20 + 2, starts
 
 
 def test_parallel_bounds_the_items_in_flight(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
@@ -472,7 +472,9 @@ def test_side_files_do_not_look_like_fastchat_answers(tmp_path: Path) -> None:
     assert os.path.dirname(batch.sidecar_path(out)) == str(out.parent)
 
 
-def test_each_item_is_logged_as_one_conversation(moa, llm_server: FakeLLMServer, tmp_path: Path, moa_home: Path) -> None:
+def test_each_item_is_logged_as_one_conversation(
+    moa, llm_server: FakeLLMServer, tmp_path: Path, moa_home: Path
+) -> None:
     from moa_cli.store import Store, db_path, flush_all
 
     source = write(
