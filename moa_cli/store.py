@@ -42,6 +42,7 @@ OFF_MARKER = "logs-off"  # `moa logs off` creates it in the data dir
 BUSY_TIMEOUT_MS = 5000
 TITLE_CHARS = 60
 STATUSES = ("ok", "failed", "cancelled")
+RANK_WINDOW = 5000  # a search ranks the newest this many matches
 
 
 class StoreError(MoaError):
@@ -459,14 +460,21 @@ class Store:
             match = fts_query(query)
             if not match:
                 return []
-            sql += " JOIN turns_fts f ON f.rowid = t.id"
-            where.insert(0, "turns_fts MATCH ?")
-            params.insert(0, match)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY f.rank" if query else " ORDER BY t.id DESC"
-        sql += " LIMIT ?"
-        params.append(limit)
+            # Ranked (bm25) among the newest RANK_WINDOW matches: a word found in every turn
+            # would otherwise be scored in all of them (0.3 s at 100,000 turns).
+            inner = "SELECT f.rowid AS id, f.rank AS rank FROM turns_fts f JOIN turns t ON t.id = f.rowid WHERE turns_fts MATCH ?"
+            inner += "".join(f" AND {w}" for w in where)
+            inner += " ORDER BY f.rowid DESC LIMIT ?"
+            sql = (
+                f"SELECT {columns}, c.title, c.source FROM ({inner}) m JOIN turns t ON t.id = m.id "
+                "JOIN conversations c ON c.id = t.conversation_id ORDER BY m.rank LIMIT ?"
+            )
+            params = [match, *params, RANK_WINDOW, limit]
+        else:
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += " ORDER BY t.id DESC LIMIT ?"
+            params.append(limit)
         try:
             rows = self._query(sql, params)
         except sqlite3.OperationalError as exc:
