@@ -7,6 +7,10 @@
                  answer is never worse than the answer picked, and cannot loop. When the reply
                  names no valid number, moa synthesizes instead and says so (a `TurnWarning`
                  event and `TurnResult.warnings`)
+    consensus    no aggregator call: the answer closest to the others (word overlap), among
+                 those that ended by themselves, is given verbatim (minimum Bayes risk
+                 selection). For models too small to judge (the bundled 135M one names no
+                 number), and the cheapest: the turn is the references alone
 
 The engine runs the calls (`Caller` is its `_Turn`); this module decides which calls to make
 and what the answer is. Stdlib only, besides moa's own value types.
@@ -14,6 +18,7 @@ and what the answer is. Stdlib only, besides moa's own value types.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -128,6 +133,11 @@ async def aggregate(
     """Run the aggregator step over the last layer's answered `proposals`."""
     if strategy == "select":
         return await _select(caller, aggregator, layer, messages, prompt, proposals)
+    if strategy == "consensus":
+        answered = [p for p in proposals if p.text is not None]
+        chosen = answered[consensus_choice(answered)]
+        caller.emit(AnswerDelta(CallInfo(aggregator, layer, 0, "aggregator"), chosen.text or ""))
+        return Outcome(_as_final(chosen, aggregator, layer), [], selected=chosen)
     if strategy != "synthesize":
         raise ValueError(f"unknown aggregation {strategy!r}")
     return await _synthesize(caller, CallInfo(aggregator, layer, 0, "aggregator"), messages, prompt, proposals)
@@ -181,3 +191,36 @@ async def _select(
 def _as_final(chosen: Proposal, aggregator: str, layer: int) -> Proposal:
     """The chosen answer as the aggregator's result: its text and why it stopped, verbatim."""
     return Proposal(aggregator, layer, text=chosen.text, finish_reason=chosen.finish_reason)
+
+
+# ---------------------------------------------------------------------------- consensus
+
+
+def _grams(text: str) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    return {(w,) for w in words} | set(itertools.pairwise(words))
+
+
+def similarity(a: str, b: str) -> float:
+    """Word unigram-and-bigram overlap of two answers (Jaccard, 0..1)."""
+    left, right = _grams(a), _grams(b)
+    union = left | right
+    return len(left & right) / len(union) if union else 0.0
+
+
+def consensus_choice(proposals: Sequence[Proposal]) -> int:
+    """The position of the answer closest to all the others (minimum Bayes risk selection).
+
+    Answers that ended by themselves come before answers cut at max_tokens (a loop usually
+    runs into the limit); among those, the highest mean similarity to the other answers
+    wins, and the first in line-up order breaks a tie. No model is asked.
+    """
+    texts = [p.text or "" for p in proposals]
+    if len(texts) < 2:
+        return 0
+
+    def key(i: int) -> tuple[bool, float, int]:
+        mean = sum(similarity(texts[i], texts[j]) for j in range(len(texts)) if j != i) / (len(texts) - 1)
+        return (proposals[i].finish_reason != "length", mean, -i)
+
+    return max(range(len(texts)), key=key)

@@ -31,7 +31,7 @@ Check = Callable[[Any], "str | None"]  # returns what is wrong with a value, or 
 Kind = Literal["str", "int", "float", "bool", "models", "text"]
 
 LINEUP_PANEL, SAMPLING_PANEL, LIMITS_PANEL, OTHER_PANEL = "Line-up", "Sampling", "Limits", "Other"
-AGGREGATIONS = ("synthesize", "select")  # aggregation.py
+AGGREGATIONS = ("synthesize", "select", "consensus")  # aggregation.py
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 # What servers accept: max_tokens is an int32 on every API seen, a seed an int64.
 INT32_MAX = 2**31 - 1
@@ -192,11 +192,12 @@ class Settings:
         "synthesize",
         Spec(
             "str",
-            "How the aggregator combines the last layer's answers: synthesize (write a new answer) "
-            "or select (name the best one, which is given verbatim).",
+            "How the last layer's answers become the final answer: synthesize (the aggregator writes a new one), "
+            "select (the aggregator names the best, given verbatim) or consensus (the answer closest to the others, "
+            "given verbatim; no aggregator call).",
             env="MOA_AGGREGATION",
             flags=("--aggregation",),
-            metavar="synthesize|select",
+            metavar="synthesize|select|consensus",
             checks=(one_of(*AGGREGATIONS),),
             settable=True,
             lineup=True,

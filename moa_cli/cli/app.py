@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from moa_cli import __version__
-from moa_cli.cli import config_cmd, logs_cmd
+from moa_cli.cli import config_cmd, eval_cmd, logs_cmd
 from moa_cli.cli.ask import ask, run_ask
 from moa_cli.cli.batch_cmd import batch
 from moa_cli.cli.chat import chat
@@ -102,6 +102,7 @@ app.command("serve")(serve)
 app.command("batch")(batch)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(logs_cmd.app, name="logs")
+app.add_typer(eval_cmd.app, name="eval")
 app.command("trace")(trace)
 
 

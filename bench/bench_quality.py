@@ -1,0 +1,162 @@
+"""Does the offline `local` line-up beat its own members on IFEval? (issue 13; not run in CI)
+
+    python bench/bench_quality.py --limit 150 --seeds 1,2 --penalties 1.0,1.2
+
+For each repeat penalty and seed, the built-in `local` line-up (three samples of SmolLM2-135M,
+max_tokens 256) answers the same IFEval prompts with `--aggregation synthesize`, through
+`moa eval ifeval`'s own code (resumable: rerun the same command after an interruption). The
+layer-1 answers of those runs are then also scored as `consensus` would pick among them (a
+pure function of the answers: aggregation.consensus_choice), so one run measures both
+strategies on the very same samples. `select` is measured on a few prompts only (--select N):
+its question needs a model that can answer with a number.
+
+Raw per-prompt results go to bench/results/ (scores-*.jsonl: every answer, every verdict),
+the figures to bench/results/quality.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from moa_cli.aggregation import consensus_choice  # noqa: E402
+from moa_cli.config import load_settings  # noqa: E402
+from moa_cli.evals import ifeval  # noqa: E402
+from moa_cli.types import Proposal  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+
+
+class Progress:
+    """One line per finished prompt on stderr (batch's Listener)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.t0 = time.perf_counter()
+
+    def started(self, summary) -> None:
+        self.t0 = time.perf_counter()
+
+    def finished(self, outcome, summary) -> None:
+        done = summary.done + len(summary.failed)
+        print(
+            f"[{self.label}] {done}/{summary.total} ({time.perf_counter() - self.t0:.0f}s)", file=sys.stderr, flush=True
+        )
+
+
+def consensus_rescored(report: ifeval.Report) -> ifeval.Report:
+    """The same prompts, with the final answer replaced by consensus's pick among the references."""
+    scored = []
+    for s in report.scored:
+        proposals = [Proposal("m", 1, text=r.text, finish_reason=r.finish_reason) for r in s.references]
+        answered = [i for i, p in enumerate(proposals) if p.text]
+        if not answered:
+            continue
+        pick = answered[consensus_choice([proposals[i] for i in answered])]
+        chosen = s.references[pick]
+        final = ifeval.Answer(chosen.text, chosen.score, chosen.finish_reason, chosen.completion_tokens)
+        final.seconds = max(r.seconds for r in s.references)  # the turn without its aggregator call
+        tokens = sum((r.completion_tokens or 0) for r in s.references)
+        scored.append(ifeval.Scored(s.prompt, final, s.references, pick, False, tokens, s.cost, final.seconds))
+    return ifeval.build_report(scored)
+
+
+def run_one(penalty: float, seed: int, prompts: list[ifeval.Prompt], aggregation: str, home: Path) -> ifeval.Report:
+    overrides = {"lineup": "local", "repeat_penalty": penalty, "seed": seed, "aggregation": aggregation, "log": False}
+    settings = load_settings(overrides, {"MOA_HOME": str(home)})
+    label = f"{aggregation} rp={penalty:g} seed={seed}"
+    work = RESULTS / "work" / f"{aggregation}-rp{penalty:g}-seed{seed}"
+    job = ifeval.EvalJob(work_dir=work, prompts=tuple(prompts), parallel=1)
+    report = asyncio.run(ifeval.run_eval(settings, job, Progress(label)))
+    shutil.copyfile(work / "scores.jsonl", RESULTS / f"scores-{aggregation}-rp{penalty:g}-seed{seed}.jsonl")
+    return report
+
+
+def summary_row(name: str, report: ifeval.Report) -> dict[str, object]:
+    final = report.rows[0]
+    mean = next(r for r in report.rows if r.name == "mean of references")
+    best = next(r for r in report.rows if r.name.startswith("best of"))
+    first = report.rows[1]
+    return {
+        "run": name,
+        "prompts": len(report.scored),
+        "final_prompt_strict": final.prompt_strict.to_dict(),
+        "final_instruction_strict": final.instruction_strict.to_dict(),
+        "final_prompt_loose": final.prompt_loose.to_dict(),
+        "sample1_prompt_strict": first.prompt_strict.to_dict(),
+        "mean_sample_prompt_strict": mean.prompt_strict.to_dict(),
+        "mean_sample_instruction_strict": mean.instruction_strict.to_dict(),
+        "best_of_prompt_strict": best.prompt_strict.to_dict(),
+        "wins_vs_sample1": first.wins,
+        "losses_vs_sample1": first.losses,
+        "final_cut_at_limit": final.cut_at_limit.to_dict() if final.cut_at_limit else None,
+        "sample_cut_at_limit": mean.cut_at_limit.to_dict() if mean.cut_at_limit else None,
+        "final_repeats": final.repeats.to_dict() if final.repeats else None,
+        "sample_repeats": mean.repeats.to_dict() if mean.repeats else None,
+        "seconds_per_turn": round(sum(s.seconds for s in report.scored) / max(1, len(report.scored)), 1),
+        "fallbacks": report.fallbacks,
+    }
+
+
+def pct(rate: dict) -> str:
+    return f"{100 * rate['rate']:.1f}"
+
+
+def markdown(rows: list[dict]) -> str:
+    head = (
+        "| run | prompts | final, prompt strict | mean sample | sample 1 | best of 3 | final instr. strict | "
+        "mean sample instr. | final wins/losses vs sample 1 | final cut at limit / sample | "
+        "final repeats a line / sample | s per turn |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in rows:
+        lines.append(
+            f"| {r['run']} | {r['prompts']} | {pct(r['final_prompt_strict'])} | {pct(r['mean_sample_prompt_strict'])} | "
+            f"{pct(r['sample1_prompt_strict'])} | {pct(r['best_of_prompt_strict'])} | "
+            f"{pct(r['final_instruction_strict'])} | {pct(r['mean_sample_instruction_strict'])} | "
+            f"{r['wins_vs_sample1']}/{r['losses_vs_sample1']} | "
+            f"{pct(r['final_cut_at_limit'])}% / {pct(r['sample_cut_at_limit'])}% | "
+            f"{pct(r['final_repeats'])}% / {pct(r['sample_repeats'])}% | {r['seconds_per_turn']} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--limit", type=int, default=150)
+    parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--seeds", default="1,2")
+    parser.add_argument("--penalties", default="1.0,1.2")
+    parser.add_argument("--select", type=int, default=0, help="also run select on this many prompts")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    home = RESULTS / "work" / "moa-home"
+    home.mkdir(parents=True, exist_ok=True)
+    prompts = ifeval.choose(ifeval.load_prompts(), limit=args.limit, offset=args.offset)
+    rows: list[dict] = []
+    for penalty in [float(p) for p in args.penalties.split(",")]:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            report = run_one(penalty, seed, prompts, "synthesize", home)
+            rows.append(summary_row(f"synthesize, repeat_penalty {penalty:g}, seed {seed}", report))
+            rows.append(summary_row(f"consensus, repeat_penalty {penalty:g}, seed {seed}", consensus_rescored(report)))
+            (RESULTS / "quality.json").write_text(json.dumps(rows, indent=2) + "\n")
+            (RESULTS / "quality.md").write_text(markdown(rows))
+            print(markdown(rows), flush=True)
+        if args.select:
+            report = run_one(penalty, 1, prompts[: args.select], "select", home)
+            rows.append(summary_row(f"select, repeat_penalty {penalty:g}, seed 1", report))
+            (RESULTS / "quality.json").write_text(json.dumps(rows, indent=2) + "\n")
+            (RESULTS / "quality.md").write_text(markdown(rows))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
