@@ -56,7 +56,7 @@ from moa_cli.api import MoA
 from moa_cli.errors import ConfigError, MoaError, TurnFailed
 from moa_cli.providers.base import Provider, StreamItem
 from moa_cli.redact import redact
-from moa_cli.settings import Settings
+from moa_cli.settings import SPECS, Settings
 from moa_cli.types import CompletionRequest, Message
 
 FORMATS = ("alpaca", "mtbench", "flask", "jsonl")
@@ -76,8 +76,8 @@ FASTCHAT_ERROR = "$ERROR$"  # FastChat's API_ERROR_OUTPUT: what its judges expec
 SIDECAR_SUFFIX = ".moa-progress"
 MANIFEST_SUFFIX = ".moa-manifest.json"
 _SIDECAR_VERSION = 1
-# What decides an item's answer: a sidecar made with other values is not resumed.
-_FINGERPRINTED = ("references", "aggregator", "rounds", "temperature", "max_tokens", "seed", "system", "layer_deadline")
+# Line-up settings that do not change an answer (every other one, and the system prompt, does).
+_NOT_FINGERPRINTED = frozenset({"num_proc", "aggregator_prompt"})  # the prompt goes in as its hash
 
 
 class BatchInputError(ConfigError):
@@ -273,13 +273,25 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def answer_settings() -> list[str]:
+    """The settings that decide an answer: the system prompt and every line-up setting
+    (settings.py marks them) but the concurrency, so a setting added there is covered."""
+    return [n for n, spec in SPECS.items() if (spec.lineup or n == "system") and n not in _NOT_FINGERPRINTED]
+
+
 def fingerprint_parts(settings: Settings, fmt: str, input_sha: str, fastchat_temperatures: bool) -> dict[str, Any]:
     """Everything that decides the answers; two runs with equal parts may share a sidecar."""
-    parts: dict[str, Any] = {name: getattr(settings, name) for name in _FINGERPRINTED}
-    parts["references"] = list(settings.references)
+    parts: dict[str, Any] = {name: _plain(getattr(settings, name)) for name in answer_settings()}
     parts["aggregator_prompt_sha256"] = _sha(settings.aggregator_prompt)
     parts.update(format=fmt, input_sha256=input_sha, fastchat_temperatures=fastchat_temperatures)
     return parts
+
+
+def _plain(value: Any) -> Any:
+    """A setting's value as JSON keeps it (tuples as lists, anything odd as its text)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
 
 
 def fingerprint(parts: Mapping[str, Any]) -> str:
@@ -933,12 +945,10 @@ def manifest(prepared: Prepared, summary: Summary) -> bytes:
         "fingerprint": prepared.header["fingerprint"],
         "lineup": {"name": s.lineup, "references": list(s.references), "aggregator": s.aggregator, "rounds": s.rounds},
         "settings": {
-            "temperature": s.temperature,
+            **{
+                name: _plain(getattr(s, name)) for name in answer_settings() if name not in ("references", "aggregator")
+            },
             "fastchat_temperatures": job.fastchat_temperatures,
-            "max_tokens": s.max_tokens,
-            "seed": s.seed,
-            "system": s.system,
-            "layer_deadline": s.layer_deadline,
             "num_proc": s.num_proc,
             "timeout": s.timeout,
             "retries": s.retries,

@@ -491,3 +491,12 @@ def test_each_item_is_logged_as_one_conversation(
     for turn in sorted(turns, key=lambda t: t.seq):
         conversations.setdefault(turn.conversation_id, []).append(turn.prompt)
     assert sorted(conversations.values()) == [["a", "b"], ["c"]]
+
+
+def test_the_fingerprint_covers_every_setting_that_changes_an_answer() -> None:
+    from moa_cli.settings import SPECS
+
+    names = set(batch.answer_settings())
+    assert {"references", "aggregator", "rounds", "temperature", "max_tokens", "seed", "system"} <= names
+    assert names >= {n for n, spec in SPECS.items() if spec.lineup} - {"num_proc", "aggregator_prompt"}
+    assert not names & {"num_proc", "timeout", "retries", "log", "max_cost"}
