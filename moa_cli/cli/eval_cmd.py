@@ -133,6 +133,8 @@ def print_report(report: Report, settings: Any) -> None:
     from moa_cli.render import make_console
 
     console = make_console()
+    if not console.is_terminal:  # a file or a pipe: every column, unwrapped
+        console.width = 200
     lineup = f"{', '.join(settings.references)} → {settings.aggregator} ({settings.aggregation})"
     title = f"IFEval, {len(report.scored)} prompts · {lineup}"
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)

