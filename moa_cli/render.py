@@ -475,9 +475,7 @@ def footer_text(result: TurnResult) -> str:
     if result.cost_usd is not None or result.unpriced_calls:  # priced by pricing.py (None: not priced)
         from moa_cli.pricing import cost_text
 
-        parts.append(cost_text(result.priced_usd or 0.0, result.unpriced_calls, len(result.proposals) + 1))
-    calls = len(result.proposals) + 1
-    parts.append(f"{calls} calls")
+        parts.append(cost_text(result.priced_usd or 0.0, result.unpriced_calls, calls))
     failed = result.failed
     if failed:
         names = ", ".join(f"{p.model} ({kind_word(p.error_kind, p.timed_out)})" for p in failed)
