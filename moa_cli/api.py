@@ -23,7 +23,7 @@ The CLI itself is built on this class.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import fields
+from dataclasses import replace
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, cast
@@ -31,7 +31,7 @@ from typing import Any, cast
 from moa_cli import logs  # noqa: F401  (importing it keeps the library quiet by default)
 from moa_cli import recorder
 from moa_cli.config import Settings, load_settings
-from moa_cli.engine import EventSink, Plan, run_turn
+from moa_cli.engine import EventSink, Plan, Router, run_turn
 from moa_cli.events import AnswerDelta, Event
 from moa_cli.providers.registry import ProviderPool, check_lineup, lineup_specs
 from moa_cli.types import Message, TurnResult
@@ -41,7 +41,7 @@ _DONE = object()
 
 def plan_from_settings(settings: Settings) -> Plan:
     """The engine's plan: each of its fields is the setting of the same name."""
-    return Plan(**{f.name: getattr(settings, f.name) for f in fields(Plan)})
+    return Plan.from_settings(settings)
 
 
 def build_messages(prompt: str | Sequence[Message], system: str | None = None) -> list[Message]:
@@ -75,12 +75,15 @@ class MoA:
         local: bool = False,
         settings: Settings | None = None,
         env: Mapping[str, str] | None = None,
+        router: Router | None = None,
         **overrides: Any,
     ) -> None:
         """Settings left out come from the environment, the config file and the defaults.
 
         `overrides` are any settings by name (`moa_cli.settings.SPECS`: temperature,
         max_tokens, rounds, seed, timeout, ...); an unknown name is a TypeError.
+        `router` routes every call through providers someone else owns (a server's or a
+        batch's shared `ProviderPool`, perhaps wrapped): this MoA never closes it.
         """
         if settings is None:
             given = {"references": references, "aggregator": aggregator, "lineup": lineup, **overrides}
@@ -88,6 +91,7 @@ class MoA:
         elif references is not None or aggregator is not None or lineup is not None or overrides:
             raise TypeError("pass either settings= or single settings, not both")
         self.settings = settings
+        self._router = router
         self._pool: ProviderPool | None = None
 
     @property
@@ -129,8 +133,12 @@ class MoA:
         *,
         on_event: EventSink | None = None,
         system: str | None = None,
+        aggregator_sampling: Mapping[str, Any] | None = None,
     ) -> TurnResult:
         """Run one turn. `prompt` is a string or the whole conversation as messages.
+
+        `aggregator_sampling` sets `temperature`, `max_tokens` or `seed` for the answer's
+        call alone, in this turn (the references keep the settings' values).
 
         The turn is logged (recorder.py) to `conversation_id` (a new conversation when None)
         unless the `log` setting is off; its cost is set on the result either way.
@@ -138,13 +146,20 @@ class MoA:
         messages = build_messages(prompt, system or self.settings.system)
         recording = await recorder.start(self.settings, messages, conversation_id=self.conversation_id, source=self.source)
         on_event = recording.wrap(on_event)
+        plan = self.plan
+        if aggregator_sampling:
+            unknown = set(aggregator_sampling) - {"temperature", "max_tokens", "seed"}
+            if unknown:
+                raise TypeError(f"aggregator_sampling: unknown field {sorted(unknown)[0]!r}")
+            plan = replace(plan, aggregator_sampling=dict(aggregator_sampling))
         try:
-            if self._pool is not None:
-                result = await run_turn(messages, self.plan, self._pool, on_event)
+            router = self._router or self._pool
+            if router is not None:
+                result = await run_turn(messages, plan, router, on_event)
             else:
                 pool = ProviderPool(self.settings)  # outside `async with`: one pool per call
                 try:
-                    result = await run_turn(messages, self.plan, pool, on_event)
+                    result = await run_turn(messages, plan, pool, on_event)
                 finally:
                     await pool.aclose()
         except BaseException as exc:

@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Protocol
 
 from moa_cli.events import (
     AnswerDelta,
@@ -37,7 +38,7 @@ from moa_cli.errors import BadResponse, DeadlineExceeded, EmptyAnswer, ProviderE
 from moa_cli.logs import logger  # disabled until the CLI configures it
 from moa_cli.aggregation import aggregate
 from moa_cli.prompts import inject_references
-from moa_cli.settings import DEFAULTS
+from moa_cli.settings import DEFAULTS, SPECS
 from moa_cli.providers.base import Provider
 from moa_cli.types import CallInfo, CompletionRequest, Finish, Message, Proposal, TurnResult, Usage
 
@@ -75,6 +76,14 @@ class Plan:
     aggregation: str = DEFAULTS["aggregation"]
     repeat_penalty: float = DEFAULTS["repeat_penalty"]
     quorum: int | None = DEFAULTS["quorum"]
+    # Not a setting: CompletionRequest fields set for the aggregator's call alone, for one
+    # turn (`moa serve` applies a request's temperature, max_tokens and seed this way).
+    aggregator_sampling: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Plan:
+        """The plan of a `Settings`: each field that is a setting takes the setting's value."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls) if f.name in SPECS})
 
     def seed_for(self, layer: int, index: int) -> int | None:
         """Distinct seeds per sample, so repeated models (Self-MoA) give distinct answers."""
@@ -124,6 +133,13 @@ class _Turn:
             seed=self.plan.seed if call.is_aggregator else self.plan.seed_for(call.layer, call.index),
             repeat_penalty=self.plan.repeat_penalty,
         )
+        if call.is_aggregator and self.plan.aggregator_sampling:
+            # Per-turn values for the answer only (`moa serve` takes them from the request);
+            # an explicit override above (the selection call's own budget) still wins.
+            given = {"max_tokens": max_tokens, "temperature": temperature}
+            request = replace(
+                request, **{k: v for k, v in self.plan.aggregator_sampling.items() if given.get(k) is None}
+            )
         delta = AnswerDelta if call.is_aggregator and answer else CallDelta
         limit = piece_limit(request.max_tokens)
         parts: list[str] = []

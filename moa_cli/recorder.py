@@ -197,7 +197,7 @@ class Recording:
         self.source = source
         self.started_at = time.time()
         self._t0 = time.perf_counter()
-        self._plan = Plan(**{f.name: getattr(settings, f.name) for f in fields(Plan)})
+        self._plan = Plan.from_settings(settings)
         self._split = splitter(settings)
         self.calls: dict[CallInfo, CallRecord] = {}
         self.reported: dict[CallInfo, float | None] = {}

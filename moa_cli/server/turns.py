@@ -13,10 +13,8 @@ the turn there (its aggregator stream is closed). A client that goes away, a dra
 reaches its deadline and --turn-timeout all cancel the task, which closes every upstream
 stream (the engine's cancellation contract).
 
-Sampling from the request (temperature, max_tokens, seed) applies to the aggregator; the
-references keep the line-up's. `_Sampling` routes each call's request through a wrapper
-that the engine's `CallStarted` event for the aggregator arms: the engine emits it just
-before it opens that call's stream, with no await in between.
+Sampling from the request (temperature, max_tokens, seed) applies to the aggregator's
+call (`MoA.arun(aggregator_sampling=...)`); the references keep the line-up's.
 """
 
 from __future__ import annotations
@@ -24,17 +22,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import anyio
 
 from moa_cli.api import MoA, build_messages
-from moa_cli.engine import Router, piece_limit
+from moa_cli.engine import piece_limit
 from moa_cli.errors import KIND_WORDS, ConfigError, EmptyAnswer, ProviderError, TurnFailed
 from moa_cli.events import AnswerDelta, CallFailed, CallFinished, CallStarted, Event
 from moa_cli.logs import logger
-from moa_cli.providers.base import Provider, StreamItem
 from moa_cli.providers.registry import ProviderPool
 from moa_cli.server import errors
 from moa_cli.server.errors import ApiError
@@ -83,48 +79,6 @@ class StopMatcher:
         return out
 
 
-class _Sampled:
-    """A provider whose requests get the sampling of the call they belong to."""
-
-    def __init__(self, inner: Provider, router: _Sampling) -> None:
-        self._inner = inner
-        self._router = router
-        self.name = inner.name
-        self.kind = getattr(inner, "kind", None)
-        self.max_concurrency = getattr(inner, "max_concurrency", None)
-
-    def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
-        return self._inner.stream(self._router.rewrite(request))
-
-    async def list_models(self) -> list[str]:
-        return await self._inner.list_models()
-
-    async def aclose(self) -> None:  # the pool owns the provider
-        pass
-
-
-class _Sampling:
-    """Router for one turn: references get `reference`, the aggregator `aggregator`."""
-
-    def __init__(self, pool: ProviderPool, reference: dict[str, Any], aggregator: dict[str, Any]) -> None:
-        self._pool = pool
-        self.reference = reference
-        self.aggregator = aggregator
-        self._armed = False
-
-    def resolve(self, spec: str) -> tuple[Provider, str]:
-        provider, model = self._pool.resolve(spec)
-        return _Sampled(provider, self), model
-
-    def on_event(self, event: Event) -> None:
-        if isinstance(event, CallStarted) and event.call.is_aggregator:
-            self._armed = True
-
-    def rewrite(self, request: CompletionRequest) -> CompletionRequest:
-        armed, self._armed = self._armed, False
-        return replace(request, **(self.aggregator if armed else self.reference))
-
-
 class Turn:
     def __init__(
         self,
@@ -156,7 +110,6 @@ class Turn:
         self._timer: asyncio.TimerHandle | None = None
         self._calls: dict[CallInfo, dict[str, Any]] = {}  # each call as the events told it
         self._layer = (1, 0, 0)  # (layer, done, total) for the heartbeat comment
-        self._router: _Sampling | None = None
 
     # ------------------------------------------------------------------ running
 
@@ -177,20 +130,12 @@ class Turn:
         settings = self.settings
         assert settings is not None
         r = self.request
-        router: Router = self.pool
         wanted = {"temperature": r.temperature, "max_tokens": r.max_tokens, "seed": r.seed}
         aggregator = {k: v for k, v in wanted.items() if v is not None}
-        if aggregator:
-            # The references keep the line-up's sampling; the engine's piece cap must fit both.
-            reference = {"temperature": settings.temperature, "max_tokens": settings.max_tokens}
-            self._router = _Sampling(self.pool, reference, aggregator)
-            router = self._router
-            settings = settings.with_changes(max_tokens=max(settings.max_tokens, r.max_tokens or 0))
-        moa = MoA(settings=settings)
+        # The server's one pool, shared by every request: the engine's per-provider caps hold.
+        moa = MoA(settings=settings, router=self.pool)
         moa.source = "serve"
-        # The server's one pool (through this turn's router), shared by every request.
-        moa._pool = router  # type: ignore[assignment]
-        return await moa.arun(r.messages, on_event=self._on_event)
+        return await moa.arun(r.messages, on_event=self._on_event, aggregator_sampling=aggregator)
 
     async def _passthrough(self, spec: str) -> TurnResult:
         """One direct call to a provider model, reported like an aggregator's."""
@@ -240,8 +185,6 @@ class Turn:
         self._queue.put_nowait(item)
 
     def _on_event(self, event: Event) -> None:
-        if self._router is not None:
-            self._router.on_event(event)
         if isinstance(event, AnswerDelta):
             self._put(("answer", event.text))
             return

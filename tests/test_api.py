@@ -1,0 +1,62 @@
+"""The Python API's own promises: any setting by name, a router someone else owns, and
+sampling for the answer's call alone."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from moa_cli.api import MoA
+from moa_cli.providers.scripted import ScriptedProvider, ScriptedRouter
+
+
+def env(home: Path) -> dict[str, str]:
+    return {"MOA_HOME": str(home), "TOGETHER_API_KEY": "k", "MOA_LOG": "false"}
+
+
+def test_a_router_routes_every_call_and_is_never_closed(tmp_path: Path) -> None:
+    provider = ScriptedProvider("fake")
+    closed: list[bool] = []
+
+    class Router(ScriptedRouter):
+        async def aclose(self) -> None:  # MoA must never call this: the router is not its own
+            closed.append(True)
+
+    moa = MoA(["a", "b"], "judge", env=env(tmp_path), router=Router(provider), temperature=0.4, max_tokens=50)
+
+    async def two_turns() -> list[str]:
+        async with moa:
+            first = await moa.arun("one")
+            second = await moa.arun("two")
+        return [first.answer, second.answer]
+
+    assert asyncio.run(two_turns()) == ["Answer from judge.", "Answer from judge."]
+    assert [c.model for c in provider.calls] == ["a", "b", "judge"] * 2
+    assert {(c.temperature, c.max_tokens) for c in provider.calls} == {(0.4, 50)}
+    assert closed == []
+
+
+def test_aggregator_sampling_reaches_the_answers_call_alone(tmp_path: Path) -> None:
+    provider = ScriptedProvider("fake")
+    moa = MoA(["a", "b"], "judge", env=env(tmp_path), router=ScriptedRouter(provider), temperature=0.7, seed=3)
+    sampling = {"temperature": 0.0, "max_tokens": 9, "seed": 42}
+    asyncio.run(moa.arun("hi", aggregator_sampling=sampling))
+    by_model = {c.model: (c.temperature, c.max_tokens, c.seed) for c in provider.calls}
+    assert by_model["judge"] == (0.0, 9, 42)
+    assert by_model["a"] == (0.7, 512, 3) and by_model["b"] == (0.7, 512, 4)
+    asyncio.run(moa.arun("again"))  # the next turn is back to the settings
+    assert (provider.calls[-1].temperature, provider.calls[-1].max_tokens) == (0.7, 512)
+
+
+def test_aggregator_sampling_takes_only_sampling_fields(tmp_path: Path) -> None:
+    moa = MoA(["a"], "judge", env=env(tmp_path), router=ScriptedRouter(ScriptedProvider("fake")))
+    with pytest.raises(TypeError, match="'model'"):
+        asyncio.run(moa.arun("hi", aggregator_sampling={"model": "other"}))
+
+
+def test_settings_and_single_settings_do_not_mix(tmp_path: Path) -> None:
+    moa = MoA(["a"], "judge", env=env(tmp_path))
+    with pytest.raises(TypeError, match="not both"):
+        MoA(settings=moa.settings, temperature=0.1)
