@@ -472,6 +472,8 @@ def footer_text(result: TurnResult) -> str:
     parts = [f"{result.seconds:.1f}s"]
     total = result.usage.total_tokens
     parts.append(f"{total:,} tokens" if total is not None else "tokens unknown")
+    calls = len(result.proposals) + 1
+    parts.append(f"{calls} calls")
     if result.cost_usd is not None or result.unpriced_calls:  # priced by pricing.py (None: not priced)
         from moa_cli.pricing import cost_text
 
