@@ -654,16 +654,12 @@ class _LimitedRouter:
 
 class _SharedPoolMoA(MoA):
     """One item's MoA: its turns go through the batch's router (shared by every item) and
-    are logged as one conversation from source "batch" (when the log is on).
-
-    MoA has no public way to pass a router yet: `_pool` is what `arun` routes through.
-    """
+    are logged as one conversation from source "batch" (when the log is on)."""
 
     source = "batch"
 
     def __init__(self, settings: Settings, router: Any) -> None:
-        super().__init__(settings=settings)
-        self._pool = router
+        super().__init__(settings=settings, router=router)
 
     async def arun(self, prompt: Any, **kwargs: Any) -> Any:
         try:

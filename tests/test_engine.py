@@ -351,3 +351,23 @@ def test_list_models_maps_errors_in_the_provider(moa_env: dict[str, str], llm_se
     with pytest.raises(ProviderConnectionError) as caught:
         asyncio.run(main())
     assert caught.value.kind == "connection"
+
+
+def test_calls_reuse_one_connection_after_a_complete_stream(llm_server: FakeLLMServer, tmp_path) -> None:
+    """The body is read to its end after [DONE], so httpx keeps the connection for the next call."""
+    import asyncio as _asyncio
+
+    from moa_cli.api import MoA
+
+    env = {"MOA_HOME": str(tmp_path), "TOGETHER_API_KEY": "k", "TOGETHER_BASE_URL": llm_server.base_url,
+           "MOA_RETRIES": "0", "NO_PROXY": "127.0.0.1", "MOA_LOG": "false"}
+    moa = MoA(["alpha"], "judge", env=env, num_proc=1)
+
+    async def turns() -> None:
+        async with moa:
+            for _ in range(3):
+                await moa.arun("hi")
+
+    _asyncio.run(turns())
+    assert len(llm_server.requests) == 6
+    assert len({r.client for r in llm_server.requests}) == 1, [r.client for r in llm_server.requests]

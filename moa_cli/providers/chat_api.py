@@ -106,6 +106,22 @@ def _usage(raw: Any) -> Usage | None:
     return Usage(prompt, completion, total if isinstance(total, int) else prompt + completion, cost)
 
 
+#: After `[DONE]`, how long to wait for the body's end (normally already there).
+DRAIN_SECONDS = 0.5
+
+
+async def _drain(lines: AsyncIterator[str]) -> None:
+    """Read what follows `[DONE]` to the end of the body, so that httpx can put the
+    connection back in its pool: a body left unread closes it, and the next call pays a
+    new TCP (and TLS) handshake. A server that keeps the body open is left after a moment."""
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in lines:
+                pass
+    except (TimeoutError, httpx.HTTPError):
+        pass
+
+
 class ChatAPIProvider:
     """Streams chat completions through a Stainless-generated SDK client."""
 
@@ -178,6 +194,7 @@ class ChatAPIProvider:
                     data = line[5:].strip()
                     if data == "[DONE]":
                         done = True
+                        await _drain(lines)
                         break
                     chunk = json.loads(data)
                     if not isinstance(chunk, dict):

@@ -153,6 +153,7 @@ class RecordedRequest:
     status: int | None = None  # HTTP status sent (None if nothing was sent)
     reply: Reply | None = None  # the reply that was chosen
     received_at: float = 0.0  # time.monotonic() at arrival
+    client: tuple[str, int] | None = None  # the client's address: one port per TCP connection
     finished_at: float | None = None  # time.monotonic() when the handler returned
 
     @property
@@ -460,6 +461,7 @@ class FakeLLMServer:
             headers=headers,
             path=path,
             received_at=time.monotonic(),
+            client=tuple(scope["client"]) if scope.get("client") else None,  # type: ignore[arg-type]
         )
         with self._lock:  # choose + record atomically w.r.t. reset() from the test thread
             reply = self._choose_locked(model)
