@@ -287,3 +287,10 @@ def test_repeat_penalty_reaches_llama_cpp(tmp_path) -> None:
     penalised = asyncio.run(stream(1.5))
     assert penalised == llama(repeat_penalty=1.5)
     assert asyncio.run(stream(1.0)) == llama(repeat_penalty=1.0) != penalised
+
+
+def test_aggregation_is_engine_level() -> None:
+    """aggregation.py runs inside the engine: the engine's import rules apply to it."""
+    from tests.test_architecture import FORBIDDEN, PKG, imported_packages
+
+    assert not imported_packages(PKG / "aggregation.py") & (FORBIDDEN["engine.py"] | {"loguru"})

@@ -192,3 +192,16 @@ def test_a_missing_extra_is_exit_2_naming_the_install_command(moa, monkeypatch: 
     proc = moa(["eval", "ifeval", "-r", "alpha", "-a", "judge", "--limit", "1"])
     assert proc.returncode == 2
     assert 'pip install "moa-chat[eval]"' in proc.stderr
+
+
+def test_the_eval_module_draws_nothing() -> None:
+    """Like batch.py: no terminal code (cli/eval_cmd.py draws the table and the progress)."""
+    from tests.test_architecture import PKG, imported_packages
+
+    assert not imported_packages(PKG / "evals" / "ifeval.py") & {
+        "rich",
+        "prompt_toolkit",
+        "typer",
+        "together",
+        "openai",
+    }
