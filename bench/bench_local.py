@@ -79,7 +79,7 @@ async def model_speed() -> None:
     started = time.perf_counter()
     await run([{"role": "user", "content": "Hi"}], 1, 1)
     print(f"  load + first call         {time.perf_counter() - started:6.2f} s  "
-          f"(context {local.MAX_CONTEXT}, batch {local.PROMPT_BATCH}, threads {max(1, local._cpu_count() // 2)})")
+          f"(context {local.MAX_CONTEXT}, batch {local.PROMPT_BATCH}, threads {local.generation_threads()}, prompt {local.batch_threads()})")
 
     # An aggregator-sized prompt: the instructions plus three ~250-token answers.
     answer = " ".join(["Sunlight is scattered by the molecules of the air, and blue light most of all."] * 16)
@@ -113,16 +113,27 @@ def cli_turn(args: list[str], env: dict[str, str]) -> tuple[float, dict[str, Any
     return seconds, json.loads(proc.stdout)
 
 
-def warm_turns(settings: Any, repeat: int) -> list[tuple[float, Any]]:
+def warm_turns(settings: Any, repeat: int, marks: list[tuple[float, float]] | None = None) -> list[tuple[float, Any]]:
+    """`repeat` turns in one process; `marks` gets (first draft text, first answer text) in seconds."""
     from moa_cli.api import MoA
+    from moa_cli.events import AnswerDelta, CallDelta, Event
 
     async def turns() -> list[tuple[float, Any]]:
         out = []
         async with MoA(settings=settings) as moa:
             for _ in range(repeat):
                 started = time.perf_counter()
-                result = await moa.arun(QUESTION)
+                first: dict[str, float] = {}
+
+                def on_event(event: Event) -> None:
+                    kind = "draft" if isinstance(event, CallDelta) else "answer" if isinstance(event, AnswerDelta) else None
+                    if kind and kind not in first:
+                        first[kind] = time.perf_counter() - started
+
+                result = await moa.arun(QUESTION, on_event=on_event)
                 out.append((time.perf_counter() - started, result))
+                if marks is not None:
+                    marks.append((first.get("draft", float("nan")), first.get("answer", float("nan"))))
         return out
 
     return asyncio.run(turns())
@@ -141,7 +152,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(model: Path, port: int, threads: int) -> tuple[subprocess.Popen[bytes], float]:
+def start_server(model: Path, port: int, threads: int, threads_batch: int) -> tuple[subprocess.Popen[bytes], float]:
     import httpx
 
     from moa_cli.providers import local
@@ -150,7 +161,7 @@ def start_server(model: Path, port: int, threads: int) -> tuple[subprocess.Popen
     server = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "smollm2",
          "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(local.MAX_CONTEXT),
-         "--n_batch", str(local.PROMPT_BATCH), "--n_threads", str(threads), "--n_threads_batch", str(threads),
+         "--n_batch", str(local.PROMPT_BATCH), "--n_threads", str(threads), "--n_threads_batch", str(threads_batch),
          # By default a new request interrupts the one running: MoA's parallel references would cut each other.
          "--interrupt_requests", "False", "--verbose", "False"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -173,6 +184,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=2, help="warm turns per path (default 2)")
     parser.add_argument("--max-tokens", type=int, default=defaults.LOCAL_MAX_TOKENS, help="per call (default 256)")
+    parser.add_argument("--no-http", action="store_true", help="skip 3. (llama_cpp.server over HTTP)")
+    parser.add_argument("--turns-only", action="store_true", help="skip 1. (the raw model speed)")
     args = parser.parse_args()
 
     from moa_cli import logs
@@ -184,11 +197,12 @@ def main() -> None:
         return
     model = local.bundled_model_path()
     assert model is not None
-    threads = max(1, local._cpu_count() // 2)
+    threads, threads_batch = local.generation_threads(), local.batch_threads()
     print(f"moa local benchmark: {model.name}, {load()}")
 
-    print("\n1. The bundled model in-process")
-    asyncio.run(model_speed())
+    if not args.turns_only:
+        print("\n1. The bundled model in-process")
+        asyncio.run(model_speed())
 
     lineup = f"3 x local:smollm2 + aggregator, max_tokens {args.max_tokens}, seed {defaults.LOCAL_SEED}"
     print(f"\n2. Default local turn in-process ({lineup})")
@@ -197,9 +211,16 @@ def main() -> None:
         cold, result = cli_turn(["--local", "--max-tokens", str(args.max_tokens)], env)
         print(f"  moa ask --local (cold)    {cold:6.2f} s   {describe(result)}")
         settings = load_settings({"max_tokens": args.max_tokens}, env, force_local=True)
-        local_warm = warm_turns(settings, args.repeat)
-    for seconds, result in local_warm:
-        print(f"  warm turn                 {seconds:6.2f} s   {describe(result)}")
+        marks: list[tuple[float, float]] = []
+        local_warm = warm_turns(settings, args.repeat, marks)
+    for (seconds, result), (draft, answer) in zip(local_warm, marks):
+        print(f"  warm turn                 {seconds:6.2f} s   first draft text {draft:5.2f} s, "
+              f"first answer text {answer:5.2f} s, {describe(result)}")
+    print(f"  median warm turn          {statistics.median(s for s, _ in local_warm):6.2f} s   "
+          f"first draft text {statistics.median(d for d, _ in marks):5.2f} s, "
+          f"first answer text {statistics.median(a for _, a in marks):5.2f} s  ({load()})")
+    if args.no_http:
+        return
 
     print("\n3. The same turn through python -m llama_cpp.server over HTTP")
     missing = [name for name in SERVER_PACKAGES if importlib.util.find_spec(name) is None]
@@ -208,7 +229,7 @@ def main() -> None:
               '(pip install "llama-cpp-python[server]")')
         return
     port = free_port()
-    server, startup = start_server(model, port, threads)
+    server, startup = start_server(model, port, threads, threads_batch)
     try:
         print(f"  server start-up           {startup:6.2f} s   (port {port}, model loaded)")
         with tempfile.TemporaryDirectory() as tmp:

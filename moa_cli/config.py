@@ -25,6 +25,9 @@ Config file (`moa config path` shows where):
     base_url = "http://localhost:8000/v1"
     api_key_env = "VLLM_API_KEY"          # omit for servers that need no key
     max_concurrency = 1                   # calls in flight to this provider at once
+
+    [providers.local]
+    threads = 2                           # llama.cpp threads while generating (default half the cores)
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ __all__ = [
 
 ProviderKind = Literal["together", "openai", "local"]
 _KINDS = ("together", "openai", "local")
-_PROVIDER_KEYS = {"kind", "type", "base_url", "api_key_env", "models", "max_concurrency"}
+_PROVIDER_KEYS = {"kind", "type", "base_url", "api_key_env", "models", "max_concurrency", "threads"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,7 @@ class ProviderConfig:
     api_key_env: str | None = None
     models: tuple[str, ...] = ()
     max_concurrency: int | None = None  # calls in flight to this provider at once; None = no cap
+    threads: int | None = None  # kind "local": llama.cpp's threads while generating; None = half the cores
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +214,12 @@ class _File:
         cap = entry.get("max_concurrency")
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
             raise self.error("max_concurrency", f"[providers.{name}]: max_concurrency must be a whole number, 1 or more")
-        return ProviderConfig(name, kind, base_url or None, key_env or None, tuple(models), cap)
+        threads = entry.get("threads")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 512):
+            raise self.error("threads", f"[providers.{name}]: threads must be a whole number from 1 to 512")
+        if threads is not None and kind != "local":
+            raise self.error("threads", f"[providers.{name}]: threads is for local providers (kind = \"local\")")
+        return ProviderConfig(name, kind, base_url or None, key_env or None, tuple(models), cap, threads)
 
     def lineups(self) -> dict[str, dict[str, Any]]:
         raw = self.data.get("lineups", {})

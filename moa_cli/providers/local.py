@@ -206,14 +206,44 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _load(path: Path, verbose: bool) -> Llama:
+def generation_threads(configured: int | None = None) -> int:
+    """llama.cpp's threads while generating: `threads` from [providers.local], else half the cores.
+
+    Its threads wait for each other at every layer: when one of them has no core to run on,
+    all of them stall (on 2 cores with one busy: 50 -> 1 token/s). Generating a token is
+    small work, about as fast on 1 thread as on 2 here, and moa shares the CPU with its
+    event loop, its UI and other providers' streams, so half the cores.
+    """
+    return configured or max(1, _cpu_count() // 2)
+
+
+def batch_threads(configured: int | None = None, load: float | None = None) -> int:
+    """llama.cpp's threads for a prompt: every core the rest of the machine leaves free.
+
+    A prompt is one large matrix product per layer, evaluated in batches, so it scales with
+    the cores (222 -> 425 tokens/s from 1 to 2 threads on a quiet 2-core machine), and the
+    aggregator's prompt (every reference's answer) is most of a turn's wait. But a thread
+    with no core of its own stalls the others at every layer: on this 2-core machine with a
+    load of 6-10, 2 threads made a turn 2-4 times slower than 1. So take the cores that the
+    1-minute load average, less our own busy worker, leaves free; at least the generation
+    threads. Decided at each call, so a machine that gets busy or quiet is followed.
+    """
+    floor = generation_threads(configured)
+    cores = _cpu_count()
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # no load average here: trust the cores
+            return max(floor, cores)
+    free = cores - max(0.0, load - 1.0)  # our worker counts about one in the load
+    return max(floor, min(cores, int(free + 0.5)))
+
+
+def _load(path: Path, verbose: bool, configured_threads: int | None = None) -> Llama:
     """Load a GGUF file with a context of min(MAX_CONTEXT, the model's trained context)."""
     with _llama_lock:
         cls = _set_up_llama_cpp(verbose)
-        # llama.cpp's threads wait for each other at every layer: when one of them has no core
-        # to run on, all of them stall (on 2 cores with one busy: 50 -> 1 token/s). moa shares
-        # the CPU with its event loop, its UI and other providers' streams, so take half.
-        threads = max(1, _cpu_count() // 2)
+        threads, threads_batch = generation_threads(configured_threads), batch_threads(configured_threads)
 
         def make(n_ctx: int) -> Llama:
             return cls(
@@ -221,7 +251,7 @@ def _load(path: Path, verbose: bool) -> Llama:
                 n_ctx=n_ctx,
                 n_batch=PROMPT_BATCH,
                 n_threads=threads,
-                n_threads_batch=threads,
+                n_threads_batch=threads_batch,
                 verbose=verbose,
             )
 
@@ -236,7 +266,7 @@ def _load(path: Path, verbose: bool) -> Llama:
             logger.debug("llama.cpp could not load {}: {!r}", path, exc)
             reason = f"llama.cpp could not load {path} (a damaged file, or a model this llama.cpp does not support)"
             raise ProviderError(path.name, reason) from None
-        logger.debug("loaded {} (context {} tokens, {} threads)", path, llm.n_ctx(), threads)
+        logger.debug("loaded {} (context {} tokens, {}/{} threads)", path, llm.n_ctx(), threads, threads_batch)
         return llm
 
 
@@ -254,11 +284,12 @@ class _SharedModel:
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="moa-llama")
     )
     llm: Llama | None = None
+    threads: int | None = None  # [providers.local] threads, from the provider that first used it
 
     def loaded(self, verbose: bool) -> Llama:
         """The Llama object, loading it on first use (call with `lock` held)."""
         if self.llm is None:
-            self.llm = _load(self.path, verbose)
+            self.llm = _load(self.path, verbose, self.threads)
         return self.llm
 
 
@@ -266,11 +297,11 @@ _models: dict[Path, _SharedModel] = {}
 _models_lock = threading.Lock()  # not _llama_lock: the event loop must not wait for a load
 
 
-def _shared(path: Path) -> _SharedModel:
+def _shared(path: Path, threads: int | None = None) -> _SharedModel:
     with _models_lock:
         model = _models.get(path)
         if model is None:
-            model = _models[path] = _SharedModel(path)
+            model = _models[path] = _SharedModel(path, threads=threads)
         return model
 
 
@@ -294,6 +325,7 @@ def _generate(
         llm: Any = shared.loaded(verbose)
         llm.prompt_tokens = None
         llm.stop = stop
+        llm._ctx.set_n_threads(generation_threads(shared.threads), batch_threads(shared.threads))
         chunks: Any = None
         finish: str | None = None
         try:
@@ -368,7 +400,7 @@ class LocalProvider:
             path = resolve_model(request.model, self._config)
         except ConfigError as exc:
             raise ProviderError(request.model, str(exc)) from None
-        shared = _shared(path)
+        shared = _shared(path, self._config.threads)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()
