@@ -129,6 +129,32 @@ def markdown(rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def judge_validity(work: Path, limit: int) -> dict[str, object]:
+    """How often the bundled model, asked `select`'s question over kept layer-1 answers,
+    names a valid answer number (and which)."""
+    from moa_cli.aggregation import SELECT_MAX_TOKENS, parse_choice, select_messages
+    from moa_cli.config import ProviderConfig
+    from moa_cli.providers.local import LocalProvider
+    from moa_cli.types import CompletionRequest
+
+    provider = LocalProvider(ProviderConfig("local", "local"), verbose=False)
+    lines = (work / "answers.jsonl.moa-progress").read_text().splitlines()[1:]
+    replies: list[dict[str, object]] = []
+
+    async def ask(messages: list) -> str:
+        request = CompletionRequest("smollm2", messages, temperature=0.0, max_tokens=SELECT_MAX_TOKENS, seed=1)
+        return "".join([item async for item in provider.stream(request) if isinstance(item, str)])
+
+    for line in lines[:limit]:
+        result = json.loads(line)["results"][-1]
+        answers = [p["text"] for p in result["proposals"] if p["layer"] == 1 and p["text"]]
+        prompt = next(p for p in ifeval.load_prompts() if p.id == json.loads(line)["id"])
+        reply = asyncio.run(ask(select_messages([{"role": "user", "content": prompt.prompt}], answers)))
+        replies.append({"id": prompt.id, "reply": reply, "choice": parse_choice(reply, len(answers))})
+    valid = [r for r in replies if r["choice"] is not None]
+    return {"asked": len(replies), "valid": len(valid), "replies": replies}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=150)
@@ -136,7 +162,14 @@ def main() -> None:
     parser.add_argument("--seeds", default="1,2")
     parser.add_argument("--penalties", default="1.0,1.2")
     parser.add_argument("--select", type=int, default=0, help="also run select on this many prompts")
+    parser.add_argument("--judge", type=int, default=0, help="only: ask select's question over N kept turns")
     args = parser.parse_args()
+    if args.judge:
+        work = RESULTS / "work" / "synthesize-rp1-seed1"
+        found = judge_validity(work, args.judge)
+        (RESULTS / "select-judge.json").write_text(json.dumps(found, indent=2) + "\n")
+        print(f"select's question: {found['valid']} of {found['asked']} replies name a valid answer")
+        return
     RESULTS.mkdir(parents=True, exist_ok=True)
     home = RESULTS / "work" / "moa-home"
     home.mkdir(parents=True, exist_ok=True)

@@ -105,20 +105,21 @@ def select_messages(messages: Sequence[Message], answers: Sequence[str]) -> list
 
 
 _NUMBER = re.compile(r"(?<![\d.])(\d{1,3})(?![\d.]\d)")
+_WORD = re.compile(r"[^\W\d_]")
 
 
 def parse_choice(text: str, count: int) -> int | None:
-    """The answer number (1..count) a selection reply names first, or None if it names none.
+    """The answer number (1..count) a selection reply ends on, or None if it names none.
 
-    "2", "Response 2.", "<response_2>", "**2**" and "The best is 2" all name 2; "0", "7 of 3"
-    and "none" name no valid answer.
+    "2", "Response 2.", "<response_2>", "**2**" and "The best response is 2." name 2. A reply
+    that goes on in words after its first number ("1. The Barber Paradox…": a small model
+    starting a list of its own) names nothing, nor do "0", "7 of 3" or "none".
     """
-    for match in _NUMBER.finditer(text):
-        number = int(match.group(1))
-        if 1 <= number <= count:
-            return number
-        return None  # the first number is the model's choice: a wrong one is not a choice
-    return None
+    match = _NUMBER.search(text)
+    if match is None or _WORD.search(text, match.end()):
+        return None
+    number = int(match.group(1))
+    return number if 1 <= number <= count else None
 
 
 async def aggregate(

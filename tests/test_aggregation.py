@@ -51,8 +51,10 @@ def scripted(judge: str | Step) -> ScriptedProvider:
         ("Response 2", 2),
         ("<response_1>", 1),
         ("**2**", 2),
-        ("The best response is 3 because", 3),
-        ("1. Rain falls", 1),
+        ("The best response is 3.", 3),
+        ("The best response is 3 because", None),
+        ("1. Rain falls", None),  # a list of its own, not a choice
+        ("1. The Barber Paradox: This is", None),
         ("0", None),
         ("4", None),
         ("7 of 3", None),
