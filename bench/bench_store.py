@@ -47,17 +47,42 @@ def fill(path: Path, turns: int) -> float:
             if n % 5 == 0:
                 cid = new_conversation_id()
             calls = [
-                CallRecord(1, i, "proposer", f"ref-{i}", "together", f"ref-{i}", {"temperature": 0.7, "max_tokens": 512},
-                           text=_text(rng, 40), prompt_tokens=300, completion_tokens=120, cost_usd=0.0001,
-                           price_source="config", started=0.0, first_token=0.3, duration=2.0)  # fmt: skip
+                CallRecord(
+                    1,
+                    i,
+                    "proposer",
+                    f"ref-{i}",
+                    "together",
+                    f"ref-{i}",
+                    {"temperature": 0.7, "max_tokens": 512},
+                    text=_text(rng, 40),
+                    prompt_tokens=300,
+                    completion_tokens=120,
+                    cost_usd=0.0001,
+                    price_source="config",
+                    started=0.0,
+                    first_token=0.3,
+                    duration=2.0,
+                )
                 for i in range(4)
             ]
-            calls.append(CallRecord(2, 0, "aggregator", "judge", "together", "judge", {}, text="", started=2.0, duration=1.5))
+            calls.append(
+                CallRecord(2, 0, "aggregator", "judge", "together", "judge", {}, text="", started=2.0, duration=1.5)
+            )
             answer = _text(rng, 60)
             calls[-1].text = answer
             store.write_turn(
-                TurnRecord(cid, _text(rng, 15), "ok", time.time() - (turns - n), answer=answer, source="bench",
-                           cost_usd=0.0005, priced_usd=0.0005, calls=calls)  # fmt: skip
+                TurnRecord(
+                    cid,
+                    _text(rng, 15),
+                    "ok",
+                    time.time() - (turns - n),
+                    answer=answer,
+                    source="bench",
+                    cost_usd=0.0005,
+                    priced_usd=0.0005,
+                    calls=calls,
+                )
             )
     return time.perf_counter() - started
 
@@ -135,14 +160,21 @@ def main() -> None:
         seconds = fill(path, args.turns)
         print(f"wrote {args.turns:,} turns ({args.turns * 5:,} calls) in {seconds:.1f}s: "
               f"{seconds / args.turns * 1000:.2f} ms a turn; {path.stat().st_size / 1e6:.0f} MB")  # fmt: skip
-    for label, word in (("rare", VOCAB[4999]), ("middling", VOCAB[200]), ("common", VOCAB[0]), ("two words", f"{VOCAB[3] } {VOCAB[50]}")):
+    for label, word in (
+        ("rare", VOCAB[4999]),
+        ("middling", VOCAB[200]),
+        ("common", VOCAB[0]),
+        ("two words", f"{VOCAB[3]} {VOCAB[50]}"),
+    ):
         median, hits = search_in_process(word)
         mark = "ok" if median < 0.1 else "SLOW"
         with Store(path) as store:
-            query = statistics.median(_timed(lambda: store.turns(query=word)) for _ in range(5))
+            query = statistics.median(_timed(lambda w=word: store.turns(query=w)) for _ in range(5))
         print(f"moa logs -q {word!r:<14} ({label}): {median * 1000:6.1f} ms in-process, {hits} shown "
               f"(the query itself {query * 1000:.1f} ms)   [{mark}, target < 100 ms]")  # fmt: skip
-    print(f"moa logs -q {VOCAB[200]!r} as a subprocess (interpreter start-up included): {search_subprocess(VOCAB[200]) * 1000:.0f} ms")
+    print(
+        f"moa logs -q {VOCAB[200]!r} as a subprocess (interpreter start-up included): {search_subprocess(VOCAB[200]) * 1000:.0f} ms"
+    )
     off, on = overhead()
     mark = "ok" if on - off < 2 else "SLOW"
     print(f"a scripted turn: {off:.2f} ms unlogged, {on:.2f} ms logged: +{on - off:.2f} ms   [{mark}, target < 2 ms]")

@@ -70,14 +70,16 @@ def config_prices(config_file: Path | None) -> dict[str, Price]:
         return {}  # load_settings reports a broken file
     table = data.get("pricing", {})
     if not isinstance(table, dict):
-        raise ConfigError(f"{config_file}: pricing must be a table: [pricing.\"provider:model\"]")
+        raise ConfigError(f'{config_file}: pricing must be a table: [pricing."provider:model"]')
     prices: dict[str, Price] = {}
     for spec, entry in table.items():
         where = f'{config_file}: [pricing."{spec}"]'
         if not isinstance(entry, dict) or set(entry) - {"input", "output"}:
             raise ConfigError(f"{where} takes input and output, USD per million tokens")
         values = [entry.get("input"), entry.get("output")]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and math.isfinite(v) for v in values):
+        if not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and math.isfinite(v) for v in values
+        ):
             raise ConfigError(f"{where}: input and output must both be numbers, 0 or more (USD per million tokens)")
         prices[spec] = Price(float(values[0]), float(values[1]), "config")  # type: ignore[arg-type]
     return prices
@@ -120,7 +122,9 @@ def parse_together(data: Any, *, provider: str = "together", fetched_at: float |
     return entries
 
 
-def parse_openrouter(data: Any, *, provider: str = "openrouter", fetched_at: float | None = None) -> list[CatalogueEntry]:
+def parse_openrouter(
+    data: Any, *, provider: str = "openrouter", fetched_at: float | None = None
+) -> list[CatalogueEntry]:
     """OpenRouter's /api/v1/models: `pricing.prompt`/`pricing.completion`, USD per token, as strings."""
     items = data.get("data", []) if isinstance(data, dict) else []
     at = time.time() if fetched_at is None else fetched_at

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +137,7 @@ async def price_book(settings: Settings) -> PriceBook:
 def estimate(settings: Settings, messages: Sequence[Message], book: PriceBook) -> Estimate:
     """The worst case of a turn with these settings over `messages`."""
     return worst_case(
-        messages,
+        messages,  # type: ignore[arg-type]  # Message is a Mapping[str, str] in practice
         references=settings.references,
         aggregator=settings.aggregator,
         rounds=settings.rounds,

@@ -42,7 +42,7 @@ def _track(bar: Bar, scale: float, width: int) -> Text:
     """The bar itself, on a track `width` cells wide; `scale` is cells per second."""
 
     def cell(t: float) -> int:
-        return min(width - 1, max(0, int(round(t * scale))))
+        return min(width - 1, max(0, round(t * scale)))
 
     start, end = cell(bar.start), max(cell(bar.start), cell(bar.end))
     style = _STYLE.get(bar.state, "red")
@@ -108,7 +108,7 @@ class TraceView:
         used: list[tuple[int, int]] = []  # labels never overlap; the ends come first
         for fraction in (0.0, 1.0, 0.5, 0.25, 0.75):
             label = f"{seconds * fraction:.1f}s"
-            at = min(int(round((track_w - 1) * fraction)), track_w - len(label))
+            at = min(round((track_w - 1) * fraction), track_w - len(label))
             if any(at <= end + 1 and start <= at + len(label) for start, end in used):
                 continue
             ticks[at : at + len(label)] = label
@@ -139,7 +139,7 @@ def render_text(timeline: Timeline, *, width: int = 100) -> str:
     """The picture as plain text (tests, logs)."""
     console = Console(file=io.StringIO(), width=width, color_system=None, highlight=False)
     console.print(TraceView(timeline))
-    return console.file.getvalue()  # type: ignore[attr-defined]
+    return str(console.file.getvalue())  # type: ignore[attr-defined]
 
 
 def save_svg(timeline: Timeline, path: Path, *, width: int = 110) -> Path:

@@ -352,7 +352,7 @@ class Store:
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             cursor = self._db.execute(sql, params)
-            cursor.row_factory = sqlite3.Row  # type: ignore[assignment]
+            cursor.row_factory = sqlite3.Row
             return cursor.fetchall()
 
     # -------------------------------------------------------------- migrations
@@ -512,7 +512,8 @@ class Store:
 
     def conversation(self, conversation_id: str, *, with_calls: bool = False) -> ConversationRecord:
         rows = self._query(
-            "SELECT id, title, source, created_at, updated_at, lineup FROM conversations WHERE id = ?", (conversation_id,)
+            "SELECT id, title, source, created_at, updated_at, lineup FROM conversations WHERE id = ?",
+            (conversation_id,),
         )
         if not rows:
             raise StoreError(f"no conversation {conversation_id!r} in the log")
@@ -634,9 +635,7 @@ class Store:
         sql = "SELECT provider, model, input_per_m, output_per_m, source, fetched_at FROM prices"
         rows = self._query(sql)
         wanted = set(pairs) if pairs is not None else None
-        return {
-            (r[0], r[1]): CatalogueEntry(*r) for r in rows if wanted is None or (r[0], r[1]) in wanted
-        }
+        return {(r[0], r[1]): CatalogueEntry(*r) for r in rows if wanted is None or (r[0], r[1]) in wanted}
 
 
 def _statements(script: str) -> list[str]:

@@ -234,7 +234,9 @@ main()
 """
 
 
-def test_kill_9_mid_turn_loses_only_that_turn(cli, llm_server: FakeLLMServer, moa_env: dict[str, str], moa_home: Path) -> None:
+def test_kill_9_mid_turn_loses_only_that_turn(
+    cli, llm_server: FakeLLMServer, moa_env: dict[str, str], moa_home: Path
+) -> None:
     assert cli(["ask", *LINEUP, "kept turn"]).returncode == 0
     llm_server.script("alpha", Reply(text="slow", latency=30))
     proc = subprocess.Popen(

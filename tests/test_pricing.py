@@ -28,7 +28,11 @@ from moa_cli.store import CallRecord, CatalogueEntry, Store
 
 TOGETHER = {
     "data": [
-        {"id": "meta-llama/Llama-3.3-70B-Instruct-Turbo", "type": "chat", "pricing": {"input": 0.88, "output": 0.88, "hourly": 0}},
+        {
+            "id": "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+            "type": "chat",
+            "pricing": {"input": 0.88, "output": 0.88, "hourly": 0},
+        },
         {"id": "dedicated/only-hourly", "type": "chat", "pricing": {"input": 0, "output": 0, "hourly": 3.2}},
         {"id": "free/model", "type": "chat", "pricing": {"input": 0, "output": 0, "hourly": 0}},
         {"id": "no-pricing", "type": "chat"},
@@ -44,7 +48,10 @@ OPENROUTER = {
 
 def test_together_catalogue_per_million_and_hourly_is_not_free() -> None:
     entries = {e.model: e for e in parse_together(TOGETHER, fetched_at=0)}
-    assert (entries["meta-llama/Llama-3.3-70B-Instruct-Turbo"].input_per_m, entries["meta-llama/Llama-3.3-70B-Instruct-Turbo"].output_per_m) == (0.88, 0.88)
+    assert (
+        entries["meta-llama/Llama-3.3-70B-Instruct-Turbo"].input_per_m,
+        entries["meta-llama/Llama-3.3-70B-Instruct-Turbo"].output_per_m,
+    ) == (0.88, 0.88)
     assert "dedicated/only-hourly" not in entries  # not serverless, and not free: unknown
     assert entries["free/model"].input_per_m == 0  # published as free
     assert "no-pricing" not in entries
@@ -159,7 +166,12 @@ def test_refresh_fetches_both_catalogues_into_the_database(tmp_path: Path, monke
         prices = store.prices()
         assert prices[("openrouter", "anthropic/claude-x")].output_per_m == pytest.approx(15.0)
         book = load_book(settings, store)
-        assert book.price("meta-llama/Llama-3.3-70B-Instruct-Turbo", "together", "meta-llama/Llama-3.3-70B-Instruct-Turbo").input_per_m == 0.88
+        assert (
+            book.price(
+                "meta-llama/Llama-3.3-70B-Instruct-Turbo", "together", "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+            ).input_per_m
+            == 0.88
+        )
 
         def failing(request: httpx.Request) -> httpx.Response:
             return httpx.Response(503, text="down")

@@ -19,9 +19,13 @@ def _run_turn(home: Path) -> TurnRecord:
 
     provider = ScriptedProvider()
     provider.set_default("fast-ref", Step("quick answer", piece_delay=0.01, usage=Usage(20, 40, 60)))
-    provider.set_default("broken-ref", Step("x", error="rate_limit", status=429, reason="HTTP 429 rate limited: slow down"))
+    provider.set_default(
+        "broken-ref", Step("x", error="rate_limit", status=429, reason="HTTP 429 rate limited: slow down")
+    )
     provider.set_default("slow-ref", Step("too late", delay=5))
-    provider.set_default("judge", Step("the final answer comes word by word", delay=0.05, piece_delay=0.04, usage=Usage(50, 30, 80)))
+    provider.set_default(
+        "judge", Step("the final answer comes word by word", delay=0.05, piece_delay=0.04, usage=Usage(50, 30, 80))
+    )
     moa = MoA(references=["fast-ref", "broken-ref", "slow-ref"], aggregator="judge", layer_deadline=0.3)
     moa._pool = ScriptedRouter(provider)  # type: ignore[assignment]
     result = asyncio.run(moa.arun("Where does the time go?"))
@@ -58,7 +62,10 @@ def test_trace_of_a_turn_with_a_failure_and_a_deadline_cut(tmp_path: Path, monke
     # The bars share one time axis: the aggregator starts where layer 1 ended.
     col = lambda line, chars: min(line.index(c) for c in chars if c in line)  # noqa: E731
     assert col(row["judge"], "─┃━") >= col(row["slow-ref"], "✂") - 1
-    assert "layer 1 waited for slow-ref" in screen and "left out: broken-ref (rate limited), slow-ref (cut at the deadline)" in screen.replace("\n", " ")
+    assert (
+        "layer 1 waited for slow-ref" in screen
+        and "left out: broken-ref (rate limited), slow-ref (cut at the deadline)" in screen.replace("\n", " ")
+    )
     assert all(len(line) <= 100 for line in lines)
 
     svg = save_svg(picture, tmp_path / "trace.svg")
@@ -84,7 +91,9 @@ def test_a_failed_turn_and_a_narrow_screen() -> None:
 
 def test_repl_commands_history_usage_trace_estimate(moa, llm_server, moa_home: Path) -> None:  # type: ignore[no-untyped-def]
     (moa_home / "config.toml").write_text('[pricing."judge"]\ninput = 1\noutput = 2\n')
-    ran = moa(["chat", "-r", "alpha,beta", "-a", "judge"], input="first question\n/history\n/usage\n/trace\n/estimate\n")
+    ran = moa(
+        ["chat", "-r", "alpha,beta", "-a", "judge"], input="first question\n/history\n/usage\n/trace\n/estimate\n"
+    )
     assert ran.returncode == 0, ran.stderr
     err = ran.stderr
     assert "1. turn 1" in err and "first question" in err

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -40,8 +40,10 @@ app = typer.Typer(
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 Since = Annotated[
-    Optional[str],
-    typer.Option("--since", metavar="DATE", help="Only turns since DATE: 2026-08-01, 2026-08-01T14:00, 7d, 12h, 30m, today."),
+    str | None,
+    typer.Option(
+        "--since", metavar="DATE", help="Only turns since DATE: 2026-08-01, 2026-08-01T14:00, 7d, 12h, 30m, today."
+    ),
 ]
 
 
@@ -124,13 +126,15 @@ def _resolve(store: Store, ref: str) -> tuple[str, Any]:
 def logs(
     ctx: typer.Context,
     count: Annotated[int, typer.Option("-n", "--count", metavar="N", help="How many turns (default 10).")] = 10,
-    cid: Annotated[Optional[str], typer.Option("--cid", metavar="ID", help="Only this conversation.")] = None,
+    cid: Annotated[str | None, typer.Option("--cid", metavar="ID", help="Only this conversation.")] = None,
     since: Since = None,
     model: Annotated[
-        Optional[str], typer.Option("-m", "--model", metavar="MODEL", help="Only turns that called MODEL (aggregator or reference).")
+        str | None,
+        typer.Option("-m", "--model", metavar="MODEL", help="Only turns that called MODEL (aggregator or reference)."),
     ] = None,
     query: Annotated[
-        Optional[str], typer.Option("-q", "--query", metavar="TEXT", help="Full-text search of prompts and answers, best first.")
+        str | None,
+        typer.Option("-q", "--query", metavar="TEXT", help="Full-text search of prompts and answers, best first."),
     ] = None,
     json_output: Json = False,
 ) -> None:
@@ -166,14 +170,20 @@ def logs(
             return
         lines = []
         if total is not None:
-            lines.append(f"conversation {conversation}: {total.turns} turns, {cost_text(total.priced_usd, total.unpriced_calls, total.calls)}")
+            lines.append(
+                f"conversation {conversation}: {total.turns} turns, {cost_text(total.priced_usd, total.unpriced_calls, total.calls)}"
+            )
         for turn in turns:
             status = "" if turn.status == "ok" else f" [{turn.status}]"
             prompt = " ".join(turn.prompt.split())
             prompt = prompt if len(prompt) <= 60 else prompt[:59] + "…"
-            lines.append(f"{turn.id:>6}  {_when(turn.started_at)}  {turn.conversation_id}  {_cost(turn)}{status}  {prompt}")
+            lines.append(
+                f"{turn.id:>6}  {_when(turn.started_at)}  {turn.conversation_id}  {_cost(turn)}{status}  {prompt}"
+            )
         if not turns:
-            sys.stderr.write("moa: no turns match\n" if (query or model or since or cid) else "moa: nothing logged yet\n")
+            sys.stderr.write(
+                "moa: no turns match\n" if (query or model or since or cid) else "moa: nothing logged yet\n"
+            )
         else:
             sys.stdout.write("\n".join(lines) + "\n")
 
@@ -197,9 +207,12 @@ def turn_markdown(turn: TurnRecord, *, proposals: bool = False, heading: str = "
                 info = f"{call.duration or 0:.1f}s"
                 if call.completion_tokens is not None:
                     info += f" · {call.completion_tokens} tokens"
-                info += f" · {call.cost_usd and f'${call.cost_usd:.6f}'.rstrip('0') or ('$0' if call.cost_usd == 0 else 'unpriced')}"
+                info += f" · {(call.cost_usd and f'${call.cost_usd:.6f}'.rstrip('0')) or ('$0' if call.cost_usd == 0 else 'unpriced')}"
                 lines += [f"**{call.spec}** ({info})", ""]
-                lines += [call.text.strip() if call.text is not None else f"*failed ({call.error_kind}): {call.error}*", ""]
+                lines += [
+                    call.text.strip() if call.text is not None else f"*failed ({call.error_kind}): {call.error}*",
+                    "",
+                ]
     return "\n".join(lines)
 
 
@@ -241,8 +254,12 @@ def _print_markdown(text: str) -> None:
 
 @app.command("show")
 def show(
-    ref: Annotated[str, typer.Argument(metavar="ID", help="A turn (its number) or a conversation (its id or a prefix).")],
-    proposals: Annotated[bool, typer.Option("--proposals", help="Add what every reference said, layer by layer.")] = False,
+    ref: Annotated[
+        str, typer.Argument(metavar="ID", help="A turn (its number) or a conversation (its id or a prefix).")
+    ],
+    proposals: Annotated[
+        bool, typer.Option("--proposals", help="Add what every reference said, layer by layer.")
+    ] = False,
     json_output: Json = False,
 ) -> None:
     """A turn or a whole conversation, rendered as Markdown."""
@@ -262,8 +279,12 @@ def show(
 
 @app.command("export")
 def export(
-    ref: Annotated[str, typer.Argument(metavar="ID", help="A turn (its number) or a conversation (its id or a prefix).")],
-    fmt: Annotated[str, typer.Option("--format", "-f", metavar="md|json", help="md (with the proposals) or json (everything).")] = "md",
+    ref: Annotated[
+        str, typer.Argument(metavar="ID", help="A turn (its number) or a conversation (its id or a prefix).")
+    ],
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", metavar="md|json", help="md (with the proposals) or json (everything).")
+    ] = "md",
     json_output: Json = False,
 ) -> None:
     """Everything about a turn or a conversation, as Markdown or JSON, on stdout."""
@@ -293,8 +314,8 @@ def export(
 
 @app.command("rm")
 def rm(
-    ref: Annotated[Optional[str], typer.Argument(metavar="ID", help="A turn (its number) or a conversation.")] = None,
-    before: Annotated[Optional[str], typer.Option("--before", metavar="DATE", help="Every turn before DATE.")] = None,
+    ref: Annotated[str | None, typer.Argument(metavar="ID", help="A turn (its number) or a conversation.")] = None,
+    before: Annotated[str | None, typer.Option("--before", metavar="DATE", help="Every turn before DATE.")] = None,
     json_output: Json = False,
 ) -> None:
     """Delete a turn, a conversation, or every turn before a date: for real, search index included."""
@@ -341,7 +362,10 @@ def backup(
 @app.command("cost")
 def cost(
     since: Since = None,
-    by: Annotated[Optional[str], typer.Option("--by", metavar="day|model|conversation", help="One line per day, model or conversation.")] = None,
+    by: Annotated[
+        str | None,
+        typer.Option("--by", metavar="day|model|conversation", help="One line per day, model or conversation."),
+    ] = None,
     json_output: Json = False,
 ) -> None:
     """What the logged turns cost. Unknown prices are never counted as 0."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,8 +19,13 @@ from moa_cli.errors import ConfigError
 
 
 def trace(
-    turn_id: Annotated[Optional[int], typer.Argument(metavar="TURN_ID", help="A turn's number (moa logs lists them); default the latest.")] = None,
-    svg: Annotated[Optional[Path], typer.Option("--svg", metavar="FILE", help="Also write the picture as an SVG file.", dir_okay=False)] = None,
+    turn_id: Annotated[
+        int | None, typer.Argument(metavar="TURN_ID", help="A turn's number (moa logs lists them); default the latest.")
+    ] = None,
+    svg: Annotated[
+        Path | None,
+        typer.Option("--svg", metavar="FILE", help="Also write the picture as an SVG file.", dir_okay=False),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the timeline as JSON instead.")] = False,
 ) -> None:
     """Draw the timeline of a turn: one bar per model call, grouped by layer."""
