@@ -9,6 +9,10 @@ injected latencies; moa talks to it through the real together SDK.
     layer's slowest call, plus the aggregator), 4 references, rounds=2. Target <= 20 ms.
 (b) scaling: time of a layer of 16 references / a layer of 2. Target <= 1.1.
 (c) start-up: cold wall time of `moa --help` and `moa --version`. Target <= 0.3 s.
+(d) the end of a turn: `moa ask` with stdout on a pipe, from the answer's last byte to
+    stdout's end-of-file and to the process's exit. Target <= 50 ms.
+(e) start-up to the first request: from spawning `moa ask` to its first connection to the
+    server (a bare listening socket here). Target <= 0.5 s.
 """
 
 from __future__ import annotations
@@ -180,10 +184,79 @@ def bench_startup(runs: int = 7) -> None:
               f" over {runs} runs (target <= 0.3 s)")
 
 
+def _moa_command() -> list[str]:
+    moa = Path(sys.executable).with_name("moa")
+    return [str(moa)] if moa.exists() else [sys.executable, "-m", "moa_cli"]
+
+
+def bench_end_of_turn(runs: int = 7) -> None:
+    """The answer's last byte on stdout -> stdout's end-of-file, and -> the process's exit."""
+    to_eof, to_exit = [], []
+    for i in range(runs):
+        proc = subprocess.Popen(
+            [*_moa_command(), "ask", "-r", "ref-a,ref-b", "-a", "judge", f"end {i}"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        )
+        assert proc.stdout is not None
+        last = eof = 0.0
+        while True:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            now = time.monotonic()
+            if not chunk:
+                eof = now
+                break
+            if chunk.strip():
+                last = now
+        proc.wait()
+        exited = time.monotonic()
+        proc.stdout.close()
+        to_eof.append(eof - last)
+        to_exit.append(exited - last)
+    print(f"(d) end of a turn: last answer byte -> stdout EOF median {statistics.median(to_eof) * 1000:.0f} ms, "
+          f"-> exit median {statistics.median(to_exit) * 1000:.0f} ms (min {min(to_exit) * 1000:.0f}) over {runs} runs"
+          "  (target <= 50 ms)")
+
+
+def bench_first_request(runs: int = 7) -> None:
+    """Spawning `moa ask` -> its first connection to the API (a socket that only listens)."""
+    import socket
+
+    times = []
+    for i in range(runs):
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            listener.settimeout(30)
+            env = {**os.environ, "TOGETHER_BASE_URL": f"http://127.0.0.1:{listener.getsockname()[1]}"}
+            started = time.monotonic()
+            proc = subprocess.Popen([*_moa_command(), "ask", "-r", "ref-a,ref-b", "-a", "judge", f"start {i}"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                    env=env)
+            connection, _ = listener.accept()
+            times.append(time.monotonic() - started)
+            connection.close()
+            proc.kill()
+            proc.wait()
+    print(f"(e) start-up to the first request: median {statistics.median(times):.3f} s, min {min(times):.3f} s"
+          f" over {runs} runs (target <= 0.5 s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=10)
+    parser.add_argument("--ends-only", action="store_true", help="only (d) and (e): the end of a turn, start-up")
     args = parser.parse_args()
+    if args.ends_only:
+        proc, base_url = start_server(dict(LATENCIES))
+        try:
+            with tempfile.TemporaryDirectory() as home:
+                configure_env(base_url, home)
+                bench_end_of_turn()
+                bench_first_request()
+                print(f"    {os.getloadavg()[0]:.1f} load average (1 min) on {os.cpu_count()} CPUs")
+        finally:
+            proc.terminate()
+        return
     models = dict(LATENCIES)
     models.update({f"wide-{i}": (0.3, 0.01) for i in range(16)})  # ~100 tokens/s each
     proc, base_url = start_server(models)
@@ -193,6 +266,9 @@ def main() -> None:
             bench_overhead(args.turns)
             bench_scaling(max(3, args.turns // 2))
             bench_startup()
+            bench_end_of_turn()
+            bench_first_request()
+        print(f"    {os.getloadavg()[0]:.1f} load average (1 min) on {os.cpu_count()} CPUs")
     finally:
         proc.terminate()
 
