@@ -109,14 +109,15 @@ _WORD = re.compile(r"[^\W\d_]")
 
 
 def parse_choice(text: str, count: int) -> int | None:
-    """The answer number (1..count) a selection reply ends on, or None if it names none.
+    """The answer number (1..count) a selection reply's first line ends on, or None if none.
 
     "2", "Response 2.", "<response_2>", "**2**" and "The best response is 2." name 2. A reply
     that goes on in words after its first number ("1. The Barber Paradox…": a small model
     starting a list of its own) names nothing, nor do "0", "7 of 3" or "none".
     """
-    match = _NUMBER.search(text)
-    if match is None or _WORD.search(text, match.end()):
+    line = next((line for line in text.splitlines() if line.strip()), "")  # "2\n\nBecause …" names 2
+    match = _NUMBER.search(line)
+    if match is None or _WORD.search(line, match.end()):
         return None
     number = int(match.group(1))
     return number if 1 <= number <= count else None

@@ -55,6 +55,8 @@ def scripted(judge: str | Step) -> ScriptedProvider:
         ("The best response is 3 because", None),
         ("1. Rain falls", None),  # a list of its own, not a choice
         ("1. The Barber Paradox: This is", None),
+        ("1\n\nThe response is 1", 1),
+        ("Response 3\nIt follows every instruction.", 3),
         ("0", None),
         ("4", None),
         ("7 of 3", None),
