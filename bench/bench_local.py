@@ -125,7 +125,7 @@ def warm_turns(settings: Any, repeat: int, marks: list[tuple[float, float]] | No
                 started = time.perf_counter()
                 first: dict[str, float] = {}
 
-                def on_event(event: Event) -> None:
+                def on_event(event: Event, first: dict[str, float] = first, started: float = started) -> None:
                     kind = "draft" if isinstance(event, CallDelta) else "answer" if isinstance(event, AnswerDelta) else None
                     if kind and kind not in first:
                         first[kind] = time.perf_counter() - started
@@ -213,7 +213,7 @@ def main() -> None:
         settings = load_settings({"max_tokens": args.max_tokens}, env, force_local=True)
         marks: list[tuple[float, float]] = []
         local_warm = warm_turns(settings, args.repeat, marks)
-    for (seconds, result), (draft, answer) in zip(local_warm, marks):
+    for (seconds, result), (draft, answer) in zip(local_warm, marks, strict=True):
         print(f"  warm turn                 {seconds:6.2f} s   first draft text {draft:5.2f} s, "
               f"first answer text {answer:5.2f} s, {describe(result)}")
     print(f"  median warm turn          {statistics.median(s for s, _ in local_warm):6.2f} s   "
