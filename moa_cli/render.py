@@ -136,7 +136,7 @@ class ProgressView:
             live.stop()
 
     def handle(self, event: Event) -> None:
-        if isinstance(event, TurnDone):
+        if isinstance(event, (TurnDone, TurnWarning)):  # not a call's: TurnView says warnings
             return
         with self._lock:
             if isinstance(event, CallStarted):

@@ -200,13 +200,14 @@ def _set_up_llama_cpp(verbose: bool) -> type[Llama]:
                     if self.stop is not None and self.stop.is_set():
                         raise _Stopped
                     batch = tokens[start : start + self.n_batch]
-                    threads = self.prompt_threads.choose() if self.prompt_threads and len(batch) > 1 else 0
-                    if threads:  # one token is generation: its threads never change
+                    chooser = self.prompt_threads if len(batch) > 1 else None  # one token: generation
+                    threads = chooser.choose() if chooser is not None else 0
+                    if threads:
                         self._ctx.set_n_threads(self.n_threads, threads)
                     began = time.perf_counter()
                     super().eval(batch)
-                    if threads:
-                        self.prompt_threads.record(threads, len(batch), time.perf_counter() - began)
+                    if chooser is not None and threads:
+                        chooser.record(threads, len(batch), time.perf_counter() - began)
 
         _llama_class = StoppableLlama
     return _llama_class

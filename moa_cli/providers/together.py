@@ -38,11 +38,11 @@ def _resources_on_demand() -> None:
     loader = spec.loader
 
     def load_all(name: str) -> Any:
-        del module.__getattr__  # type: ignore[attr-defined]
+        del vars(module)["__getattr__"]
         loader.exec_module(module)
         return getattr(module, name)
 
-    module.__getattr__ = load_all  # type: ignore[attr-defined]
+    vars(module)["__getattr__"] = load_all  # a module's __getattr__: PEP 562
     sys.modules["together.resources"] = module
 
 
