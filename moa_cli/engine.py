@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from moa_cli.events import (
     AnswerDelta,
@@ -39,7 +39,7 @@ from moa_cli.logs import logger  # disabled until the CLI configures it
 from moa_cli.aggregation import aggregate
 from moa_cli.prompts import inject_references
 from moa_cli.settings import DEFAULTS, SPECS
-from moa_cli.providers.base import Provider
+from moa_cli.providers.base import Provider, StreamItem
 from moa_cli.types import CallInfo, CompletionRequest, Finish, Message, Proposal, TurnResult, Usage
 
 EventSink = Callable[[Event], None]
@@ -150,7 +150,8 @@ class _Turn:
             logger.debug("layer {} call {} -> {} ({} messages)", call.layer, call.model, provider.name, len(messages))
             self._enter(provider.name, call)
             self.emit(CallStarted(call))
-            stream = provider.stream(request)
+            # Every provider's stream is an async generator: aclose() ends it where it stands.
+            stream = cast(AsyncGenerator[StreamItem, None], provider.stream(request))
             try:
                 while True:
                     # Only the provider's errors are this model's failure; an error raised by

@@ -176,7 +176,7 @@ def _set_up_llama_cpp(verbose: bool) -> type[Llama]:
     # llama.cpp quiet, so the redirect is turned into a no-op.
     for module in (llama_cpp.llama, llama_cpp._internals):
         if hasattr(module, "suppress_stdout_stderr"):
-            module.suppress_stdout_stderr = lambda disable=True: contextlib.nullcontext()
+            setattr(module, "suppress_stdout_stderr", lambda disable=True: contextlib.nullcontext())  # noqa: B010
 
     if _llama_class is None:
 

@@ -357,7 +357,8 @@ def _logged_turns(state: ChatState, *, with_calls: bool = False) -> list[Any] | 
             turns = store.turns(limit=10_000, conversation_id=state.conversation_id)[::-1]
             if with_calls:
                 for turn in turns:
-                    turn.calls = store.calls(turn.id)
+                    if turn.id is not None:
+                        turn.calls = store.calls(turn.id)
             return turns
     except StoreError:
         return None
@@ -376,7 +377,8 @@ def _history(state: ChatState, arg: str, console: Console) -> Outcome:
         status = "" if turn.status == "ok" else f" [{turn.status}]"
         cost = cost_text(turn.priced_usd, turn.unpriced_calls)
         console.print(f"{turn.seq:>3}. turn {turn.id}  {cost}{status}  {prompt}", markup=False, highlight=False)
-    note(console, f"conversation {state.conversation_id} · moa logs show {state.conversation_id[:10]} shows it all")
+    cid = state.conversation_id or ""
+    note(console, f"conversation {cid} · moa logs show {cid[:10]} shows it all")
     return Outcome.CONTINUE
 
 
@@ -417,9 +419,9 @@ def _usage(state: ChatState, arg: str, console: Console) -> Outcome:
         note(console, "no turn yet")
         return Outcome.CONTINUE
     last = turns[-1]
-    tokens = "unknown" if last.total_tokens is None else f"{last.total_tokens:,}"
+    token_text = "unknown" if last.total_tokens is None else f"{last.total_tokens:,}"
     console.print(
-        f"last turn ({last.status}): {tokens} tokens, {cost_text(last.priced_usd, last.unpriced_calls, len(last.calls) or None)}",
+        f"last turn ({last.status}): {token_text} tokens, {cost_text(last.priced_usd, last.unpriced_calls, len(last.calls) or None)}",
         markup=False,
         highlight=False,
     )
