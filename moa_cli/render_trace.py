@@ -1,7 +1,7 @@
 """The picture of a turn (`moa trace`, `/trace`): a rich renderable over `trace.Timeline`.
 
     ─  waiting for the first token      ┃  the first token      ━  streaming
-    ✗  failed (its kind in words)       ✂  cut at the layer deadline or at max_tokens
+    ✗  failed (its kind in words)       ✂  cut at the layer deadline, by the quorum, or at max_tokens
 
 Each bar is labelled with seconds, tokens and cost; the call each layer waited for is
 marked "◀ slowest", and the last line says where the time and the money went.
@@ -20,7 +20,7 @@ from moa_cli.pricing import format_usd
 from moa_cli.trace import Bar, Timeline
 
 WAIT, FIRST, STREAM, FAILED, CUT = "─", "┃", "━", "✗", "✂"
-_STYLE = {"ok": "green", "length": "yellow", "deadline": "yellow", "failed": "red"}
+_STYLE = {"ok": "green", "length": "yellow", "deadline": "yellow", "quorum": "yellow", "failed": "red"}
 
 
 def _info(bar: Bar) -> str:
@@ -51,7 +51,7 @@ def _track(bar: Bar, scale: float, width: int) -> Text:
     for i in range(start, end + 1):
         if i == end and bar.state in ("failed",):
             text.append(FAILED, style="bold red")
-        elif i == end and bar.state in ("deadline", "length"):
+        elif i == end and bar.state in ("deadline", "quorum", "length"):
             text.append(CUT, style="bold yellow")
         elif first is not None and i == first:
             text.append(FIRST, style=f"bold {style}")
@@ -127,7 +127,7 @@ class TraceView:
         if priciest is not None and tl.cost.priced_usd > 0:
             share = 100 * (priciest.cost_usd or 0.0) / tl.cost.priced_usd
             parts.append(f"most of the cost: {priciest.model} ({format_usd(priciest.cost_usd or 0.0)}, {share:.0f}%)")
-        failed = [b for b in tl.bars if b.state in ("failed", "deadline")]
+        failed = [b for b in tl.bars if b.state in ("failed", "deadline", "quorum")]
         if failed:
             parts.append("left out: " + ", ".join(f"{b.model} ({b.what})" for b in failed))
         if tl.error and tl.status != "ok":

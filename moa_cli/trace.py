@@ -30,7 +30,7 @@ class Bar:
     start: float
     end: float
     first_token: float | None  # when its first token arrived, if it did
-    state: str  # "ok", "failed", "deadline" (cut at the layer deadline), "length" (cut at max_tokens)
+    state: str  # "ok", "failed", "deadline" (cut at the layer deadline), "quorum" (cut by the quorum), "length" (cut at max_tokens)
     kind: str | None  # the failure's kind
     error: str | None
     tokens: int | None  # completion tokens, when the provider reported them
@@ -50,6 +50,8 @@ class Bar:
             return "cut at max_tokens"
         if self.state == "deadline":
             return "cut at the deadline"
+        if self.state == "quorum":
+            return "cut by the quorum"
         return KIND_WORDS.get(self.kind or "other", "failed")
 
 
@@ -89,7 +91,7 @@ def _bar(call: CallRecord) -> Bar:
     end = start + (call.duration or 0.0)
     first = start + call.first_token if call.first_token is not None else None
     if call.error is not None:
-        state = "deadline" if call.error_kind == "deadline" else "failed"
+        state = call.error_kind if call.error_kind in ("deadline", "quorum") else "failed"
     elif call.finish_reason == "length":
         state = "length"
     else:

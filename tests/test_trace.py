@@ -26,8 +26,12 @@ def _run_turn(home: Path) -> TurnRecord:
     provider.set_default(
         "judge", Step("the final answer comes word by word", delay=0.05, piece_delay=0.04, usage=Usage(50, 30, 80))
     )
-    moa = MoA(references=["fast-ref", "broken-ref", "slow-ref"], aggregator="judge", layer_deadline=0.3)
-    moa._pool = ScriptedRouter(provider)  # type: ignore[assignment]
+    moa = MoA(
+        references=["fast-ref", "broken-ref", "slow-ref"],
+        aggregator="judge",
+        layer_deadline=0.3,
+        router=ScriptedRouter(provider),
+    )
     result = asyncio.run(moa.arun("Where does the time go?"))
     assert result.answer == "the final answer comes word by word"
     flush_all()
@@ -87,6 +91,21 @@ def test_a_failed_turn_and_a_narrow_screen() -> None:
     assert f"({KIND_WORDS['auth']})" in screen.replace("\n", " ")
     assert "every reference model failed" in " ".join(screen.split())
     assert all(len(line) <= 50 for line in screen.splitlines())
+
+
+def test_a_call_cut_by_the_quorum_is_drawn_as_a_cut() -> None:
+    turn = TurnRecord("C", "q", "ok", 0.0, duration=2.0, calls=[
+        CallRecord(1, 0, "proposer", "quick", "p", "m", text="a", started=0.0, duration=0.5),
+        CallRecord(1, 1, "proposer", "straggler", "p", "m", error="cut by the quorum (1 of 2 answered, quorum 1)",
+                   error_kind="quorum", started=0.0, duration=0.5),
+        CallRecord(2, 0, "aggregator", "judge", "p", "m", text="b", started=0.5, duration=1.5),
+    ], id=4)  # fmt: skip
+    picture = timeline(turn)
+    bars = {b.model: b for b in picture.bars}
+    assert bars["straggler"].state == "quorum" and bars["straggler"].what == "cut by the quorum"
+    screen = render_text(picture, width=100)
+    row = next(line for line in screen.splitlines() if "straggler" in line)
+    assert "✂" in row and "✗" not in row and "cut by the quorum" in row
 
 
 def test_repl_commands_history_usage_trace_estimate(moa, llm_server, moa_home: Path) -> None:  # type: ignore[no-untyped-def]

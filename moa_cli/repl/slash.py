@@ -142,7 +142,8 @@ def lineup_lines(settings: Settings) -> list[str]:
     deadline = f"{s.layer_deadline:g}s" if s.layer_deadline else "off"
     lines.append(
         f"rounds {s.rounds} · temperature {s.temperature:g} · max_tokens {s.max_tokens} · "
-        f"layer_deadline {deadline} · multi-turn {'on' if s.multi_turn else 'off'}"
+        f"layer_deadline {deadline} · quorum {s.quorum or 'off'} · aggregation {s.aggregation} · "
+        f"multi-turn {'on' if s.multi_turn else 'off'}"
     )
     return lines
 
