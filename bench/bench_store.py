@@ -126,8 +126,7 @@ def overhead(turns: int = 60) -> tuple[float, float]:
     from moa_cli.store import flush_all
 
     def median(log: bool) -> float:
-        moa = MoA(references=["a", "b", "c", "d"], aggregator="j", log=log)
-        moa._pool = ScriptedRouter(ScriptedProvider())  # type: ignore[assignment]
+        moa = MoA(references=["a", "b", "c", "d"], aggregator="j", log=log, router=ScriptedRouter(ScriptedProvider()))
 
         async def run() -> list[float]:
             times = []

@@ -194,8 +194,7 @@ def test_a_provider_reported_cost_is_used_for_the_turn(tmp_path: Path, monkeypat
     provider.set_default("a", Step("from a", usage=Usage(10, 2, 12)))
     provider.set_default("b", Step("from b", usage=Usage(10, 2, 12, cost=0.5)))
     provider.set_default("j", Step("final", usage=Usage(10, 2, 12)))
-    moa = MoA(references=["a", "b"], aggregator="j")
-    moa._pool = ScriptedRouter(provider)  # type: ignore[assignment]
+    moa = MoA(references=["a", "b"], aggregator="j", router=ScriptedRouter(provider))
     result = asyncio.run(moa.arun("hi"))
     assert result.cost_usd is None and result.unpriced_calls == 1  # j has no price
     assert result.priced_usd == pytest.approx(0.5 + 12 * 1000 / 1e6)

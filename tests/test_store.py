@@ -159,8 +159,7 @@ def _moa_turn(home: Path, log: bool) -> float:
     from moa_cli.api import MoA
     from moa_cli.providers.scripted import ScriptedProvider, ScriptedRouter
 
-    moa = MoA(references=["a", "b", "c", "d"], aggregator="j", log=log)
-    moa._pool = ScriptedRouter(ScriptedProvider())  # type: ignore[assignment]
+    moa = MoA(references=["a", "b", "c", "d"], aggregator="j", log=log, router=ScriptedRouter(ScriptedProvider()))
 
     async def turns() -> list[float]:
         times = []
@@ -203,8 +202,7 @@ def test_nothing_secret_is_stored(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     provider = ScriptedProvider()
     provider.set_default("a", Step("x", error="auth", status=401, reason=f"HTTP 401 bad key {key}"))
     provider.set_default("j", Step(f"echo of {key} and http://user:hunter2pass@localhost:9/v1"))
-    moa = MoA(references=["a", "vllm:b"], aggregator="j")
-    moa._pool = ScriptedRouter(provider)  # type: ignore[assignment]
+    moa = MoA(references=["a", "vllm:b"], aggregator="j", router=ScriptedRouter(provider))
     asyncio.run(moa.arun(f"my key is {key}"))
     flush_all()
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("logs.db*"))
