@@ -77,7 +77,7 @@ class ServerProcess:
             "server.set_default('agg-paced', Reply(text=answer, token_delay=float(sys.argv[3])))\n"
             "server.serve_forever()\n"
         )
-        self._file = tempfile.NamedTemporaryFile("w", suffix=".md", delete=False)
+        self._file = tempfile.NamedTemporaryFile("w", suffix=".md", delete=False)  # noqa: SIM115 - removed in close()
         self._file.write(answer)
         self._file.close()
         self.proc = subprocess.Popen(
@@ -157,7 +157,7 @@ async def one_turn(base_url: str, view: bool, aggregator: str = "agg") -> float:
     aggregator_seconds: list[float] = []
     turn_view = None
     if view:
-        devnull = open(os.devnull, "w")
+        devnull = open(os.devnull, "w")  # noqa: SIM115 - kept open for the run
         terminal = Console(file=devnull, width=80, height=24, force_terminal=True, color_system="truecolor")
         progress = Console(file=devnull, width=80, height=24, force_terminal=True, color_system="truecolor")
         turn_view = TurnView(progress, terminal)
@@ -204,7 +204,8 @@ def bench_render(base_url: str, tokens: int, runs: int, answer: str) -> dict[str
     pieces = split_pieces(answer)
     alone = []
     for _ in range(runs):
-        terminal = Console(file=open(os.devnull, "w"), width=80, height=24, force_terminal=True, color_system="truecolor")
+        devnull = open(os.devnull, "w")  # noqa: SIM115 - the console writes to it for the whole run
+        terminal = Console(file=devnull, width=80, height=24, force_terminal=True, color_system="truecolor")
         answer_view = AnswerView(terminal, markdown=True)
         started = time.perf_counter()
         for piece in pieces:
@@ -278,16 +279,22 @@ def main() -> None:
     server = ServerProcess(answer, args.paced_rate)
     try:
         times = bench_startup(server.base_url, args.runs)
-        print(f"1. start-up to a usable prompt: median {statistics.median(times):.3f} s "
-              f"(min {min(times):.3f}, max {max(times):.3f}, {len(times)} runs)")
+        print(
+            f"1. start-up to a usable prompt: median {statistics.median(times):.3f} s "
+            f"(min {min(times):.3f}, max {max(times):.3f}, {len(times)} runs)"
+        )
 
         r = bench_render(server.base_url, args.tokens, max(3, args.runs // 2), answer)
-        print(f"2. {args.tokens}-token Markdown answer at full speed: raw stream {r['raw_s']:.3f} s, "
-              f"with the live view {r['view_s']:.3f} s -> overhead {r['overhead_pct']:+.1f}% "
-              f"({r['per_token_us']:.1f} µs per token)")
+        print(
+            f"2. {args.tokens}-token Markdown answer at full speed: raw stream {r['raw_s']:.3f} s, "
+            f"with the live view {r['view_s']:.3f} s -> overhead {r['overhead_pct']:+.1f}% "
+            f"({r['per_token_us']:.1f} µs per token)"
+        )
         rate = args.tokens / r["paced_raw_s"]
-        print(f"   paced like a fast hosted model ({rate:,.0f} tokens/s): raw {r['paced_raw_s']:.3f} s, "
-              f"with the live view {r['paced_view_s']:.3f} s -> overhead {r['paced_overhead_pct']:+.1f}%")
+        print(
+            f"   paced like a fast hosted model ({rate:,.0f} tokens/s): raw {r['paced_raw_s']:.3f} s, "
+            f"with the live view {r['paced_view_s']:.3f} s -> overhead {r['paced_overhead_pct']:+.1f}%"
+        )
         print(f"   renderer alone (no network): {r['alone_s']:.3f} s, {r['alone_per_token_us']:.1f} µs per token")
     finally:
         server.close()
@@ -299,8 +306,10 @@ def main() -> None:
         server.close()
     first, last = rss[1], rss[args.turns]
     marks = ", ".join(f"turn {t}: {kib / 1024:.1f} MiB" for t, kib in sorted(rss.items()))
-    print(f"3. REPL resident memory ({args.memory_tokens}-token answers): {marks}; "
-          f"growth from turn 1 to {args.turns}: {(last - first) / 1024:+.1f} MiB")
+    print(
+        f"3. REPL resident memory ({args.memory_tokens}-token answers): {marks}; "
+        f"growth from turn 1 to {args.turns}: {(last - first) / 1024:+.1f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ def bench_scaling(turns: int) -> None:
                     first: list[float] = []
                     last: list[float] = []
 
-                    def on_event(event: Event) -> None:
+                    def on_event(event: Event, first: list[float] = first, last: list[float] = last) -> None:
                         call = getattr(event, "call", None)
                         if call is None or call.is_aggregator:
                             return
@@ -137,10 +137,14 @@ def bench_scaling(turns: int) -> None:
 
     two, sixteen = layer_time(2), layer_time(16)
     raw_two, raw_sixteen = raw_layer_time(2, turns), raw_layer_time(16, turns)
-    print(f"(b) layer of 16 refs / layer of 2: {sixteen * 1000:.0f} ms / {two * 1000:.0f} ms = {sixteen / two:.3f}"
-          "  (target <= 1.1)")
-    print(f"    floor, the same streams read with bare httpx: {raw_sixteen / raw_two:.3f}"
-          " (fake server and client share 2 cores)")
+    print(
+        f"(b) layer of 16 refs / layer of 2: {sixteen * 1000:.0f} ms / {two * 1000:.0f} ms = {sixteen / two:.3f}"
+        "  (target <= 1.1)"
+    )
+    print(
+        f"    floor, the same streams read with bare httpx: {raw_sixteen / raw_two:.3f}"
+        " (fake server and client share 2 cores)"
+    )
 
 
 def raw_layer_time(n: int, turns: int) -> float:
@@ -180,8 +184,10 @@ def bench_startup(runs: int = 7) -> None:
             started = time.perf_counter()
             subprocess.run([*command, *args], capture_output=True, check=True)
             times.append(time.perf_counter() - started)
-        print(f"(c) moa {args[0]:<9}: median {statistics.median(times):.3f} s, min {min(times):.3f} s"
-              f" over {runs} runs (target <= 0.3 s)")
+        print(
+            f"(c) moa {args[0]:<9}: median {statistics.median(times):.3f} s, min {min(times):.3f} s"
+            f" over {runs} runs (target <= 0.3 s)"
+        )
 
 
 def _moa_command() -> list[str]:
@@ -195,7 +201,9 @@ def bench_end_of_turn(runs: int = 7) -> None:
     for i in range(runs):
         proc = subprocess.Popen(
             [*_moa_command(), "ask", "-r", "ref-a,ref-b", "-a", "judge", f"end {i}"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
         )
         assert proc.stdout is not None
         last = eof = 0.0
@@ -212,9 +220,11 @@ def bench_end_of_turn(runs: int = 7) -> None:
         proc.stdout.close()
         to_eof.append(eof - last)
         to_exit.append(exited - last)
-    print(f"(d) end of a turn: last answer byte -> stdout EOF median {statistics.median(to_eof) * 1000:.0f} ms, "
-          f"-> exit median {statistics.median(to_exit) * 1000:.0f} ms (min {min(to_exit) * 1000:.0f}) over {runs} runs"
-          "  (target <= 50 ms)")
+    print(
+        f"(d) end of a turn: last answer byte -> stdout EOF median {statistics.median(to_eof) * 1000:.0f} ms, "
+        f"-> exit median {statistics.median(to_exit) * 1000:.0f} ms (min {min(to_exit) * 1000:.0f}) over {runs} runs"
+        "  (target <= 50 ms)"
+    )
 
 
 def bench_first_request(runs: int = 7) -> None:
@@ -229,16 +239,22 @@ def bench_first_request(runs: int = 7) -> None:
             listener.settimeout(30)
             env = {**os.environ, "TOGETHER_BASE_URL": f"http://127.0.0.1:{listener.getsockname()[1]}"}
             started = time.monotonic()
-            proc = subprocess.Popen([*_moa_command(), "ask", "-r", "ref-a,ref-b", "-a", "judge", f"start {i}"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                                    env=env)
+            proc = subprocess.Popen(
+                [*_moa_command(), "ask", "-r", "ref-a,ref-b", "-a", "judge", f"start {i}"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
             connection, _ = listener.accept()
             times.append(time.monotonic() - started)
             connection.close()
             proc.kill()
             proc.wait()
-    print(f"(e) start-up to the first request: median {statistics.median(times):.3f} s, min {min(times):.3f} s"
-          f" over {runs} runs (target <= 0.5 s)")
+    print(
+        f"(e) start-up to the first request: median {statistics.median(times):.3f} s, min {min(times):.3f} s"
+        f" over {runs} runs (target <= 0.5 s)"
+    )
 
 
 def main() -> None:

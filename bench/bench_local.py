@@ -78,26 +78,33 @@ async def model_speed() -> None:
 
     started = time.perf_counter()
     await run([{"role": "user", "content": "Hi"}], 1, 1)
-    print(f"  load + first call         {time.perf_counter() - started:6.2f} s  "
-          f"(context {local.MAX_CONTEXT}, batch {local.PROMPT_BATCH}, threads {local.generation_threads()}, prompt {local.batch_threads()})")
+    print(
+        f"  load + first call         {time.perf_counter() - started:6.2f} s  "
+        f"(context {local.MAX_CONTEXT}, batch {local.PROMPT_BATCH}, threads {local.generation_threads()}, prompt {local.batch_threads()})"
+    )
 
     # An aggregator-sized prompt: the instructions plus three ~250-token answers.
     answer = " ".join(["Sunlight is scattered by the molecules of the air, and blue light most of all."] * 16)
     system = "\n\n".join(f"<response_{n}>\n{answer}\n</response_{n}>" for n in (1, 2, 3))
     speeds = []
     for seed in (1, 2):  # distinct first lines: no part of the prompt comes from llama.cpp's cache
-        ttft, _, usage = await run([{"role": "system", "content": f"Run {seed}.\n\n{system}"},
-                                    {"role": "user", "content": QUESTION}], 1, seed)
+        ttft, _, usage = await run(
+            [{"role": "system", "content": f"Run {seed}.\n\n{system}"}, {"role": "user", "content": QUESTION}], 1, seed
+        )
         speeds.append((usage.prompt_tokens or 0) / ttft)
-    print(f"  prompt evaluation         {statistics.median(speeds):6.0f} tokens/s  "
-          f"({usage.prompt_tokens} tokens, median of 2)")
+    print(
+        f"  prompt evaluation         {statistics.median(speeds):6.0f} tokens/s  "
+        f"({usage.prompt_tokens} tokens, median of 2)"
+    )
 
     speeds = []
     for seed in (1, 2, 3):
         ttft, total, usage = await run([{"role": "user", "content": STORY}], 128, seed)
         speeds.append(((usage.completion_tokens or 1) - 1) / (total - ttft))
-    print(f"  generation                {statistics.median(speeds):6.1f} tokens/s  "
-          f"(128 tokens, median of 3: {', '.join(f'{s:.1f}' for s in speeds)})")
+    print(
+        f"  generation                {statistics.median(speeds):6.1f} tokens/s  "
+        f"(128 tokens, median of 3: {', '.join(f'{s:.1f}' for s in speeds)})"
+    )
 
 
 # ---------------------------------------------------------------------------- 2/3. whole turns
@@ -105,8 +112,15 @@ async def model_speed() -> None:
 
 def cli_turn(args: list[str], env: dict[str, str]) -> tuple[float, dict[str, Any]]:
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "moa_cli", "ask", "--json", *args, QUESTION], env=env, cwd=ROOT,
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "moa_cli", "ask", "--json", *args, QUESTION],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=900,
+    )
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"moa ask failed ({proc.returncode}): {proc.stderr.strip()}")
@@ -126,7 +140,13 @@ def warm_turns(settings: Any, repeat: int, marks: list[tuple[float, float]] | No
                 first: dict[str, float] = {}
 
                 def on_event(event: Event, first: dict[str, float] = first, started: float = started) -> None:
-                    kind = "draft" if isinstance(event, CallDelta) else "answer" if isinstance(event, AnswerDelta) else None
+                    kind = (
+                        "draft"
+                        if isinstance(event, CallDelta)
+                        else "answer"
+                        if isinstance(event, AnswerDelta)
+                        else None
+                    )
                     if kind and kind not in first:
                         first[kind] = time.perf_counter() - started
 
@@ -159,17 +179,41 @@ def start_server(model: Path, port: int, threads: int, threads_batch: int) -> tu
 
     started = time.perf_counter()
     server = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "smollm2",
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(local.MAX_CONTEXT),
-         "--n_batch", str(local.PROMPT_BATCH), "--n_threads", str(threads), "--n_threads_batch", str(threads_batch),
-         # By default a new request interrupts the one running: MoA's parallel references would cut each other.
-         "--interrupt_requests", "False", "--verbose", "False"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model),
+            "--model_alias",
+            "smollm2",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            str(local.MAX_CONTEXT),
+            "--n_batch",
+            str(local.PROMPT_BATCH),
+            "--n_threads",
+            str(threads),
+            "--n_threads_batch",
+            str(threads_batch),
+            # By default a new request interrupts the one running: MoA's parallel references would cut each other.
+            "--interrupt_requests",
+            "False",
+            "--verbose",
+            "False",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise SystemExit(f"llama_cpp.server exited: {server.stderr.read().decode()[-2000:] if server.stderr else ''}")
+            raise SystemExit(
+                f"llama_cpp.server exited: {server.stderr.read().decode()[-2000:] if server.stderr else ''}"
+            )
         try:
             if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
                 return server, time.perf_counter() - started
@@ -214,19 +258,22 @@ def main() -> None:
         marks: list[tuple[float, float]] = []
         local_warm = warm_turns(settings, args.repeat, marks)
     for (seconds, result), (draft, answer) in zip(local_warm, marks, strict=True):
-        print(f"  warm turn                 {seconds:6.2f} s   first draft text {draft:5.2f} s, "
-              f"first answer text {answer:5.2f} s, {describe(result)}")
-    print(f"  median warm turn          {statistics.median(s for s, _ in local_warm):6.2f} s   "
-          f"first draft text {statistics.median(d for d, _ in marks):5.2f} s, "
-          f"first answer text {statistics.median(a for _, a in marks):5.2f} s  ({load()})")
+        print(
+            f"  warm turn                 {seconds:6.2f} s   first draft text {draft:5.2f} s, "
+            f"first answer text {answer:5.2f} s, {describe(result)}"
+        )
+    print(
+        f"  median warm turn          {statistics.median(s for s, _ in local_warm):6.2f} s   "
+        f"first draft text {statistics.median(d for d, _ in marks):5.2f} s, "
+        f"first answer text {statistics.median(a for _, a in marks):5.2f} s  ({load()})"
+    )
     if args.no_http:
         return
 
     print("\n3. The same turn through python -m llama_cpp.server over HTTP")
     missing = [name for name in SERVER_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
-        print(f"  skipped: llama_cpp.server needs {', '.join(missing)} "
-              '(pip install "llama-cpp-python[server]")')
+        print(f'  skipped: llama_cpp.server needs {", ".join(missing)} (pip install "llama-cpp-python[server]")')
         return
     port = free_port()
     server, startup = start_server(model, port, threads, threads_batch)
@@ -238,12 +285,31 @@ def main() -> None:
                 f'[providers.llamacpp]\nkind = "openai"\nbase_url = "http://127.0.0.1:{port}/v1"\n'
             )
             spec = "llamacpp:smollm2"
-            flags = ["-r", spec, "-r", spec, "-r", spec, "-a", spec,
-                     "--max-tokens", str(args.max_tokens), "--seed", str(defaults.LOCAL_SEED)]
+            flags = [
+                "-r",
+                spec,
+                "-r",
+                spec,
+                "-r",
+                spec,
+                "-a",
+                spec,
+                "--max-tokens",
+                str(args.max_tokens),
+                "--seed",
+                str(defaults.LOCAL_SEED),
+            ]
             cold_http, result = cli_turn(flags, env)
             print(f"  moa ask (cold client)     {cold_http:6.2f} s   {describe(result)}")
-            settings = load_settings({"references": [spec] * 3, "aggregator": spec, "max_tokens": args.max_tokens,
-                                      "seed": defaults.LOCAL_SEED}, env)
+            settings = load_settings(
+                {
+                    "references": [spec] * 3,
+                    "aggregator": spec,
+                    "max_tokens": args.max_tokens,
+                    "seed": defaults.LOCAL_SEED,
+                },
+                env,
+            )
             http_warm = warm_turns(settings, args.repeat)
         for seconds, result in http_warm:
             print(f"  warm turn                 {seconds:6.2f} s   {describe(result)}")
@@ -254,10 +320,14 @@ def main() -> None:
     local_median = statistics.median(s for s, _ in local_warm)
     http_median = statistics.median(s for s, _ in http_warm)
     print("\nSummary")
-    print(f"  first answer from nothing: in-process {cold:.2f} s  vs  HTTP {startup + cold_http:.2f} s "
-          f"(server start-up {startup:.2f} s + turn {cold_http:.2f} s)")
-    print(f"  warm turn (median):        in-process {local_median:.2f} s  vs  HTTP {http_median:.2f} s  "
-          f"({http_median - local_median:+.2f} s, {100 * (http_median - local_median) / http_median:+.0f}% for HTTP)")
+    print(
+        f"  first answer from nothing: in-process {cold:.2f} s  vs  HTTP {startup + cold_http:.2f} s "
+        f"(server start-up {startup:.2f} s + turn {cold_http:.2f} s)"
+    )
+    print(
+        f"  warm turn (median):        in-process {local_median:.2f} s  vs  HTTP {http_median:.2f} s  "
+        f"({http_median - local_median:+.2f} s, {100 * (http_median - local_median) / http_median:+.0f}% for HTTP)"
+    )
     print(f"  {load()}")
 
 

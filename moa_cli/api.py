@@ -23,13 +23,15 @@ The CLI itself is built on this class.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, cast
 
-from moa_cli import logs  # noqa: F401  (importing it keeps the library quiet by default)
-from moa_cli import recorder
+from moa_cli import (
+    logs,  # noqa: F401  (importing it keeps the library quiet by default)
+    recorder,
+)
 from moa_cli.config import Settings, load_settings
 from moa_cli.engine import EventSink, Plan, Router, run_turn
 from moa_cli.events import AnswerDelta, Event
@@ -144,7 +146,9 @@ class MoA:
         unless the `log` setting is off; its cost is set on the result either way.
         """
         messages = build_messages(prompt, system or self.settings.system)
-        recording = await recorder.start(self.settings, messages, conversation_id=self.conversation_id, source=self.source)
+        recording = await recorder.start(
+            self.settings, messages, conversation_id=self.conversation_id, source=self.source
+        )
         on_event = recording.wrap(on_event)
         plan = self.plan
         if aggregator_sampling:

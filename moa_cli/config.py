@@ -153,7 +153,9 @@ class _File:
         where = f"{self.path}, line {self.text.count(chr(10), 0, match.start()) + 1}" if match else str(self.path)
         return ConfigError(f"{where}: {problem}")
 
-    def settings_table(self, table: Mapping[str, Any], *, context: str = "", lineup_only: bool = False) -> dict[str, Any]:
+    def settings_table(
+        self, table: Mapping[str, Any], *, context: str = "", lineup_only: bool = False
+    ) -> dict[str, Any]:
         """Setting values from a table of `key = value`, checked and typed."""
         aliases = by_key()
         values: dict[str, Any] = {}
@@ -213,12 +215,16 @@ class _File:
             raise self.error("models", f"[providers.{name}]: models must be a list of strings")
         cap = entry.get("max_concurrency")
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-            raise self.error("max_concurrency", f"[providers.{name}]: max_concurrency must be a whole number, 1 or more")
+            raise self.error(
+                "max_concurrency", f"[providers.{name}]: max_concurrency must be a whole number, 1 or more"
+            )
         threads = entry.get("threads")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 512):
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 512
+        ):
             raise self.error("threads", f"[providers.{name}]: threads must be a whole number from 1 to 512")
         if threads is not None and kind != "local":
-            raise self.error("threads", f"[providers.{name}]: threads is for local providers (kind = \"local\")")
+            raise self.error("threads", f'[providers.{name}]: threads is for local providers (kind = "local")')
         return ProviderConfig(name, kind, base_url or None, key_env or None, tuple(models), cap, threads)
 
     def lineups(self) -> dict[str, dict[str, Any]]:

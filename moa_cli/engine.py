@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol, cast
 
+from moa_cli.aggregation import aggregate
+from moa_cli.errors import BadResponse, DeadlineExceeded, EmptyAnswer, ProviderError, TurnFailed
 from moa_cli.events import (
     AnswerDelta,
     CallDelta,
@@ -34,12 +35,10 @@ from moa_cli.events import (
     Event,
     TurnDone,
 )
-from moa_cli.errors import BadResponse, DeadlineExceeded, EmptyAnswer, ProviderError, TurnFailed
 from moa_cli.logs import logger  # disabled until the CLI configures it
-from moa_cli.aggregation import aggregate
 from moa_cli.prompts import inject_references
-from moa_cli.settings import DEFAULTS, SPECS
 from moa_cli.providers.base import Provider, StreamItem
+from moa_cli.settings import DEFAULTS, SPECS
 from moa_cli.types import CallInfo, CompletionRequest, Finish, Message, Proposal, TurnResult, Usage
 
 EventSink = Callable[[Event], None]
@@ -162,7 +161,7 @@ class _Turn:
                         break
                     except ProviderError as exc:
                         return self._failed(call, exc, started)
-                    except Exception as exc:  # a provider bug must not crash the turn with a traceback
+                    except Exception as exc:  # noqa: BLE001 - a provider bug must not crash the turn
                         logger.opt(exception=exc).debug("unexpected error from {}", call.model)
                         error = ProviderError(call.model, f"unexpected error: {type(exc).__name__}: {exc}")
                         error.__cause__ = exc
@@ -296,7 +295,9 @@ class _Turn:
         proposals: list[Proposal] = []
         answers: list[str] = []
         for layer in range(1, self.plan.rounds + 1):
-            layer_messages = messages if layer == 1 else inject_references(messages, self.plan.aggregator_prompt, answers)
+            layer_messages = (
+                messages if layer == 1 else inject_references(messages, self.plan.aggregator_prompt, answers)
+            )
             results = await self.layer(layer, layer_messages)
             proposals.extend(results)
             answers = [p.text for p in results if p.text is not None]

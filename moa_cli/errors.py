@@ -141,9 +141,7 @@ class TurnFailed(MoaError):
     same one, else "other" (None). `aggregator` is True when the aggregator's call failed.
     """
 
-    def __init__(
-        self, message: str, failures: list[ProviderError] | None = None, *, aggregator: bool = False
-    ) -> None:
+    def __init__(self, message: str, failures: list[ProviderError] | None = None, *, aggregator: bool = False) -> None:
         super().__init__(message)
         self.failures: list[ProviderError] = list(failures or [])
         self.aggregator = aggregator

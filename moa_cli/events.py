@@ -7,7 +7,7 @@ The tags are public API: renaming one breaks front ends and users' callbacks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 from moa_cli.types import CallInfo, TurnResult, Usage
 
@@ -84,6 +84,4 @@ class TurnDone:
     type: Literal["turn_done"] = "turn_done"
 
 
-Event = Union[
-    CallStarted, CallFirstToken, CallDelta, AnswerDelta, CallFinished, CallFailed, TurnWarning, TurnDone
-]
+Event = CallStarted | CallFirstToken | CallDelta | AnswerDelta | CallFinished | CallFailed | TurnWarning | TurnDone

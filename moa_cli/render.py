@@ -29,6 +29,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from moa_cli.errors import KIND_WORDS
 from moa_cli.events import (
     AnswerDelta,
     CallDelta,
@@ -40,7 +41,6 @@ from moa_cli.events import (
     TurnDone,
     TurnWarning,
 )
-from moa_cli.errors import KIND_WORDS
 from moa_cli.redact import redact
 from moa_cli.types import CallInfo, TurnResult
 
@@ -202,7 +202,9 @@ class ProgressView:
         """The draft furthest along in the latest layer: a label, then its last lines that fit."""
         # The screen holds the rows, a blank line, the label, the draft and the cursor's line.
         room = console.size.height - len(rows) - 3
-        references = [r for r in rows if not r.call.is_aggregator and r.parts and r.state in ("running", "streaming", "done")]
+        references = [
+            r for r in rows if not r.call.is_aggregator and r.parts and r.state in ("running", "streaming", "done")
+        ]
         if room < 1 or not references:
             return
         latest = max(r.call.layer for r in references)
@@ -272,7 +274,12 @@ def split_blocks(text: str) -> tuple[list[str], str]:
 def _closes(line: str, fence: str) -> bool:
     """A closing fence: the opener's character, at least as many times, and nothing else."""
     match = _FENCE.match(line)
-    return bool(match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence) and not line[match.end() :].strip())
+    return bool(
+        match
+        and match.group(1)[0] == fence[0]
+        and len(match.group(1)) >= len(fence)
+        and not line[match.end() :].strip()
+    )
 
 
 def _open_fence_tail(text: str, keep: int) -> str:

@@ -458,9 +458,7 @@ def settable() -> dict[str, Spec]:
 def flag_specs(command: str) -> dict[str, Spec]:
     """The settings offered as options on `command`."""
     return {
-        name: spec
-        for name, spec in SPECS.items()
-        if spec.flags and (spec.commands is None or command in spec.commands)
+        name: spec for name, spec in SPECS.items() if spec.flags and (spec.commands is None or command in spec.commands)
     }
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from tests.fakes.fixtures import *  # noqa: F403  (llm_server, _fake_server)
 from tests.fakes.llm_server import FakeLLMServer
 
 ROOT = Path(__file__).resolve().parent.parent
+
 
 def _variables_to_clear() -> tuple[str, ...]:
     """Every variable moa reads (from the settings' declarations and the providers), plus
@@ -141,7 +142,9 @@ def moa(moa_env: dict[str, str]) -> Iterator[object]:
     """`moa(["ask", "hi"], input=...)` runs the CLI in-process against the fake server (fast:
     no interpreter start-up, the SDKs imported once per worker)."""
 
-    def call(args: list[str], *, input: str | None = None, env: dict[str, str | None] | None = None, timeout: float = 30):
+    def call(
+        args: list[str], *, input: str | None = None, env: dict[str, str | None] | None = None, timeout: float = 30
+    ):
         return run_in_process(args, env, input=input)
 
     yield call

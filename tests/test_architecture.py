@@ -35,10 +35,19 @@ FORBIDDEN: dict[str, set[str]] = {
     **{
         f"server/{name}": {"rich", "prompt_toolkit", "typer", "together", "openai", "llama_cpp"}
         for name in (
-            "__init__.py", "app.py", "auth.py", "errors.py", "lifecycle.py", "limits.py",
-            "models.py", "options.py", "schema.py", "sse.py", "turns.py",
+            "__init__.py",
+            "app.py",
+            "auth.py",
+            "errors.py",
+            "lifecycle.py",
+            "limits.py",
+            "models.py",
+            "options.py",
+            "schema.py",
+            "sse.py",
+            "turns.py",
         )
-    },  # fmt: skip
+    },
     # The REPL may use rich, prompt_toolkit, the engine and the API, but no SDK or Typer:
     # the command line is cli/chat.py's business.
     **{
@@ -167,4 +176,3 @@ def test_the_store_imports_only_plain_values_and_errors() -> None:
     }
     for module in ("engine.py", "api.py", "render.py"):
         assert not {n for n in moa_imports(PKG / module) if n.startswith("moa_cli.store")}, module
-

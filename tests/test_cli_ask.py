@@ -166,7 +166,9 @@ def test_no_prompt_exits_2(moa) -> None:
 
 
 def test_underscore_aliases_from_the_original_demo(moa, llm_server: FakeLLMServer) -> None:
-    proc = moa(["ask", "--reference_models", "alpha", "--aggregator", "judge", "--max_tokens", "7", "--num_proc", "1", "q"])
+    proc = moa(
+        ["ask", "--reference_models", "alpha", "--aggregator", "judge", "--max_tokens", "7", "--num_proc", "1", "q"]
+    )
     assert proc.returncode == 0, proc.stderr
     assert all(r.body["max_tokens"] == 7 for r in llm_server.requests)
 
@@ -190,7 +192,9 @@ def test_openai_compatible_provider_mixed_with_together(moa, llm_server: FakeLLM
     (moa_home / "config.toml").write_text(
         f'[providers.fakeai]\nkind = "openai"\nbase_url = "{llm_server.openai_base_url}"\napi_key_env = "FAKEAI_KEY"\n'
     )
-    proc = moa(["ask", "-r", "fakeai:llama3.2:1b,alpha", "-a", "fakeai:judge", "q"], env={"FAKEAI_KEY": "sk-fake-secret"})
+    proc = moa(
+        ["ask", "-r", "fakeai:llama3.2:1b,alpha", "-a", "fakeai:judge", "q"], env={"FAKEAI_KEY": "sk-fake-secret"}
+    )
     assert proc.returncode == 0, proc.stderr
     models = sorted(r.model for r in llm_server.requests)
     assert models == ["alpha", "judge", "llama3.2:1b"]
@@ -220,7 +224,9 @@ def test_flags_beat_env_beat_file(moa, llm_server: FakeLLMServer, moa_home: Path
 def test_version_and_help() -> None:
     version = subprocess.run([sys.executable, "-m", "moa_cli", "--version"], capture_output=True, text=True, timeout=30)
     assert version.returncode == 0 and version.stdout.startswith("moa ")
-    helped = subprocess.run([sys.executable, "-m", "moa_cli", "ask", "--help"], capture_output=True, text=True, timeout=30)
+    helped = subprocess.run(
+        [sys.executable, "-m", "moa_cli", "ask", "--help"], capture_output=True, text=True, timeout=30
+    )
     assert helped.returncode == 0 and "--reference-models" in helped.stdout and "--layer-deadline" in helped.stdout
 
 
@@ -268,7 +274,11 @@ def test_missing_aggregator_prompt_file_exits_2(moa, tmp_path: Path) -> None:
 def test_non_utf8_argument_is_replaced_not_fatal(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
     proc = subprocess.run(
         [sys.executable.encode(), b"-m", b"moa_cli", b"ask", b"-r", b"alpha", b"-a", b"judge", b"caf\xe9"],
-        env=moa_env, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+        env=moa_env,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
     )
     assert proc.returncode == 0, proc.stderr
     assert llm_server.requests_for("alpha")[0].last_user == "caf\ufffd"
@@ -277,7 +287,9 @@ def test_non_utf8_argument_is_replaced_not_fatal(moa_env: dict[str, str], llm_se
 def test_a_closed_pipe_ends_quietly(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
     llm_server.script("judge", Reply(text="line\n" * 2000))
     shell = f"{sys.executable} -m moa_cli ask -r alpha -a judge q | head -c 10"
-    proc = subprocess.run(["bash", "-o", "pipefail", "-c", shell], env=moa_env, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", shell], env=moa_env, cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
     assert proc.stdout == "line\nline\n"
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
     assert llm_server.requests_for("judge")  # it was the reader that stopped, not the model

@@ -9,8 +9,8 @@ import pytest
 from moa_cli import defaults
 from moa_cli.config import load_settings, resolve_paths, split_models
 from moa_cli.errors import ConfigError
-from moa_cli.settings import DEFAULTS
 from moa_cli.providers.registry import ProviderPool, split_spec
+from moa_cli.settings import DEFAULTS
 
 
 def env_for(home: Path, **extra: str) -> dict[str, str]:
@@ -63,13 +63,18 @@ def test_bad_config_files_name_the_problem(tmp_path: Path, text: str, needle: st
 def test_routing_by_provider_prefix(tmp_path: Path) -> None:
     names = ["together", "ollama", "local"]
     assert split_spec("ollama:llama3.2:1b", names, "together") == ("ollama", "llama3.2:1b")
-    assert split_spec("Qwen/Qwen2.5-72B-Instruct-Turbo", names, "together") == ("together", "Qwen/Qwen2.5-72B-Instruct-Turbo")
+    assert split_spec("Qwen/Qwen2.5-72B-Instruct-Turbo", names, "together") == (
+        "together",
+        "Qwen/Qwen2.5-72B-Instruct-Turbo",
+    )
     assert split_spec("llama3.2:1b", names, "together") == ("together", "llama3.2:1b")
     assert split_spec("local:/models/x.gguf", names, "together") == ("local", "/models/x.gguf")
 
 
 def test_default_provider_can_be_changed(tmp_path: Path) -> None:
-    (tmp_path / "config.toml").write_text('default_provider = "ollama"\naggregator = "qwen2.5:1.5b"\nreference_models = ["llama3.2:1b"]\n')
+    (tmp_path / "config.toml").write_text(
+        'default_provider = "ollama"\naggregator = "qwen2.5:1.5b"\nreference_models = ["llama3.2:1b"]\n'
+    )
     s = load_settings(env={"MOA_HOME": str(tmp_path)})
     config, model = ProviderPool(s).split("llama3.2:1b")
     assert config.name == "ollama" and config.base_url == "http://localhost:11434/v1" and model == "llama3.2:1b"
@@ -96,9 +101,11 @@ def test_with_changes_validates(tmp_path: Path) -> None:
         s.with_changes(rounds=0)
 
 
-@pytest.mark.parametrize(("var", "value"), [("MOA_TIMEOUT", "nan"), ("MOA_LAYER_DEADLINE", "inf"), ("MOA_TEMPERATURE", "nan")])
+@pytest.mark.parametrize(
+    ("var", "value"), [("MOA_TIMEOUT", "nan"), ("MOA_LAYER_DEADLINE", "inf"), ("MOA_TEMPERATURE", "nan")]
+)
 def test_non_finite_numbers_are_rejected(tmp_path: Path, var: str, value: str) -> None:
-    with pytest.raises(ConfigError, match="finite|nan is not a number"):
+    with pytest.raises(ConfigError, match=r"finite|nan is not a number"):
         load_settings(env=env_for(tmp_path, **{var: value}))
 
 

@@ -35,7 +35,9 @@ def script_layers(server: FakeLLMServer, rounds: int) -> None:
 
 @pytest.mark.parametrize("rounds", [1, 2, 3])
 @pytest.mark.parametrize("system", [None, "You are terse."])
-def test_exact_messages_per_layer(moa_env: dict[str, str], llm_server: FakeLLMServer, rounds: int, system: str | None) -> None:
+def test_exact_messages_per_layer(
+    moa_env: dict[str, str], llm_server: FakeLLMServer, rounds: int, system: str | None
+) -> None:
     script_layers(llm_server, rounds)
     result = MoA(references=REFS, aggregator="judge", rounds=rounds, system=system).run("Why is the sky blue?")
 
@@ -58,7 +60,9 @@ def test_exact_messages_per_layer(moa_env: dict[str, str], llm_server: FakeLLMSe
     assert judge.messages == with_block([f"{m} says {rounds}" for m in REFS])
     assert judge.stream is True
     assert result.answer == "The final answer."
-    assert [(p.model, p.layer) for p in result.proposals] == [(m, l) for l in range(1, rounds + 1) for m in REFS]
+    assert [(p.model, p.layer) for p in result.proposals] == [
+        (m, layer) for layer in range(1, rounds + 1) for m in REFS
+    ]
     llm_server.assert_complete()
 
 
@@ -74,7 +78,9 @@ def test_conversation_history_is_passed_to_every_model(moa_env: dict[str, str], 
     assert llm_server.requests_for("judge")[0].messages[1:] == history
 
 
-def test_failed_reference_is_left_out_and_numbering_stays_contiguous(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
+def test_failed_reference_is_left_out_and_numbering_stays_contiguous(
+    moa_env: dict[str, str], llm_server: FakeLLMServer
+) -> None:
     llm_server.script("alpha", Reply(status=500))
     llm_server.script("beta", Reply(text="beta ok"))
     llm_server.script("gamma", Reply(text="gamma ok"))
@@ -122,7 +128,9 @@ def test_failing_aggregator_fails_the_turn(moa_env: dict[str, str], llm_server: 
         MoA(references=REFS, aggregator="judge").run("q")
 
 
-def test_stream_cut_midway_is_a_failure_not_a_partial_answer(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
+def test_stream_cut_midway_is_a_failure_not_a_partial_answer(
+    moa_env: dict[str, str], llm_server: FakeLLMServer
+) -> None:
     llm_server.script("alpha", Reply(text="one two three four five six", cut_after=2))
     result = MoA(references=REFS, aggregator="judge").run("q")
     assert result.proposals[0].error is not None
@@ -255,7 +263,9 @@ def test_an_event_handler_error_is_not_blamed_on_the_model(moa_env: dict[str, st
         MoA(references=REFS, aggregator="judge").run("q", on_event=broken_display)
 
 
-def test_usage_is_unknown_when_a_call_was_cut_after_streaming(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
+def test_usage_is_unknown_when_a_call_was_cut_after_streaming(
+    moa_env: dict[str, str], llm_server: FakeLLMServer
+) -> None:
     llm_server.script("alpha", Reply(text="one two three four", cut_after=2))
     result = MoA(references=REFS, aggregator="judge").run("q")
     assert result.usage.total_tokens is None  # alpha was billed for tokens nobody counted
@@ -281,7 +291,9 @@ def test_finish_reasons_come_off_the_wire(moa_env: dict[str, str], llm_server: F
 
 
 def test_an_error_chunk_mid_stream_is_cleaned_and_typed(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
-    llm_server.script("alpha", Reply(text="a b c", error_chunk_after=1, error_message="slow \x1b[2Jdown", error_code=429))
+    llm_server.script(
+        "alpha", Reply(text="a b c", error_chunk_after=1, error_message="slow \x1b[2Jdown", error_code=429)
+    )
     result = MoA(references=REFS, aggregator="judge").run("q")
     alpha = result.proposals[0]
     assert (alpha.error, alpha.error_kind, alpha.status) == ("error mid-stream: slow down", "rate_limit", 429)
@@ -359,8 +371,14 @@ def test_calls_reuse_one_connection_after_a_complete_stream(llm_server: FakeLLMS
 
     from moa_cli.api import MoA
 
-    env = {"MOA_HOME": str(tmp_path), "TOGETHER_API_KEY": "k", "TOGETHER_BASE_URL": llm_server.base_url,
-           "MOA_RETRIES": "0", "NO_PROXY": "127.0.0.1", "MOA_LOG": "false"}
+    env = {
+        "MOA_HOME": str(tmp_path),
+        "TOGETHER_API_KEY": "k",
+        "TOGETHER_BASE_URL": llm_server.base_url,
+        "MOA_RETRIES": "0",
+        "NO_PROXY": "127.0.0.1",
+        "MOA_LOG": "false",
+    }
     moa = MoA(["alpha"], "judge", env=env, num_proc=1)
 
     async def turns() -> None:

@@ -101,8 +101,17 @@ def test_num_proc_caps_the_calls_in_flight() -> None:
 
 @pytest.mark.parametrize(
     ("kind", "status"),
-    [("auth", 401), ("rate_limit", 429), ("not_found", 404), ("timeout", None), ("connection", None),
-     ("cut_off", None), ("bad_response", None), ("other", 500), ("cancelled", None)],
+    [
+        ("auth", 401),
+        ("rate_limit", 429),
+        ("not_found", 404),
+        ("timeout", None),
+        ("connection", None),
+        ("cut_off", None),
+        ("bad_response", None),
+        ("other", 500),
+        ("cancelled", None),
+    ],
 )
 def test_a_failed_reference_keeps_its_kind_and_status(kind: str, status: int | None) -> None:
     run = Run()

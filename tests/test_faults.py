@@ -30,7 +30,12 @@ class Fault:
 
 
 FAULTS = [
-    Fault("clean close without [DONE]", Reply(text=TEXT, end_after=2), "cut_off", "stream ended before the answer was complete"),
+    Fault(
+        "clean close without [DONE]",
+        Reply(text=TEXT, end_after=2),
+        "cut_off",
+        "stream ended before the answer was complete",
+    ),
     Fault("socket closed mid-body", Reply(text=TEXT, cut_after=2), "connection", "connection lost mid-stream"),
     Fault("stall", Reply(text=TEXT, stall_after=2), "timeout", "timed out", ("--timeout", "0.5")),
     Fault(
@@ -79,7 +84,9 @@ def test_a_fault_in_a_reference(moa, llm_server: FakeLLMServer, fault: Fault, js
         assert proc.stdout == "Answer from judge.\n"
         footer = stderr_lines(proc)[-1]
         if fault.kind is not None:
-            word = {"cut_off": "cut off", "connection": "connection failed", "timeout": "timed out"}.get(fault.kind, "failed")
+            word = {"cut_off": "cut off", "connection": "connection failed", "timeout": "timed out"}.get(
+                fault.kind, "failed"
+            )
             assert footer.endswith(f"left out: alpha ({word})")
         assert "token limit" not in footer  # only the aggregator's finish reason is the answer's
 

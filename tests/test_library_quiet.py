@@ -94,7 +94,9 @@ def test_modules_take_their_logger_from_moa_cli_logs() -> None:
         if rel.as_posix() == "logs.py" or rel.parts[0] in ("cli", "repl"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Import) and any(a.name.split(".")[0] == "loguru" for a in node.names)) or (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "loguru"):
+            if (isinstance(node, ast.Import) and any(a.name.split(".")[0] == "loguru" for a in node.names)) or (
+                isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "loguru"
+            ):
                 offenders.append(rel.as_posix())
     assert offenders == [], "use `from moa_cli.logs import logger`"
 

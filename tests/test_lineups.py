@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,9 @@ def test_lineups_check_names_the_members_that_are_gone(moa: Any, moa_home: Path,
     assert [r.path for r in llm_server.requests] == []  # listing is not a chat call
 
 
-def test_a_lineup_flag_runs_its_members_and_single_flags_still_win(moa: Any, moa_home: Path, llm_server: FakeLLMServer) -> None:
+def test_a_lineup_flag_runs_its_members_and_single_flags_still_win(
+    moa: Any, moa_home: Path, llm_server: FakeLLMServer
+) -> None:
     (moa_home / "config.toml").write_text(CONFIG)
     proc = moa(["ask", "--lineup", "duo", "--max-tokens", "33", "hi"])
     assert proc.returncode == 0, proc.stderr
@@ -94,13 +97,15 @@ def test_a_provider_cap_holds_calls_in_flight_across_a_turn(moa_home: Path, llm_
     assert result.answer == "Answer from agg."
     spans = sorted((r.received_at, r.finished_at or 0.0) for r in llm_server.requests)
     assert len(spans) == 5
-    overlaps = sum(1 for (_, end), (start, _) in zip(spans, spans[1:]) if start < end - 1e-3)
+    overlaps = sum(1 for (_, end), (start, _) in itertools.pairwise(spans) if start < end - 1e-3)
     assert overlaps == 0, spans
 
 
 def test_without_a_cap_the_references_overlap(moa_home: Path, llm_server: FakeLLMServer) -> None:
     """The control for the test above: the same line-up, uncapped, runs its references together."""
-    (moa_home / "config.toml").write_text(f'[providers.slowbox]\nkind = "openai"\nbase_url = "{llm_server.base_url}/v1"\n')
+    (moa_home / "config.toml").write_text(
+        f'[providers.slowbox]\nkind = "openai"\nbase_url = "{llm_server.base_url}/v1"\n'
+    )
     for name in ("a", "b", "c", "d", "agg"):
         llm_server.set_default(name, Reply(latency=0.05, token_delay=0.005))
     settings = load_settings(
@@ -109,5 +114,5 @@ def test_without_a_cap_the_references_overlap(moa_home: Path, llm_server: FakeLL
     )
     asyncio.run(MoA(settings=settings).arun("hi"))
     spans = sorted((r.received_at, r.finished_at or 0.0) for r in llm_server.requests)
-    overlaps = sum(1 for (_, end), (start, _) in zip(spans, spans[1:]) if start < end - 1e-3)
+    overlaps = sum(1 for (_, end), (start, _) in itertools.pairwise(spans) if start < end - 1e-3)
     assert overlaps >= 2

@@ -128,8 +128,13 @@ def test_missing_extra_is_exit_2_naming_the_install_command(tmp_path: Path, modu
         "main()\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], env=offline_env(tmp_path), cwd=ROOT,
-        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30,
+        [sys.executable, "-c", code],
+        env=offline_env(tmp_path),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=30,
     )
     assert proc.returncode == 2, proc.stderr
     last = stderr_lines(proc)[-1]
@@ -212,8 +217,10 @@ def test_local_references_with_a_remote_aggregator(
     bundled: Path, cli: Callable[..., subprocess.CompletedProcess[str]], llm_server: FakeLLMServer
 ) -> None:
     llm_server.script("fake-agg", Reply(text="Rayleigh scattering, in short."))
-    proc = cli(["ask", "--json", "-r", "local:smollm2", "-a", "fake-agg", "--max-tokens", "8", "Why is the sky blue?"],
-               timeout=60)
+    proc = cli(
+        ["ask", "--json", "-r", "local:smollm2", "-a", "fake-agg", "--max-tokens", "8", "Why is the sky blue?"],
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["answer"] == "Rayleigh scattering, in short."
@@ -231,8 +238,21 @@ def test_remote_references_with_a_local_aggregator(
 ) -> None:
     reference = "The sky looks blue because air scatters short blue wavelengths of sunlight more than red ones."
     llm_server.script("fake-ref", Reply(text=reference))
-    proc = cli(["ask", "--json", "--verbose", "-r", "fake-ref", "-a", "local:smollm2", "--max-tokens", "8",
-                "Why is the sky blue?"], timeout=60)
+    proc = cli(
+        [
+            "ask",
+            "--json",
+            "--verbose",
+            "-r",
+            "fake-ref",
+            "-a",
+            "local:smollm2",
+            "--max-tokens",
+            "8",
+            "Why is the sky blue?",
+        ],
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["answer"].strip()
@@ -263,7 +283,9 @@ def test_usage_is_what_llama_cpp_counts(
     # The oracle: llama-cpp-python's own non-streaming usage for the same greedy request.
     shared = local._shared(bundled)
     with shared.lock:
-        expected = shared.loaded(False).create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.0)
+        expected = shared.loaded(False).create_chat_completion(
+            messages=messages, max_tokens=max_tokens, temperature=0.0
+        )
     assert expected["choices"][0]["finish_reason"] == finish
     assert "".join(pieces) == expected["choices"][0]["message"]["content"]
     assert usage == Usage(**expected["usage"])
@@ -396,8 +418,9 @@ def run_models(*args: str) -> Any:
     return CliRunner().invoke(app, ["models", *args])
 
 
-def test_models_lists_together_and_local(moa_env: dict[str, str], llm_server: FakeLLMServer, moa_home: Path,
-                                         tmp_path: Path) -> None:
+def test_models_lists_together_and_local(
+    moa_env: dict[str, str], llm_server: FakeLLMServer, moa_home: Path, tmp_path: Path
+) -> None:
     llm_server.models = ["zeta/Model-B", "alpha/Model-A"]
     gguf = tmp_path / "tiny.gguf"
     gguf.write_bytes(b"GGUF" + bytes(12))
@@ -425,8 +448,9 @@ def test_models_lists_together_and_local(moa_env: dict[str, str], llm_server: Fa
         assert all(INSTALL in note for note in listed.values())
 
 
-def test_models_without_a_key_does_not_call_together(monkeypatch: pytest.MonkeyPatch, moa_env: dict[str, str],
-                                                      llm_server: FakeLLMServer) -> None:
+def test_models_without_a_key_does_not_call_together(
+    monkeypatch: pytest.MonkeyPatch, moa_env: dict[str, str], llm_server: FakeLLMServer
+) -> None:
     monkeypatch.delenv("TOGETHER_API_KEY")
     llm_server.models = ["should/not-appear"]
     result = run_models()
@@ -436,8 +460,9 @@ def test_models_without_a_key_does_not_call_together(monkeypatch: pytest.MonkeyP
     assert "local:smollm2" in result.stdout
 
 
-def test_models_warns_in_one_line_when_together_is_unreachable(monkeypatch: pytest.MonkeyPatch,
-                                                               moa_env: dict[str, str]) -> None:
+def test_models_warns_in_one_line_when_together_is_unreachable(
+    monkeypatch: pytest.MonkeyPatch, moa_env: dict[str, str]
+) -> None:
     monkeypatch.setenv("TOGETHER_BASE_URL", "http://127.0.0.1:1")  # nothing listens on port 1
     result = run_models()
     assert result.exit_code == 0

@@ -81,7 +81,9 @@ def test_server_text_loses_escapes_and_controls(raw: str, clean: str) -> None:
 
 
 def test_an_html_page_becomes_its_title() -> None:
-    page = "<!DOCTYPE html><html><head><title>502 Bad &amp; Gateway</title></head><body>" + "x" * 5000 + "</body></html>"
+    page = (
+        "<!DOCTYPE html><html><head><title>502 Bad &amp; Gateway</title></head><body>" + "x" * 5000 + "</body></html>"
+    )
     assert r.clean_server_text(page) == "HTML page: 502 Bad & Gateway"
 
 

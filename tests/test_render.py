@@ -16,7 +16,7 @@ import pytest
 from rich.console import Console
 from rich.markdown import Markdown
 
-from moa_cli.events import AnswerDelta, CallFailed, CallFinished, CallFirstToken, CallStarted, CallDelta
+from moa_cli.events import AnswerDelta, CallDelta, CallFailed, CallFinished, CallFirstToken, CallStarted
 from moa_cli.render import AnswerView, ProgressView, TurnView, footer_text, split_blocks
 from moa_cli.types import CallInfo, Proposal, TurnResult, Usage
 from tests.fakes.llm_server import split_pieces
@@ -347,12 +347,24 @@ def test_a_call_cut_off_before_it_started_does_not_break_the_view() -> None:
 
 @pytest.mark.parametrize(
     ("kind", "word"),
-    [("timeout", "timed out"), ("deadline", "timed out"), ("cut_off", "cut off"), ("auth", "authentication failed"),
-     ("rate_limit", "rate limited"), ("not_found", "not found"), ("connection", "connection failed"),
-     ("bad_response", "bad response"), ("empty", "empty"), ("cancelled", "cancelled"), ("other", "failed")],
+    [
+        ("timeout", "timed out"),
+        ("deadline", "timed out"),
+        ("cut_off", "cut off"),
+        ("auth", "authentication failed"),
+        ("rate_limit", "rate limited"),
+        ("not_found", "not found"),
+        ("connection", "connection failed"),
+        ("bad_response", "bad response"),
+        ("empty", "empty"),
+        ("cancelled", "cancelled"),
+        ("other", "failed"),
+    ],
 )
 def test_the_footer_and_the_row_name_the_kind(kind: str, word: str) -> None:
-    result = TurnResult("x", "agg", [Proposal("model-a", 1, text="a"), Proposal("model-b", 1, error="why", error_kind=kind)])
+    result = TurnResult(
+        "x", "agg", [Proposal("model-a", 1, text="a"), Proposal("model-b", 1, error="why", error_kind=kind)]
+    )
     assert footer_text(result).endswith(f"left out: model-b ({word})")
     console = plain_console()
     view = ProgressView(console)
@@ -369,8 +381,15 @@ def test_every_kind_has_a_word() -> None:
 
 
 def test_the_footer_says_when_the_answer_was_cut_at_the_token_limit() -> None:
-    result = TurnResult("x", "agg", [Proposal("model-a", 1, text="a", finish_reason="length")], Usage(1, 2, 3), 1.0,
-                        finish_reason="length", max_tokens=256)
+    result = TurnResult(
+        "x",
+        "agg",
+        [Proposal("model-a", 1, text="a", finish_reason="length")],
+        Usage(1, 2, 3),
+        1.0,
+        finish_reason="length",
+        max_tokens=256,
+    )
     assert footer_text(result) == "1.0s · 3 tokens · 2 calls · answer cut at the token limit (max_tokens 256)"
     result.finish_reason = "stop"
     assert "token limit" not in footer_text(result)  # a reference cut at the limit is not the answer
@@ -397,7 +416,9 @@ def test_warnings_and_footers_never_show_a_key() -> None:
     try:
         console = plain_console()
         view = ProgressView(console)
-        view.handle(CallFailed(B, "HTTP 401: bad key sk-live-0123456789 at http://u:p@host", 0.1, kind="auth", status=401))
+        view.handle(
+            CallFailed(B, "HTTP 401: bad key sk-live-0123456789 at http://u:p@host", 0.1, kind="auth", status=401)
+        )
         text = console.file.getvalue()  # type: ignore[attr-defined]
         assert "sk-live" not in text and "u:p@" not in text
         assert "bad key **** at http://****@host" in text

@@ -120,7 +120,7 @@ def test_set_is_driven_by_the_declarations(tmp_path: Path) -> None:
     assert apply_setting(apply_setting(s, "seed", "7"), "seed", "off").seed is None
     with pytest.raises(ConfigError, match="unknown setting"):
         apply_setting(s, "timeout", "3")  # declared, but not settable in the REPL
-    with pytest.raises(ConfigError, match="not a number|expected a number"):
+    with pytest.raises(ConfigError, match=r"not a number|expected a number"):
         apply_setting(s, "temperature", "warm")
 
 
@@ -240,7 +240,9 @@ def test_keys_that_no_header_can_carry_and_empty_models_are_caught(tmp_path: Pat
     with pytest.raises(ConfigError, match="cannot carry") as info:
         check_lineup(s)
     assert "clé" not in str(info.value)
-    s = load_settings({"references": ["a"], "aggregator": "ollama:"}, {"MOA_HOME": str(tmp_path), "TOGETHER_API_KEY": "k"})
+    s = load_settings(
+        {"references": ["a"], "aggregator": "ollama:"}, {"MOA_HOME": str(tmp_path), "TOGETHER_API_KEY": "k"}
+    )
     with pytest.raises(ConfigError, match="model name missing after 'ollama:'"):
         check_lineup(s)
 

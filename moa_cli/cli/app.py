@@ -19,9 +19,9 @@ from moa_cli.cli import config_cmd, eval_cmd, logs_cmd
 from moa_cli.cli.ask import ask, run_ask
 from moa_cli.cli.batch_cmd import batch
 from moa_cli.cli.chat import chat
-from moa_cli.cli.serve import serve
 from moa_cli.cli.lineups_cmd import lineups
 from moa_cli.cli.models_cmd import models
+from moa_cli.cli.serve import serve
 from moa_cli.cli.trace_cmd import trace
 
 

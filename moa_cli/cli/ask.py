@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -30,7 +30,7 @@ def read_prompt(argument: str | None) -> str:
 @opt.setting_options("ask")
 def ask(
     prompt: Annotated[
-        Optional[str],
+        str | None,
         typer.Argument(
             metavar="PROMPT", help="The prompt. Piped stdin comes first when both are given.", show_default=False
         ),

@@ -79,9 +79,13 @@ def show_last_exchange(resumed: Any) -> None:
 
     err, out = make_console(stderr=True), make_console()
     turns = len(resumed.turns)
-    err.print(f"continuing conversation {resumed.conversation_id} ({turns} turn{'' if turns == 1 else 's'})", style="dim", markup=False, highlight=False)
+    err.print(
+        f"continuing conversation {resumed.conversation_id} ({turns} turn{'' if turns == 1 else 's'})",
+        style="dim",
+        markup=False,
+        highlight=False,
+    )
     if resumed.turns:
         last = resumed.turns[-1]
         out.print(f">>> {last.prompt}", markup=False, highlight=False)
         out.print(markdown(last.answer or ""))
-

@@ -33,7 +33,9 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_FAILED
 
 
-def report(message: str, *, json_mode: bool = False, code: int = EXIT_FAILED, extra: dict[str, object] | None = None) -> None:
+def report(
+    message: str, *, json_mode: bool = False, code: int = EXIT_FAILED, extra: dict[str, object] | None = None
+) -> None:
     """Print one error line on stderr (and, with --json, an error object on stdout, plus `extra`)."""
     from moa_cli.redact import redact
 

@@ -56,7 +56,11 @@ def rows(settings: Settings) -> list[LineupRow]:
                 aggregator=values.get("aggregator", DEFAULTS["aggregator"]),
                 rounds=values.get("rounds", DEFAULTS["rounds"]),
                 settings={k: v for k, v in extra.items() if k != "aggregator_prompt"}
-                | ({"aggregator_prompt": f"{len(extra['aggregator_prompt'])} chars"} if "aggregator_prompt" in extra else {}),
+                | (
+                    {"aggregator_prompt": f"{len(extra['aggregator_prompt'])} chars"}
+                    if "aggregator_prompt" in extra
+                    else {}
+                ),
             )
         )
     return out

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -173,8 +173,8 @@ def models(
         import asyncio  # deferred, as in the other commands: keeps `moa --help` fast
 
         from moa_cli import logs
-        from moa_cli.redact import redact
         from moa_cli.config import load_settings
+        from moa_cli.redact import redact
 
         settings = load_settings()  # no line-up notice: nothing is being run
         logs.configure(settings.log_level)
@@ -214,4 +214,3 @@ def _refresh_prices(settings: Settings, json_output: bool) -> None:
             sys.stderr.write(f"moa: {r.provider}: skipped ({r.skipped})\n")
         elif not json_output:
             sys.stdout.write(f"{r.provider}: {r.count} model prices\n")
-

@@ -16,7 +16,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -24,7 +24,9 @@ from moa_cli.settings import DEFAULTS, Spec, flag_specs, show
 
 # Options of the commands themselves (output and logging), not settings.
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs on stderr.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or footer on stderr; warnings and errors still.")]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress or footer on stderr; warnings and errors still.")
+]
 Local = Annotated[bool, typer.Option("--local", help="Use the offline line-up on the bundled model (--lineup local).")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print one JSON object: answer, proposals, usage.")]
 # The conversation log (store.py): continue a logged conversation.
@@ -37,7 +39,7 @@ Continue = Annotated[
     ),
 ]
 ConversationId = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--cid",
         metavar="ID",
@@ -47,12 +49,12 @@ ConversationId = Annotated[
 ]
 
 _PYTHON_TYPE: dict[str, Any] = {
-    "str": Optional[str],
-    "int": Optional[int],
-    "float": Optional[float],
-    "bool": Optional[bool],
-    "models": Optional[list[str]],
-    "text": Optional[Path],
+    "str": str | None,
+    "int": int | None,
+    "float": float | None,
+    "bool": bool | None,
+    "models": list[str] | None,
+    "text": Path | None,
 }
 
 
@@ -82,7 +84,9 @@ def setting_options(command: str) -> Callable[[Callable[..., Any]], Callable[...
         if clash:
             raise TypeError(f"{func.__name__}: parameters {sorted(clash)} are settings; take them from `flags`")
         # Positional arguments first, then the settings' options, then the command's own.
-        arguments = [p for p in own if p.kind is not inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty]
+        arguments = [
+            p for p in own if p.kind is not inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
+        ]
         rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p not in arguments]
         lead = [p for p in rest if p.name in ("lineup", "local")]
         tail = [p for p in rest if p not in lead]

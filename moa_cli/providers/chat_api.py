@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -127,7 +127,7 @@ class ChatAPIProvider:
 
     kind = "chat_api"
     #: extra create() arguments that ask the server for token usage in the stream
-    usage_request: dict[str, Any] = {}
+    usage_request: ClassVar[dict[str, Any]] = {}
     #: where the server lists its models, relative to the client's base URL
     models_path = "/models"
 
@@ -141,7 +141,7 @@ class ChatAPIProvider:
         # Built now, not on the first call: importing an SDK takes a while and would
         # otherwise be counted in the first call's time.
         self._client: Any = self._make_client()
-        self._client.chat.completions  # a lazy property that imports every API resource (~0.5 s)
+        _ = self._client.chat.completions  # a lazy property that imports every API resource (~0.5 s)
 
     def __repr__(self) -> str:  # never show the key
         return f"{type(self).__name__}(name={self.name!r}, base_url={self._base_url!r})"

@@ -122,9 +122,7 @@ def resolve_model(model: str, config: ProviderConfig) -> Path:
                 break
         else:
             known = ", ".join(f"{config.name}:{n}" for n in [*BUNDLED, *config.models])
-            raise ConfigError(
-                f"unknown local model {name!r}: use {known} or {config.name}:/path/to/model.gguf"
-            )
+            raise ConfigError(f"unknown local model {name!r}: use {known} or {config.name}:/path/to/model.gguf")
     path = Path(name).expanduser().resolve()
     if not path.exists():
         raise ConfigError(f"local model file not found: {path}")
@@ -136,7 +134,9 @@ def resolve_model(model: str, config: ProviderConfig) -> Path:
     except OSError as exc:
         raise ConfigError(f"cannot read local model {path}: {exc.strerror or exc}") from None
     if magic != GGUF_MAGIC:
-        raise ConfigError(f"{path} is not a GGUF model file (llama.cpp needs GGUF; this file does not start with 'GGUF')")
+        raise ConfigError(
+            f"{path} is not a GGUF model file (llama.cpp needs GGUF; this file does not start with 'GGUF')"
+        )
     return path
 
 
@@ -407,7 +407,7 @@ def _generate(
                     f"the prompt is {prompt} tokens, more than this model's context of {window} tokens",
                 ) from None
             raise ProviderError(request.model, f"llama.cpp error: {exc}") from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any llama.cpp failure is this call's, in one line
             raise ProviderError(request.model, f"llama.cpp error: {type(exc).__name__}: {exc}") from None
         finally:
             llm.stop = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from moa_cli.providers.chat_api import ChatAPIProvider
 
@@ -14,7 +14,7 @@ def preload() -> None:
 
 class OpenAICompatProvider(ChatAPIProvider):
     kind = "openai"
-    usage_request = {"stream_options": {"include_usage": True}}
+    usage_request: ClassVar[dict[str, Any]] = {"stream_options": {"include_usage": True}}
 
     def _make_client(self) -> Any:
         import openai  # deferred for start-up time

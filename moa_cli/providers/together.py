@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from moa_cli.providers.chat_api import ChatAPIProvider
 
@@ -65,7 +65,7 @@ def preload() -> None:
 class TogetherProvider(ChatAPIProvider):
     kind = "together"
     # The SDK has no stream_options argument; the API accepts it in the body.
-    usage_request = {"extra_body": {"stream_options": {"include_usage": True}}}
+    usage_request: ClassVar[dict[str, Any]] = {"extra_body": {"stream_options": {"include_usage": True}}}
     # The SDK's base URL is the host; `client.models.list()` in together 3.x lists a
     # project's own uploads, while the catalogue chat completions accept is /v1/models.
     models_path = "/v1/models"

@@ -64,7 +64,11 @@ class ChatState:
         from moa_cli.store import new_conversation_id
         from moa_cli.types import TurnResult
 
-        state = cls(settings, Conversation(settings.system, multi_turn=settings.multi_turn), conversation_id=new_conversation_id())
+        state = cls(
+            settings,
+            Conversation(settings.system, multi_turn=settings.multi_turn),
+            conversation_id=new_conversation_id(),
+        )
         if resumed is not None:
             state.conversation_id = resumed.conversation_id
             for turn in resumed.turns:
@@ -370,7 +374,12 @@ def _history(state: ChatState, arg: str, console: Console) -> Outcome:
 
     turns = _logged_turns(state)
     if not turns:
-        note(console, "nothing logged in this conversation yet" if turns is not None or state.settings.log else "the log is off (--no-log)")
+        note(
+            console,
+            "nothing logged in this conversation yet"
+            if turns is not None or state.settings.log
+            else "the log is off (--no-log)",
+        )
         return Outcome.CONTINUE
     for turn in turns:
         prompt = " ".join(turn.prompt.split())
@@ -414,7 +423,9 @@ def _usage(state: ChatState, arg: str, console: Console) -> Outcome:
         )
         priced = sum(r.priced_usd or 0.0 for r in results)
         unpriced = sum(r.unpriced_calls for r in results)
-        console.print(f"this conversation: {len(results)} turns, {cost_text(priced, unpriced)}", markup=False, highlight=False)
+        console.print(
+            f"this conversation: {len(results)} turns, {cost_text(priced, unpriced)}", markup=False, highlight=False
+        )
         return Outcome.CONTINUE
     if not turns:
         note(console, "no turn yet")
@@ -434,7 +445,9 @@ def _usage(state: ChatState, arg: str, console: Console) -> Outcome:
     priced = sum(t.priced_usd for t in turns)
     unpriced = sum(t.unpriced_calls for t in turns)
     console.print(
-        f"this conversation: {len(turns)} turns, {cost_text(priced, unpriced, calls or None)}", markup=False, highlight=False
+        f"this conversation: {len(turns)} turns, {cost_text(priced, unpriced, calls or None)}",
+        markup=False,
+        highlight=False,
     )
     return Outcome.CONTINUE
 
@@ -471,7 +484,12 @@ COMMANDS: dict[str, Command] = {
         Command("history", "/history", "this conversation's turns in the log, with their cost", _history),
         Command("trace", "/trace", "the timeline of the last turn: one bar per model call", _trace),
         Command("usage", "/usage", "tokens and cost of the last turn and of this conversation", _usage),
-        Command("estimate", "/estimate [PROMPT]", "the worst-case cost of the next turn (every call at max_tokens)", _estimate),
+        Command(
+            "estimate",
+            "/estimate [PROMPT]",
+            "the worst-case cost of the next turn (every call at max_tokens)",
+            _estimate,
+        ),
         Command("exit", "/exit", "quit (also exit, quit, Ctrl-D)", _exit),
     )
 }

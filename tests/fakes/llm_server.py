@@ -202,7 +202,9 @@ def _message_for(reply: Reply, record: RecordedRequest) -> str:
 
 
 def _error_body(status: int, message: str) -> bytes:
-    err_type, code = _ERROR_TYPES.get(status, ("server_error" if status >= 500 else "invalid_request_error", str(status)))
+    err_type, code = _ERROR_TYPES.get(
+        status, ("server_error" if status >= 500 else "invalid_request_error", str(status))
+    )
     return json.dumps({"error": {"message": message, "type": err_type, "code": code}}).encode()
 
 
@@ -604,9 +606,10 @@ class FakeLLMServer:
 
         sent_content = 0
         for n, (kind, data) in enumerate(events):
-            at_limit = lambda limit: limit is not None and (  # noqa: E731
-                (kind == "content" and sent_content >= limit) or kind == "final"
-            )
+
+            def at_limit(limit: int | None, kind: str = kind, sent: int = sent_content) -> bool:
+                return limit is not None and ((kind == "content" and sent >= limit) or kind == "final")
+
             if at_limit(reply.cut_after):
                 record.cut = True
                 await ex.cut()
@@ -714,7 +717,7 @@ class _Exchange:
         # Wait for connection_lost so uvicorn sees a disconnect and logs nothing.
         try:
             await asyncio.wait_for(self.client_gone.wait(), timeout=1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 
