@@ -267,6 +267,21 @@ def test_overrides_need_the_server_to_allow_them(moa_env, llm_server: FakeLLMSer
     assert [r.model for r in llm_server.requests] == ["gamma", "gamma", "judge"]
 
 
+def test_a_request_can_choose_the_aggregation(moa_env, llm_server: FakeLLMServer) -> None:
+    """`extra_body={"moa": {"aggregation": "select"}}`: the judge names answer 2, streamed verbatim."""
+    llm_server.script("alpha", Reply(text="first answer"))
+    llm_server.script("beta", Reply(text="second answer"))
+    llm_server.script("judge", Reply(text="2"))
+    body = {**HI, "moa": {"aggregation": "select"}}
+    (response,) = call(moa_env, ("POST", "/v1/chat/completions", body), allow_overrides=True)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "second answer"
+    judge = llm_server.requests_for("judge")[0]
+    assert judge.body["max_tokens"] <= 16  # a choice, not an answer
+    (bad,) = call(moa_env, ("POST", "/v1/chat/completions", {**HI, "moa": {"aggregation": "vote"}}), allow_overrides=True)
+    assert bad.status_code == 400 and "invalid aggregation" in bad.json()["error"]["message"]
+
+
 # ---------------------------------------------------------------------------- errors
 
 BAD = [

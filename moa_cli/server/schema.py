@@ -23,7 +23,7 @@ from moa_cli.types import Message
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MAX_STOP_SEQUENCES = 4
 #: The line-up settings a request may change with `{"moa": {...}}` (with --allow-overrides).
-OVERRIDABLE = ("references", "aggregator", "rounds", "layer_deadline")
+OVERRIDABLE = ("references", "aggregator", "rounds", "layer_deadline", "quorum", "aggregation")
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +191,7 @@ def _overrides(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise bad_request("moa must be an object: {references, aggregator, rounds, layer_deadline}", "moa")
+        raise bad_request(f"moa must be an object: {{{', '.join(OVERRIDABLE)}}}", "moa")
     unknown = sorted(set(value) - set(OVERRIDABLE))
     if unknown:
         raise bad_request(
