@@ -430,10 +430,12 @@ def test_rps_caps_the_request_rate(moa, llm_server: FakeLLMServer, tmp_path: Pat
     starts = sorted(r.received_at for r in llm_server.requests)
     assert len(starts) == 16
     rate = (len(starts) - 1) / (starts[-1] - starts[0])
-    assert rate <= 20 * 1.25, rate  # 15 gaps of 1/20 s (unlimited, these 16 calls take ~0.1 s)
+    # 15 gaps of 1/20 s: 0.75 s (unlimited, these 16 calls take ~0.1 s). The bound leaves room
+    # for a loaded machine delaying the first arrival, which shortens the measured span.
+    assert rate <= 20 * 1.5, rate
     # No burst: any half second holds about 10 starts, give or take the network's jitter.
     busiest = max(sum(1 for t in starts if s <= t < s + 0.5) for s in starts)
-    assert busiest <= 0.5 * 20 + 2, starts
+    assert busiest <= 0.5 * 20 + 3, starts
 
 
 def test_parallel_bounds_the_items_in_flight(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
