@@ -54,10 +54,10 @@ from typing import Any, Protocol
 from moa_cli import __version__
 from moa_cli.api import MoA
 from moa_cli.errors import ConfigError, MoaError, TurnFailed
-from moa_cli.providers.base import Provider, StreamItem
+from moa_cli.providers.base import Gated, Provider
 from moa_cli.redact import redact
 from moa_cli.settings import SPECS, Settings
-from moa_cli.types import CompletionRequest, Message
+from moa_cli.types import Message
 
 FORMATS = ("alpaca", "mtbench", "flask", "jsonl")
 #: FastChat's llm_judge/common.py `temperature_config`: per MT-Bench category.
@@ -604,31 +604,11 @@ class RateLimiter:
         if start > now:
             await asyncio.sleep(start - now)
 
-
-class _Limited:
-    """A provider whose calls first wait for the batch's rate limiter."""
-
-    def __init__(self, inner: Provider, limiter: RateLimiter) -> None:
-        self._inner = inner
-        self.name = inner.name
-        self.kind = getattr(inner, "kind", None)
-        self.max_concurrency = getattr(inner, "max_concurrency", None)
-        self._limiter = limiter
-
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
-        await self._limiter.acquire()
-        stream = self._inner.stream(request)
-        try:
-            async for item in stream:
-                yield item
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
-
-    async def list_models(self) -> list[str]:
-        return await self._inner.list_models()
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """A call's turn to start (`Gated`'s gate): the limit is on starts, not on calls held."""
+        await self.acquire()
+        yield
 
 
 class _LimitedRouter:
@@ -645,7 +625,7 @@ class _LimitedRouter:
             return provider, model
         wrapped = self._wrapped.get(provider.name)
         if wrapped is None:
-            wrapped = self._wrapped[provider.name] = _Limited(provider, self._limiter)
+            wrapped = self._wrapped[provider.name] = Gated(provider, self._limiter.slot)
         return wrapped, model
 
     async def aclose(self) -> None:

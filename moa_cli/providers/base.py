@@ -25,8 +25,9 @@ calls it lets through at once when it caps them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Protocol, runtime_checkable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol, cast, runtime_checkable
 
 from moa_cli.types import CompletionRequest, Finish, Usage
 
@@ -48,3 +49,44 @@ class Provider(Protocol):
     async def aclose(self) -> None:
         """Close connections and free resources. Safe to call twice."""
         ...
+
+
+class Gated:
+    """A provider whose every call first enters `gate()`, an async context held for the call.
+
+    Front ends wrap providers this way instead of writing their own delegation: the pool's
+    per-provider cap (a semaphore), batch's request rate (a limiter that lets one call start
+    and is then done). Everything else is the inner provider's.
+    """
+
+    def __init__(
+        self,
+        inner: Provider,
+        gate: Callable[[], AbstractAsyncContextManager[object]],
+        *,
+        max_concurrency: int | None = None,
+    ) -> None:
+        self._inner = inner
+        self._gate = gate
+        self.name = inner.name
+        self.kind = getattr(inner, "kind", None)
+        # read by the engine's empty-answer hint
+        self.max_concurrency = max_concurrency or getattr(inner, "max_concurrency", None)
+
+    def __repr__(self) -> str:
+        return f"Gated({self._inner!r}, max_concurrency={self.max_concurrency})"
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
+        async with self._gate():
+            stream = cast(AsyncGenerator[StreamItem, None], self._inner.stream(request))
+            try:
+                async for item in stream:
+                    yield item
+            finally:
+                await stream.aclose()  # close the inner stream where it stands
+
+    async def list_models(self) -> list[str]:
+        return await self._inner.list_models()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

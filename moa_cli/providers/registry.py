@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 
 from moa_cli.config import ProviderConfig, Settings
 from moa_cli.errors import ConfigError, MissingKeyError
 from moa_cli.logs import logger  # disabled until the CLI configures it
-from moa_cli.providers.base import Provider, StreamItem
+from moa_cli.providers.base import Gated, Provider
 from moa_cli.redact import mask_url
-from moa_cli.types import CompletionRequest
 
 
 def split_spec(spec: str, providers: Iterable[str], default: str) -> tuple[str, str]:
@@ -92,33 +91,10 @@ def api_key(settings: Settings, config: ProviderConfig) -> str | None:
     return key
 
 
-class _Capped:
-    """A provider with at most `limit` calls in flight (`max_concurrency` in its config)."""
-
-    def __init__(self, inner: Provider, limit: int) -> None:
-        self._inner = inner
-        self.name = inner.name
-        self.kind = getattr(inner, "kind", None)
-        self.limit = self.max_concurrency = limit  # max_concurrency: read by the engine's hints
-        self._slots = asyncio.Semaphore(limit)
-
-    def __repr__(self) -> str:
-        return f"_Capped({self._inner!r}, limit={self.limit})"
-
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
-        async with self._slots:
-            stream = self._inner.stream(request)
-            try:
-                async for item in stream:
-                    yield item
-            finally:
-                await stream.aclose()  # type: ignore[attr-defined]
-
-    async def list_models(self) -> list[str]:
-        return await self._inner.list_models()
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+def capped(provider: Provider, limit: int) -> Gated:
+    """`provider` with at most `limit` calls in flight (`max_concurrency` in its config)."""
+    slots = asyncio.Semaphore(limit)
+    return Gated(provider, lambda: slots, max_concurrency=limit)
 
 
 class ProviderPool:
@@ -166,7 +142,7 @@ class ProviderPool:
             config = self._settings.providers[name]
             provider = self._build(config)
             if config.max_concurrency:
-                provider = _Capped(provider, config.max_concurrency)
+                provider = capped(provider, config.max_concurrency)
             self._providers[name] = provider
         return provider
 
