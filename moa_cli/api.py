@@ -139,7 +139,7 @@ class MoA:
     ) -> TurnResult:
         """Run one turn. `prompt` is a string or the whole conversation as messages.
 
-        `aggregator_sampling` sets `temperature`, `max_tokens` or `seed` for the answer's
+        `aggregator_sampling` sets `temperature`, `top_p`, `max_tokens` or `seed` for the answer's
         call alone, in this turn (the references keep the settings' values).
 
         The turn is logged (recorder.py) to `conversation_id` (a new conversation when None)
@@ -152,7 +152,7 @@ class MoA:
         on_event = recording.wrap(on_event)
         plan = self.plan
         if aggregator_sampling:
-            unknown = set(aggregator_sampling) - {"temperature", "max_tokens", "seed"}
+            unknown = set(aggregator_sampling) - {"temperature", "top_p", "max_tokens", "seed"}
             if unknown:
                 raise TypeError(f"aggregator_sampling: unknown field {sorted(unknown)[0]!r}")
             plan = replace(plan, aggregator_sampling=dict(aggregator_sampling))

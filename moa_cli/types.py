@@ -64,6 +64,7 @@ class CompletionRequest:
     max_tokens: int = 512
     seed: int | None = None
     repeat_penalty: float | None = None  # local (llama.cpp) models only; None: the provider's own
+    top_p: float | None = None  # None: the server's own (moa serve passes a request's to the aggregator)
 
 
 @dataclass(frozen=True, slots=True)

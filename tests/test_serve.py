@@ -174,13 +174,13 @@ def test_a_failed_aggregator_mid_stream_ends_with_an_error_event(moa_env, llm_se
 def test_sampling_applies_to_the_aggregator_and_the_references_keep_the_lineups(
     moa_env, llm_server: FakeLLMServer
 ) -> None:
-    body = {**HI, "temperature": 0.1, "max_tokens": 999, "seed": 7}
+    body = {**HI, "temperature": 0.1, "top_p": 0.5, "max_tokens": 999, "seed": 7}
     (response,) = call(moa_env, ("POST", "/v1/chat/completions", body))
     assert response.status_code == 200
     judge = llm_server.requests_for("judge")[0].body
     alpha = llm_server.requests_for("alpha")[0].body
-    assert (judge["temperature"], judge["max_tokens"], judge["seed"]) == (0.1, 999, 7)
-    assert (alpha["temperature"], alpha["max_tokens"]) == (0.7, 512)
+    assert (judge["temperature"], judge["top_p"], judge["max_tokens"], judge["seed"]) == (0.1, 0.5, 999, 7)
+    assert (alpha["temperature"], alpha["max_tokens"]) == (0.7, 512) and "top_p" not in alpha
 
 
 def test_a_stop_sequence_ends_the_answer_there(moa_env, llm_server: FakeLLMServer) -> None:
@@ -278,7 +278,9 @@ def test_a_request_can_choose_the_aggregation(moa_env, llm_server: FakeLLMServer
     assert response.json()["choices"][0]["message"]["content"] == "second answer"
     judge = llm_server.requests_for("judge")[0]
     assert judge.body["max_tokens"] <= 16  # a choice, not an answer
-    (bad,) = call(moa_env, ("POST", "/v1/chat/completions", {**HI, "moa": {"aggregation": "vote"}}), allow_overrides=True)
+    (bad,) = call(
+        moa_env, ("POST", "/v1/chat/completions", {**HI, "moa": {"aggregation": "vote"}}), allow_overrides=True
+    )
     assert bad.status_code == 400 and "invalid aggregation" in bad.json()["error"]["message"]
 
 

@@ -166,6 +166,8 @@ class ChatAPIProvider:
         }
         if request.seed is not None:
             kwargs["seed"] = request.seed
+        if request.top_p is not None:
+            kwargs["top_p"] = request.top_p
         usage: Usage | None = None
         finish: str | None = None
         done = False

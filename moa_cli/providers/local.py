@@ -387,6 +387,7 @@ def _generate(
                 temperature=request.temperature,
                 seed=request.seed,
                 **({} if request.repeat_penalty is None else {"repeat_penalty": request.repeat_penalty}),
+                **({} if request.top_p is None else {"top_p": request.top_p}),
             )
             for chunk in chunks:
                 choice = chunk["choices"][0]

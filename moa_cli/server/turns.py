@@ -13,7 +13,7 @@ the turn there (its aggregator stream is closed). A client that goes away, a dra
 reaches its deadline and --turn-timeout all cancel the task, which closes every upstream
 stream (the engine's cancellation contract).
 
-Sampling from the request (temperature, max_tokens, seed) applies to the aggregator's
+Sampling from the request (temperature, top_p, max_tokens, seed) applies to the aggregator's
 call (`MoA.arun(aggregator_sampling=...)`); the references keep the line-up's.
 """
 
@@ -130,7 +130,7 @@ class Turn:
         settings = self.settings
         assert settings is not None
         r = self.request
-        wanted = {"temperature": r.temperature, "max_tokens": r.max_tokens, "seed": r.seed}
+        wanted = {"temperature": r.temperature, "top_p": r.top_p, "max_tokens": r.max_tokens, "seed": r.seed}
         aggregator = {k: v for k, v in wanted.items() if v is not None}
         # The server's one pool, shared by every request: the engine's per-provider caps hold.
         moa = MoA(settings=settings, router=self.pool)
@@ -149,6 +149,7 @@ class Turn:
             temperature=s.temperature if r.temperature is None else r.temperature,
             max_tokens=max_tokens,
             seed=r.seed,
+            top_p=r.top_p,
         )
         call = CallInfo(spec, 1, 0, "aggregator")
         self._on_event(CallStarted(call))
