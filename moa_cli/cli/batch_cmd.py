@@ -129,6 +129,7 @@ def batch(
         from moa_cli.cli import signals
         from moa_cli.cli.runtime import load
 
+        core.read_input(input_file, input_format)  # a bad input file is the first thing said (exit 2)
         settings = load(opt.flag_overrides(flags, verbose=verbose), local=local)
         job = core.Job(
             input=input_file,
