@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
-from moa_cli.providers.chat_api import ChatAPIProvider
+from moa_cli.providers.chat_api import CONNECTION_LIMITS, ChatAPIProvider
 
 
 def _resources_on_demand() -> None:
@@ -74,5 +74,9 @@ class TogetherProvider(ChatAPIProvider):
         together = _import_together()  # deferred: importing the SDK costs ~0.35 s
 
         return together.AsyncTogether(
-            api_key=self._api_key, base_url=self._base_url, timeout=self._timeout, max_retries=self._retries
+            api_key=self._api_key,
+            base_url=self._base_url,
+            timeout=self._timeout,
+            max_retries=self._retries,
+            http_client=together.DefaultAsyncHttpxClient(limits=CONNECTION_LIMITS),
         )
