@@ -36,7 +36,6 @@ import multiprocessing as mp
 import os
 import re
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -71,11 +70,6 @@ def _serve(conn: Connection, models: list[str]) -> None:
     for model in models:
         server.set_default(model, Reply(text=TEXT, latency=LATENCY, token_delay=TOKEN_DELAY))
     server.start()
-    # The fake server binds its own socket (protocol 0), so asyncio does not set TCP_NODELAY on
-    # the connections it accepts: on a reused connection, Nagle then holds the first body bytes
-    # behind the headers until the client's delayed ACK, ~40 ms. Accepted sockets inherit it.
-    assert server._sock is not None
-    server._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     conn.send(server.base_url)
     while True:  # commands from the bench: "records" (and clear them) or "stop"
         command = conn.recv()
