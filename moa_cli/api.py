@@ -15,6 +15,7 @@
         result = await moa.arun("Hello")
         async for text in moa.astream("And again"):
             ...
+        again = await moa.aaggregate("Hello", result.proposals)  # only the aggregator runs
 
 Arguments left as None come from flags/env/config/defaults exactly as for the `moa` command.
 The CLI itself is built on this class.
@@ -23,7 +24,7 @@ The CLI itself is built on this class.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, cast
@@ -33,10 +34,10 @@ from moa_cli import (
     recorder,
 )
 from moa_cli.config import Settings, load_settings
-from moa_cli.engine import EventSink, Plan, Router, run_turn
+from moa_cli.engine import EventSink, Plan, Router, run_aggregation, run_turn
 from moa_cli.events import AnswerDelta, Event
 from moa_cli.providers.registry import ProviderPool, check_lineup, lineup_specs
-from moa_cli.types import Message, TurnResult
+from moa_cli.types import Message, Proposal, TurnResult
 
 _DONE = object()
 
@@ -145,6 +146,43 @@ class MoA:
         The turn is logged (recorder.py) to `conversation_id` (a new conversation when None)
         unless the `log` setting is off; its cost is set on the result either way.
         """
+        return await self._turn(prompt, run_turn, on_event, system, aggregator_sampling)
+
+    async def aaggregate(
+        self,
+        prompt: str | Sequence[Message],
+        proposals: Sequence[Proposal],
+        *,
+        on_event: EventSink | None = None,
+        system: str | None = None,
+        aggregator_sampling: Mapping[str, Any] | None = None,
+    ) -> TurnResult:
+        """Run only the aggregator over `proposals` made earlier (a stored turn's), calling no reference.
+
+        The aggregator answers `prompt` with the answered proposals of the last layer, as
+        `arun` would have after its layers (engine.run_aggregation): a cheap way to compare
+        aggregators, aggregation strategies or prompts over the same references' answers.
+        The result's `proposals` are the ones given; its usage and cost are the aggregator's
+        alone. Logged like `arun`. ValueError if the last layer has no answered proposal.
+        """
+        stored = list(proposals)
+
+        def aggregate_only(
+            messages: list[Message], plan: Plan, router: Router, sink: EventSink | None
+        ) -> Awaitable[TurnResult]:
+            return run_aggregation(messages, plan, router, stored, sink)
+
+        return await self._turn(prompt, aggregate_only, on_event, system, aggregator_sampling)
+
+    async def _turn(
+        self,
+        prompt: str | Sequence[Message],
+        run: Callable[[list[Message], Plan, Router, EventSink | None], Awaitable[TurnResult]],
+        on_event: EventSink | None,
+        system: str | None,
+        aggregator_sampling: Mapping[str, Any] | None,
+    ) -> TurnResult:
+        """`run` (the engine's run_turn or run_aggregation) recorded, through the router or a pool."""
         messages = build_messages(prompt, system or self.settings.system)
         recording = await recorder.start(
             self.settings, messages, conversation_id=self.conversation_id, source=self.source
@@ -159,11 +197,11 @@ class MoA:
         try:
             router = self._router or self._pool
             if router is not None:
-                result = await run_turn(messages, plan, router, on_event)
+                result = await run(messages, plan, router, on_event)
             else:
                 pool = ProviderPool(self.settings)  # outside `async with`: one pool per call
                 try:
-                    result = await run_turn(messages, plan, pool, on_event)
+                    result = await run(messages, plan, pool, on_event)
                 finally:
                     await pool.aclose()
         except BaseException as exc:

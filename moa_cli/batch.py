@@ -32,6 +32,12 @@ refused (exit 2) unless `restart`. The output file itself is written once, atomi
 records the run. Neither side file ends in `.jsonl`: FastChat loads every `*.jsonl` in its
 answer directory as a model.
 
+Re-aggregating (`reuse_proposals`, what the original MoA's `--reference-paths` did): the
+proposals an earlier run of the same input kept (its jsonl output, or its progress file for
+any format, which holds every turn's) are read, every selected item must have them, and
+only the aggregator runs over them (`MoA.aaggregate`). The fingerprint then includes that
+file's hash, so a re-aggregation and a full run never share a sidecar.
+
 No terminal code here: progress goes to a `Listener` (the command draws it).
 """
 
@@ -57,7 +63,7 @@ from moa_cli.errors import ConfigError, MoaError, TurnFailed
 from moa_cli.providers.base import Gated, Provider
 from moa_cli.redact import redact
 from moa_cli.settings import SPECS, Settings
-from moa_cli.types import Message
+from moa_cli.types import Message, Proposal, Usage
 
 FORMATS = ("alpaca", "mtbench", "flask", "jsonl")
 #: FastChat's llm_judge/common.py `temperature_config`: per MT-Bench category.
@@ -78,6 +84,9 @@ MANIFEST_SUFFIX = ".moa-manifest.json"
 _SIDECAR_VERSION = 1
 # Line-up settings that do not change an answer (every other one, and the system prompt, does).
 _NOT_FINGERPRINTED = frozenset({"num_proc", "aggregator_prompt"})  # the prompt goes in as its hash
+# Settings only the references' calls use: a re-aggregation (--reuse-proposals) ignores them.
+_REFERENCES_ONLY = ("references", "rounds", "quorum", "layer_deadline")
+_REUSE_PART = "reuse_proposals_sha256"  # in the fingerprint of a re-aggregation only
 
 
 class BatchInputError(ConfigError):
@@ -360,6 +369,123 @@ def answer_id() -> str:
     return "".join(secrets.choice(_UUID_ALPHABET) for _ in range(22))
 
 
+# ---------------------------------------------------------------------------- stored proposals (--reuse-proposals)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """The proposals an earlier run kept, for `--reuse-proposals`: per item id, one list per turn.
+
+    Only items the earlier run answered are here. `input_sha256` is the earlier run's input
+    file's hash when PATH says it (a progress file's header, a jsonl output's manifest).
+    """
+
+    path: Path
+    sha256: str
+    kind: str  # "progress file" or "jsonl output"
+    input_sha256: str | None
+    turns: dict[str, list[list[Proposal]]]
+
+    def covers(self, item: Item) -> bool:
+        """Whether every turn of `item` has stored proposals with an answer in their last layer."""
+        turns = self.turns.get(item.id)
+        return turns is not None and len(turns) == len(item.turns) and all(_answered_last(t) for t in turns)
+
+
+def _answered_last(proposals: Sequence[Proposal]) -> bool:
+    if not proposals:
+        return False
+    last = max(p.layer for p in proposals)
+    return any(p.layer == last and p.text is not None for p in proposals)
+
+
+_REUSE_TAKES = (
+    f"--reuse-proposals takes an earlier moa batch run's --format jsonl output or its OUTPUT{SIDECAR_SUFFIX} "
+    "file (any format)"
+)
+
+
+def read_stored(path: Path) -> Stored:
+    """Read the proposals an earlier run kept in `path`: its jsonl output or its progress file.
+
+    BatchInputError (exit 2) if `path` is neither (an alpaca, MT-Bench or FLASK output holds
+    only answers) or is damaged.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BatchInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    sha = hashlib.sha256(data).hexdigest()
+    lines = data.decode("utf-8", "replace").split("\n")
+    numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
+    torn = bool(lines[-1].strip())  # a progress file of a run killed mid-write ends without a newline
+    records: list[tuple[int, dict[str, Any]]] = []
+    for n, line in numbered:
+        try:
+            value = json.loads(line)
+        except ValueError:
+            if torn and n == len(lines) and records and "moa_batch" in records[0][1]:
+                break  # that item was in flight: it is not there
+            raise BatchInputError(f"{path}:line {n} is not a JSON object: {_REUSE_TAKES}") from None
+        if not isinstance(value, dict):
+            raise BatchInputError(f"{path}:line {n} is not a JSON object: {_REUSE_TAKES}")
+        records.append((n, value))
+    if not records:
+        raise BatchInputError(f"{path} is empty: {_REUSE_TAKES}")
+    first = records[0][1]
+    turns: dict[str, list[list[Proposal]]] = {}
+    if "moa_batch" in first:
+        if first.get("moa_batch") != _SIDECAR_VERSION:
+            raise BatchInputError(f"{path} is a moa batch progress file this version cannot read")
+        parts = first.get("parts")
+        input_sha = parts.get("input_sha256") if isinstance(parts, dict) else None
+        for n, record in records[1:]:
+            try:
+                outcome = Outcome.from_json(record)
+                kept = [[_proposal(p) for p in result["proposals"]] for result in outcome.results]
+            except (ValueError, KeyError, TypeError):
+                raise BatchInputError(f"{path}:line {n} is damaged") from None
+            if outcome.ok:
+                turns[outcome.id] = kept
+            else:
+                turns.pop(outcome.id, None)  # the latest record of an item is the one that counts
+        return Stored(path, sha, "progress file", input_sha if isinstance(input_sha, str) else None, turns)
+    if not {"id", "answer", "proposals"} <= set(first):
+        raise BatchInputError(f"{path} holds no proposals: {_REUSE_TAKES}")
+    for n, record in records:
+        try:
+            key, answer, proposals = record["id"], record["answer"], record["proposals"]
+            one = [_proposal(p) for p in proposals]
+        except (ValueError, KeyError, TypeError):
+            raise BatchInputError(f"{path}:line {n} is not a moa batch jsonl line with proposals") from None
+        if answer is not None:  # a failed item (written with --allow-failures) has none to reuse
+            turns[str(key)] = [one]
+    input_sha = None
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        input_sha = json.loads(manifest_path(path).read_text()).get("input_sha256")
+    return Stored(path, sha, "jsonl output", input_sha if isinstance(input_sha, str) else None, turns)
+
+
+def _proposal(data: Mapping[str, Any]) -> Proposal:
+    """A Proposal from its `to_dict()` (TypeError/KeyError/ValueError if it is not one)."""
+    text, error, usage = data.get("text"), data.get("error"), data.get("usage")
+    if not isinstance(data["model"], str) or not isinstance(text, (str, type(None))):
+        raise TypeError("not a proposal")
+    kind = data.get("error_kind")
+    return Proposal(
+        data["model"],
+        int(data["layer"]),
+        text=text,
+        error=str(error) if error is not None else None,
+        seconds=float(data.get("seconds") or 0.0),
+        usage=Usage(usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) if usage else None,
+        timed_out=kind in ("timeout", "deadline"),
+        error_kind=kind,
+        status=data.get("status"),
+        finish_reason=data.get("finish_reason"),
+    )
+
+
 class Sidecar:
     """The append-only progress file: a header line, then one outcome per finished item.
 
@@ -417,6 +543,12 @@ class Sidecar:
             )
         if header.get("fingerprint") != self.header["fingerprint"]:
             old, new = header.get("parts") or {}, self.header["parts"]
+            if (_REUSE_PART in old) != (_REUSE_PART in new):
+                made = "a re-aggregation (--reuse-proposals)" if _REUSE_PART in old else "a full run"
+                raise BatchInputError(
+                    f"{self.path} holds answers made by {made}; rerun the same command to resume, "
+                    "or use --restart to discard them"
+                )
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) or ["fingerprint"]
             raise BatchInputError(
                 f"{self.path} holds answers made with a different {', '.join(changed)}; "
@@ -645,9 +777,18 @@ class _SharedPoolMoA(MoA):
         try:
             return await super().arun(prompt, **kwargs)
         finally:
-            recording = getattr(self, "last_recording", None)
-            if recording is not None and getattr(recording, "conversation_id", None):
-                self.conversation_id = recording.conversation_id  # the next turn continues it
+            self._continue()
+
+    async def aaggregate(self, prompt: Any, proposals: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().aaggregate(prompt, proposals, **kwargs)
+        finally:
+            self._continue()
+
+    def _continue(self) -> None:
+        recording = getattr(self, "last_recording", None)
+        if recording is not None and getattr(recording, "conversation_id", None):
+            self.conversation_id = recording.conversation_id  # the next turn continues it
 
 
 # ---------------------------------------------------------------------------- the run
@@ -668,6 +809,7 @@ class Job:
     allow_failures: bool = False
     restart: bool = False
     fastchat_temperatures: bool = False
+    reuse_proposals: Path | None = None  # run only the aggregator, over the proposals this file kept
     command: str = ""  # the command line that resumes the run, for messages and the manifest
 
 
@@ -720,6 +862,7 @@ class Prepared:
     generator: str
     header: dict[str, Any]
     warnings: list[str]
+    reuse: Stored | None = None
 
 
 def prepare(job: Job, settings: Settings) -> Prepared:
@@ -744,7 +887,12 @@ def prepare(job: Job, settings: Settings) -> Prepared:
         )
     if job.fastchat_temperatures and data.format != "mtbench":
         raise BatchInputError("--fastchat-temperatures applies to MT-Bench input only")
+    reuse = _reuse(job, data, items) if job.reuse_proposals is not None else None
     parts = fingerprint_parts(settings, data.format, data.sha256, job.fastchat_temperatures)
+    if reuse is not None:  # other answers than a full run's: never mixed with one in a sidecar
+        for name in _REFERENCES_ONLY:  # no reference is called: these change nothing
+            parts.pop(name, None)
+        parts[_REUSE_PART] = reuse.sha256
     header = {
         "moa_batch": _SIDECAR_VERSION,
         "fingerprint": fingerprint(parts),
@@ -752,7 +900,29 @@ def prepare(job: Job, settings: Settings) -> Prepared:
         "input": str(job.input),
         "created": time.time(),
     }
-    return Prepared(job, settings, data, items, generator, header, warnings)
+    return Prepared(job, settings, data, items, generator, header, warnings, reuse)
+
+
+def _reuse(job: Job, data: Input, items: Sequence[Item]) -> Stored:
+    """The stored proposals for `--reuse-proposals`, checked to hold every selected item."""
+    path = job.reuse_proposals
+    assert path is not None
+    if path.resolve() in (job.output.resolve(), sidecar_path(job.output).resolve()):
+        raise BatchInputError("--reuse-proposals must be an earlier run's file, not this run's output or progress")
+    stored = read_stored(path)
+    if stored.input_sha256 is not None and stored.input_sha256 != data.sha256:
+        raise BatchInputError(
+            f"--reuse-proposals {path} was made from another input file than {job.input} (its sha256 differs), "
+            "so its proposals answer other prompts"
+        )
+    missing = [item.id for item in items if not stored.covers(item)]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise BatchInputError(
+            f"--reuse-proposals {path} has no proposals for {len(missing)} of the {len(items)} items selected "
+            f"(id {shown}): they failed or were not run there; answer them there first, or leave them out with --ids"
+        )
+    return stored
 
 
 def _temperature(prepared: Prepared, item: Item) -> float:
@@ -761,18 +931,24 @@ def _temperature(prepared: Prepared, item: Item) -> float:
     return prepared.settings.temperature
 
 
-async def answer_item(moa: MoA, item: Item) -> Outcome:
-    """Ask every turn of `item`, each with the earlier turns and answers; never raises for a model failure."""
+async def answer_item(moa: MoA, item: Item, stored: Sequence[Sequence[Proposal]] | None = None) -> Outcome:
+    """Ask every turn of `item`, each with the earlier turns and answers; never raises for a model failure.
+
+    With `stored` (one list of proposals per turn), only the aggregator runs, over them.
+    """
     started = time.perf_counter()
     messages: list[Message] = list(item.prefix)
     answers: list[str | None] = []
     results: list[dict[str, Any]] = []
     tokens: int | None = 0
     cost: float | None = 0.0
-    for turn in item.turns:
+    for number, turn in enumerate(item.turns):
         messages.append({"role": "user", "content": turn})
         try:
-            result = await moa.arun(messages)
+            if stored is None:
+                result = await moa.arun(messages)
+            else:
+                result = await moa.aaggregate(messages, stored[number])
         except TurnFailed as exc:
             return _failed(item, answers, results, redact(str(exc)), exc.kind, exc.status, started)
         except MoaError as exc:
@@ -855,7 +1031,8 @@ async def run_batch(prepared: Prepared, listener: Listener | None = None, *, rou
 
     async def worker() -> None:
         for item in pending:  # one iterator shared by the workers: each item is taken once
-            outcome = await answer_item(moa_for(item), item)
+            stored = prepared.reuse.turns[item.id] if prepared.reuse is not None else None
+            outcome = await answer_item(moa_for(item), item, stored)
             await sidecar.write(outcome)
             outcomes[item.id] = outcome
             if outcome.ok:
@@ -933,6 +1110,14 @@ def manifest(prepared: Prepared, summary: Summary) -> bytes:
         },
         "aggregator_prompt_sha256": _sha(s.aggregator_prompt),
         "selection": {"ids": list(job.ids), "limit": job.limit},
+        # Only the aggregator ran, over the proposals kept in this file (references not called).
+        "reuse_proposals": {
+            "path": str(prepared.reuse.path),
+            "kind": prepared.reuse.kind,
+            "sha256": prepared.reuse.sha256,
+        }
+        if prepared.reuse is not None
+        else None,
         "started": _iso(summary.started),
         "ended": _iso(summary.ended),
         "counts": {

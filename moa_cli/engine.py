@@ -13,13 +13,16 @@ A reference that fails is left out of the next layer, with its typed error (`kin
 aggregator does, `TurnFailed` is raised with the calls' original exceptions. Every call's
 stream is capped at `2 * max_tokens + 32` pieces, so a server that never stops cannot hold
 a turn. Cancelling the task that runs `run_turn` cancels every call and closes its stream.
+
+`run_aggregation` runs the aggregator step alone over proposals made earlier (`moa batch
+--reuse-proposals`: compare aggregators without paying for the references again).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol, cast
 
@@ -306,20 +309,39 @@ class _Turn:
                 failures = [self.errors[CallInfo(model, layer, i)] for i, model in enumerate(self.plan.references)]
                 raise TurnFailed(f"every reference model failed in layer {layer} ({reasons})", failures)
 
+        paid = [p.usage for p in proposals if p.text is not None]
+        last = [p for p in results if p.text is not None]
+        return await self.aggregate(messages, proposals, last, self.plan.rounds + 1, started, paid)
+
+    async def aggregate(
+        self,
+        messages: list[Message],
+        proposals: list[Proposal],
+        last: list[Proposal],
+        layer: int,
+        started: float,
+        paid: list[Usage | None],
+    ) -> TurnResult:
+        """The aggregator step over `last` (answered proposals, in `proposals`), as layer `layer`.
+
+        `paid` is the usage of the calls the turn made before it: the turn's usage is theirs
+        plus the aggregator's.
+        """
         step = await aggregate(
             self.plan.aggregation,
             self,
             self.plan.aggregator,
-            self.plan.rounds + 1,
+            layer,
             messages,
             self.plan.aggregator_prompt,
-            [p for p in results if p.text is not None],
+            last,
         )
         final = step.final
         if final.text is None:
             failed = [self.errors[step.failed_call]] if step.failed_call in self.errors else []
             raise TurnFailed(f"the aggregator {final.model} failed: {final.error}", failed, aggregator=True)
-        usage = Usage.total([p.usage for p in proposals if p.text is not None] + [c.usage for c in step.calls])
+        usages = paid + [c.usage for c in step.calls]
+        usage = Usage.total(usages) if usages else Usage(0, 0, 0)  # no call at all: nothing used
         if self.usage_lost:
             usage = Usage()
         result = TurnResult(
@@ -349,3 +371,32 @@ async def run_turn(
     if not messages or messages[-1]["role"] != "user":
         raise ValueError("the conversation must end with a user message")
     return await _Turn(plan, router, on_event or _ignore).run(list(messages))
+
+
+async def run_aggregation(
+    messages: list[Message],
+    plan: Plan,
+    router: Router,
+    proposals: Sequence[Proposal],
+    on_event: EventSink | None = None,
+) -> TurnResult:
+    """Run only the aggregator step of a turn, over proposals made earlier (stored ones).
+
+    The aggregator (`plan.aggregator`, `plan.aggregation`, its prompt and sampling) answers
+    `messages` with the answered proposals of the last layer in `proposals`, exactly as
+    `run_turn` would have after its layers; no reference is called, so `plan.references`
+    and `plan.rounds` are not used. The result's `proposals` are the ones given (the same
+    objects), and its `usage` and events cover the aggregator's calls alone: the proposals
+    were paid for when they were made. ValueError if no proposal of the last layer has text.
+    """
+    if not messages or messages[-1]["role"] != "user":
+        raise ValueError("the conversation must end with a user message")
+    given = list(proposals)
+    if not given:
+        raise ValueError("no proposals to aggregate")
+    layer = max(p.layer for p in given)
+    last = [p for p in given if p.layer == layer and p.text is not None]
+    if not last:
+        raise ValueError(f"no proposal of the last layer ({layer}) has an answer to aggregate")
+    turn = _Turn(plan, router, on_event or _ignore)
+    return await turn.aggregate(list(messages), given, last, layer + 1, time.perf_counter(), [])

@@ -108,6 +108,19 @@ def batch(
             "--fastchat-temperatures", help="MT-Bench: FastChat's per-category temperatures instead of --temperature."
         ),
     ] = False,
+    reuse_proposals: Annotated[
+        Path | None,
+        typer.Option(
+            "--reuse-proposals",
+            metavar="PATH",
+            help=(
+                "Run only the aggregator, over the proposals an earlier run of the same input kept in PATH: "
+                "its --format jsonl output, or its OUTPUT.moa-progress file (any format). No reference is called."
+            ),
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
     local: opt.Local = False,
     verbose: opt.Verbose = False,
     quiet: opt.Quiet = False,
@@ -123,6 +136,8 @@ def batch(
       moa batch alpaca_eval.json -o results/moa/model_outputs.json --parallel 8
 
       moa batch question.jsonl -o model_answer/moa.jsonl --fastchat-temperatures --rps 1
+
+      moa batch prompts.jsonl -o other.jsonl --reuse-proposals answers.jsonl -a MODEL
     """
     with handle_errors():
         from moa_cli import batch as core
@@ -143,6 +158,7 @@ def batch(
             allow_failures=allow_failures,
             restart=restart,
             fastchat_temperatures=fastchat_temperatures,
+            reuse_proposals=reuse_proposals,
         )
         job = replace(job, command=resume_command(job, flags, local=local))
         prepared = core.prepare(job, settings)
@@ -187,7 +203,7 @@ def resume_command(job: Job, flags: dict[str, Any], *, local: bool = False) -> s
             words += [spelling, str(value)]
     options = {
         "--format": job.format, "--parallel": job.parallel, "--rps": job.rps, "--limit": job.limit,
-        "--ids": ",".join(job.ids) or None, "--generator": job.generator,
+        "--ids": ",".join(job.ids) or None, "--generator": job.generator, "--reuse-proposals": job.reuse_proposals,
     }  # fmt: skip
     for spelling, value in options.items():
         if value is not None:
