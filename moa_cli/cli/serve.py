@@ -13,8 +13,6 @@ from moa_cli.cli import options as opt
 from moa_cli.cli.errors import handle_errors
 from moa_cli.errors import ConfigError
 
-_SERVER = "Server"
-
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -34,10 +32,8 @@ def split_values(values: list[str] | None) -> tuple[str, ...]:
 def serve(
     *,
     local: opt.Local = False,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.", rich_help_panel=_SERVER)] = "127.0.0.1",
-    port: Annotated[
-        int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).", rich_help_panel=_SERVER)
-    ] = 5001,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")] = 5001,
     api_key: Annotated[
         list[str] | None,
         typer.Option(
@@ -47,7 +43,6 @@ def serve(
             help="Clients must send Authorization: Bearer KEY; repeat it for several (env: comma list).",
             show_envvar=False,
             show_default=False,
-            rich_help_panel=_SERVER,
         ),
     ] = None,
     cors_origin: Annotated[
@@ -57,18 +52,15 @@ def serve(
             metavar="ORIGIN",
             help="Allow browser calls from this origin (repeatable).",
             show_default=False,
-            rich_help_panel=_SERVER,
         ),
     ] = None,
     max_concurrent: Annotated[
         int,
-        typer.Option("--max-concurrent", min=1, metavar="N", help="Turns running at once.", rich_help_panel=_SERVER),
+        typer.Option("--max-concurrent", min=1, metavar="N", help="Turns running at once."),
     ] = 16,
     queue: Annotated[
         int,
-        typer.Option(
-            "--queue", min=0, metavar="M", help="Turns waiting for a slot; beyond that, 429.", rich_help_panel=_SERVER
-        ),
+        typer.Option("--queue", min=0, metavar="M", help="Turns waiting for a slot; beyond that, 429."),
     ] = 64,
     turn_timeout: Annotated[
         float | None,
@@ -78,7 +70,6 @@ def serve(
             metavar="SECONDS",
             help="Longest a whole request may take (504).",
             show_default=False,
-            rich_help_panel=_SERVER,
         ),
     ] = None,
     shutdown_timeout: Annotated[
@@ -88,14 +79,11 @@ def serve(
             min=0.0,
             metavar="SECONDS",
             help="On SIGTERM, how long in-flight turns may finish.",
-            rich_help_panel=_SERVER,
         ),
     ] = 30.0,
     workers: Annotated[
         int,
-        typer.Option(
-            "--workers", min=1, metavar="N", help="Worker processes (uvicorn's own).", rich_help_panel=_SERVER
-        ),
+        typer.Option("--workers", min=1, metavar="N", help="Worker processes (uvicorn's own)."),
     ] = 1,
     passthrough: Annotated[
         list[str] | None,
@@ -104,7 +92,6 @@ def serve(
             metavar="MODEL",
             help="Also serve this provider model as itself, one direct call (for titles and tags; repeatable).",
             show_default=False,
-            rich_help_panel=_SERVER,
         ),
     ] = None,
     allow_overrides: Annotated[
@@ -112,7 +99,6 @@ def serve(
         typer.Option(
             "--allow-overrides",
             help='Let requests change the line-up with {"moa": {...}} in the body.',
-            rich_help_panel=_SERVER,
         ),
     ] = False,
     progress: Annotated[
@@ -121,7 +107,6 @@ def serve(
             "--progress",
             metavar="off|reasoning",
             help="reasoning: stream each reference's progress as reasoning_content.",
-            rich_help_panel=_SERVER,
         ),
     ] = "off",
     verbose: opt.Verbose = False,
