@@ -507,3 +507,15 @@ def test_the_stop_matcher_holds_back_only_a_possible_start() -> None:
     assert m.feed("Dx") == ("", True)
     m = StopMatcher(("xy",))
     assert m.feed("ax") == ("a", False) and m.feed("b") == ("xb", False) and m.flush() == ""
+
+
+def test_a_call_cut_before_it_got_a_slot_is_listed_not_a_500(moa_env, llm_server: FakeLLMServer) -> None:
+    """num_proc 1 and a quorum of 1 over three references: when alpha answers, beta holds the
+    slot and gamma has never started; both are cut, and the turn still answers."""
+    llm_server.set_default("beta", Reply(latency=2))
+    overrides = {"references": ["alpha", "beta", "gamma"], "num_proc": 1, "quorum": 1}
+    (response,) = call(moa_env, ("POST", "/v1/chat/completions", HI), overrides=overrides)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "Answer from judge."
+    assert "gamma" not in [r.model for r in llm_server.requests]  # cut before it was ever sent
+    assert response.text.count('"quorum"') >= 2  # beta and gamma, each with its kind

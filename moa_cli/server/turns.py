@@ -193,16 +193,13 @@ class Turn:
         if call is None:
             return
         if isinstance(event, CallStarted):
-            self._calls[call] = {
-                "model": call.model, "layer": call.layer, "role": call.role, "status": "running", "seconds": None,
-                "usage": None, "finish_reason": None, "error_kind": None, "http_status": None, "error": None,
-            }  # fmt: skip
+            self._calls[call] = self._blank(call)
             layer, done, total = self._layer
             self._layer = (call.layer, 0, 1) if call.layer != layer else (layer, done, total + 1)
             if self.reasoning and call.is_aggregator and self.served.spec is None:
                 self._put(("reasoning", f"{call.model} is writing the answer.\n\n"))
         elif isinstance(event, CallFinished):
-            self._calls[call].update(
+            self._calls.setdefault(call, self._blank(call)).update(
                 status="ok", seconds=round(event.seconds, 3), finish_reason=event.finish_reason,
                 usage=event.usage.to_dict() if event.usage and event.usage.known else None,
             )  # fmt: skip
@@ -210,12 +207,20 @@ class Turn:
             if self.reasoning and not call.is_aggregator:
                 self._put(("reasoning", f"{call.model} (layer {call.layer}) answered in {event.seconds:.1f}s.\n"))
         elif isinstance(event, CallFailed):
-            self._calls[call].update(status="failed", seconds=round(event.seconds, 3), error_kind=event.kind,
+            # A call cut by the quorum or a deadline while it waited for a slot never started.
+            self._calls.setdefault(call, self._blank(call)).update(status="failed", seconds=round(event.seconds, 3), error_kind=event.kind,
                                      http_status=event.status, error=event.error)  # fmt: skip
             self._layer_done(call)
             if self.reasoning and not call.is_aggregator:
                 word = KIND_WORDS.get(event.kind, "failed")
                 self._put(("reasoning", f"{call.model} (layer {call.layer}) {word}: left out.\n"))
+
+    @staticmethod
+    def _blank(call: CallInfo) -> dict[str, Any]:
+        return {
+            "model": call.model, "layer": call.layer, "role": call.role, "status": "running", "seconds": None,
+            "usage": None, "finish_reason": None, "error_kind": None, "http_status": None, "error": None,
+        }  # fmt: skip
 
     def _layer_done(self, call: CallInfo) -> None:
         layer, done, total = self._layer
