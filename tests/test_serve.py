@@ -478,6 +478,32 @@ def test_draining_refuses_new_turns_and_ends_the_rest_at_the_deadline(moa_env, l
     assert llm_server.wait_until_idle(2) and llm_server.requests_for("judge")[0].disconnected
 
 
+def test_a_request_queued_when_the_drain_begins_is_refused_at_once(moa_env, llm_server: FakeLLMServer) -> None:
+    """One slot: the second request waits in the queue; the drain refuses it (503) at once
+    instead of starting its turn after the drain's deadline has passed."""
+    llm_server.set_default("judge", Reply(text="slow " * 50, token_delay=0.02))
+
+    async def run() -> tuple[httpx.Response, httpx.Response, float]:
+        app = make_app(moa_env, max_concurrent=1, queue=5, shutdown_timeout=3)
+        async with serving(app) as client:
+            first = asyncio.create_task(client.post("/v1/chat/completions", json={**HI, "stream": True}))
+            await asyncio.sleep(0.2)
+            queued = asyncio.create_task(client.post("/v1/chat/completions", json=HI))
+            await asyncio.sleep(0.1)
+            assert app.state.moa.gate.waiting == 1
+            began = time.monotonic()
+            app.state.moa.drain.begin()
+            refused = await queued
+            waited = time.monotonic() - began
+            return await first, refused, waited
+
+    first, refused, waited = asyncio.run(run())
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "shutting_down"
+    assert waited < 0.5  # not after the running turn's end
+    assert events(first)[-1] == "[DONE]"  # the running turn finished within the drain
+    assert len(llm_server.requests_for("judge")) == 1  # the queued turn never started
+
+
 def test_the_gate_is_first_come_first_served_and_a_cancelled_waiter_passes_its_slot_on() -> None:
     async def run() -> list[str]:
         gate = Gate(1, 5)

@@ -58,6 +58,8 @@ class ServerState:
         self.keys = Keys(options.api_keys)
         self.gate = Gate(options.max_concurrent, options.queue)
         self.drain = Drain(options.shutdown_timeout)
+        # A request queued when the drain begins is refused at once (503), not started later.
+        self.drain.when_draining(lambda: self.gate.refuse_waiting(errors.draining()))
 
     def preload(self) -> None:
         """Import the SDKs every served model needs, before the event loop runs."""
@@ -242,6 +244,9 @@ async def chat_completions(request: Request) -> Response:
         await unless_disconnected(request, state.gate.enter())
     except ClientGone:
         return Response(status_code=499)
+    if state.drain.has_begun():  # handed a slot just as the drain began: too late to start
+        state.gate.leave()
+        raise errors.draining()
     turn = Turn(
         served,
         chat,

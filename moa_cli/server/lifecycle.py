@@ -28,6 +28,7 @@ class Drain:
         self.shutdown_timeout = shutdown_timeout
         self.draining = False
         self._turns: set[Callable[[], None]] = set()  # each in-flight turn's "end now"
+        self._on_begin: list[Callable[[], None]] = []  # e.g. refuse the requests still queued
         self._timer: asyncio.TimerHandle | None = None
 
     @property
@@ -43,12 +44,22 @@ class Drain:
     def in_flight(self) -> int:
         return len(self._turns)
 
+    def has_begun(self) -> bool:
+        """Whether the drain has begun (a call, so a check after an await reads it afresh)."""
+        return self.draining
+
+    def when_draining(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on the event loop) when the drain begins."""
+        self._on_begin.append(callback)
+
     def begin(self) -> None:
         """(event loop) The first signal: refuse new turns, end the rest at the deadline."""
         if self.draining:
             self.end_all()  # a second signal: stop now
             return
         self.draining = True
+        for callback in self._on_begin:
+            callback()
         logger.info("draining: {} turn(s) in flight, {:g}s to finish", self.in_flight, self.deadline_seconds)
         self._timer = asyncio.get_running_loop().call_later(self.deadline_seconds, self.end_all)
 

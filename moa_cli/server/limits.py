@@ -33,11 +33,18 @@ class Gate:
         try:
             await waiter  # leave() hands its slot over: `running` already counts us
         except BaseException:
-            if waiter.done() and not waiter.cancelled():
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.leave()  # we were handed a slot as we went away: pass it on
-            else:
+            elif waiter in self._waiting:
                 self._waiting.remove(waiter)
             raise
+
+    def refuse_waiting(self, error: Exception) -> None:
+        """Every request still queued fails with `error` (the drain's 503), at once."""
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
 
     def leave(self) -> None:
         while self._waiting:
