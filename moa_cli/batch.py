@@ -272,7 +272,9 @@ def manifest_path(output: Path) -> Path:
 def default_generator(output: Path) -> str:
     """The name written into the output: the file's stem (FastChat names a model by it),
     or for alpaca_eval's `results/NAME/model_outputs.json` layout, the directory's name."""
-    stem = output.name.split(".")[0] or output.name
+    # Only the extension goes: FastChat takes `llama-3.1-8b.jsonl` as model `llama-3.1-8b`.
+    name = output.name
+    stem = next((name[: -len(ext)] for ext in (".jsonl", ".json") if name.endswith(ext) and len(name) > len(ext)), name)
     if stem == "model_outputs" and output.resolve().parent.name:
         return output.resolve().parent.name
     return stem

@@ -502,3 +502,19 @@ def test_the_fingerprint_covers_every_setting_that_changes_an_answer() -> None:
     assert {"references", "aggregator", "rounds", "temperature", "max_tokens", "seed", "system"} <= names
     assert names >= {n for n, spec in SPECS.items() if spec.lineup} - {"num_proc", "aggregator_prompt"}
     assert not names & {"num_proc", "timeout", "retries", "log", "max_cost"}
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("llama-3.1-8b.jsonl", "llama-3.1-8b"),
+        ("moa-v1.5.json", "moa-v1.5"),
+        ("answers", "answers"),
+        (".jsonl", ".jsonl"),
+    ],
+)
+def test_the_default_generator_keeps_dots_in_the_name(tmp_path: Path, name: str, expected: str) -> None:
+    from moa_cli.batch import default_generator
+
+    assert default_generator(tmp_path / name) == expected
+    assert default_generator(tmp_path / "moa-v1.5" / "model_outputs.json") == "moa-v1.5"
