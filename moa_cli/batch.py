@@ -61,7 +61,8 @@ from moa_cli import __version__
 from moa_cli.api import MoA
 from moa_cli.errors import ConfigError, MoaError, TurnFailed
 from moa_cli.providers.base import Gated, Provider
-from moa_cli.redact import redact
+from moa_cli.providers.registry import split
+from moa_cli.redact import mask_url, redact
 from moa_cli.settings import SPECS, Settings
 from moa_cli.types import Message, Proposal, Usage
 
@@ -294,8 +295,21 @@ def fingerprint_parts(settings: Settings, fmt: str, input_sha: str, fastchat_tem
     """Everything that decides the answers; two runs with equal parts may share a sidecar."""
     parts: dict[str, Any] = {name: _plain(getattr(settings, name)) for name in answer_settings()}
     parts["aggregator_prompt_sha256"] = _sha(settings.aggregator_prompt)
+    parts["routes"] = routes(settings)
     parts.update(format=fmt, input_sha256=input_sha, fastchat_temperatures=fastchat_temperatures)
     return parts
+
+
+def routes(settings: Settings) -> dict[str, list[str]]:
+    """Where each model of the line-up is sent: provider, kind, endpoint (credentials masked)
+    and model name. The same `-r m1` through another default provider or base URL is another
+    model, so it must not share a sidecar."""
+    out: dict[str, list[str]] = {}
+    for spec in dict.fromkeys([*settings.references, settings.aggregator]):
+        config, model = split(settings, spec)
+        endpoint = (settings.env.get("TOGETHER_BASE_URL") if config.kind == "together" else None) or config.base_url
+        out[spec] = [config.name, config.kind, mask_url(endpoint or "default"), model]
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -894,6 +908,7 @@ def prepare(job: Job, settings: Settings) -> Prepared:
     if reuse is not None:  # other answers than a full run's: never mixed with one in a sidecar
         for name in _REFERENCES_ONLY:  # no reference is called: these change nothing
             parts.pop(name, None)
+        parts["routes"] = {settings.aggregator: parts["routes"][settings.aggregator]}
         parts[_REUSE_PART] = reuse.sha256
     header = {
         "moa_batch": _SIDECAR_VERSION,

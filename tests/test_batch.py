@@ -305,6 +305,17 @@ def test_a_changed_setting_is_refused_unless_restart(moa, llm_server: FakeLLMSer
     assert llm_server.requests == [] and out.read_bytes() == before
 
 
+def test_the_same_models_on_another_endpoint_are_another_run(
+    moa, llm_server: FakeLLMServer, tmp_path: Path, moa_home: Path
+) -> None:
+    """-r/-a unchanged, but the default provider now points elsewhere: refused, not mixed."""
+    source, out = prompts_file(tmp_path, 2), tmp_path / "out.jsonl"
+    assert moa(["batch", str(source), "-o", str(out), *LINEUP, "--limit", "1"]).returncode == 0
+    (moa_home / "config.toml").write_text(f'[providers.alt]\nkind = "openai"\nbase_url = "{llm_server.base_url}/v1"\n')
+    proc = moa(["batch", str(source), "-o", str(out), *LINEUP], env={"MOA_DEFAULT_PROVIDER": "alt"})
+    assert proc.returncode == 2 and "routes" in proc.stderr, proc.stderr
+
+
 def test_limit_and_ids_select_items(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
     source = prompts_file(tmp_path, 5)
     out = tmp_path / "out.jsonl"
