@@ -288,6 +288,12 @@ def test_a_request_can_choose_the_aggregation(moa_env, llm_server: FakeLLMServer
 
 BAD = [
     (b"{not json", None, "not valid JSON"),
+    (b"[" * 100_000, None, "nests too deeply"),
+    (
+        b'{"model": "moa", "messages": [{"role": "user", "content": "a\\ud800b"}]}',
+        "messages[0].content",
+        "lone surrogate",
+    ),
     (b"", None, "empty"),
     ([1, 2], None, "JSON object"),
     ({"messages": HI["messages"]}, "model", "model is required"),

@@ -123,6 +123,21 @@ def parse_messages(raw: Any) -> list[Message]:
 
 
 def _content(content: Any, where: str) -> str:
+    return _unicode(_text_of(content, where), where)
+
+
+def _unicode(text: str, where: str) -> str:
+    """JSON may escape a lone surrogate (\\ud800): no upstream can take it; say so here."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise bad_request(
+            f"{where}.content is not valid Unicode (a lone surrogate at character {exc.start})", f"{where}.content"
+        ) from None
+    return text
+
+
+def _text_of(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -214,6 +229,8 @@ def read_json(raw: bytes) -> Any:
         raise bad_request(
             f"the request body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
+    except RecursionError:
+        raise bad_request("the request body nests too deeply") from None
 
 
 __all__ = ["OVERRIDABLE", "ApiError", "ChatRequest", "parse_chat", "parse_messages", "read_json"]
