@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -265,6 +266,14 @@ def test_overrides_need_the_server_to_allow_them(moa_env, llm_server: FakeLLMSer
     (allowed,) = call(moa_env, ("POST", "/v1/chat/completions", body), allow_overrides=True)
     assert allowed.status_code == 200
     assert [r.model for r in llm_server.requests] == ["gamma", "gamma", "judge"]
+
+
+def test_a_request_cannot_make_the_server_load_a_model_file(moa_env, tmp_path: Path) -> None:
+    model = tmp_path / "any.gguf"
+    model.write_bytes(b"GGUF" + b"\0" * 64)
+    body = {**HI, "moa": {"references": [f"local:{model}"]}}
+    (refused,) = call(moa_env, ("POST", "/v1/chat/completions", body), allow_overrides=True)
+    assert refused.status_code == 400 and "not served here" in refused.json()["error"]["message"]
 
 
 def test_a_request_can_choose_the_aggregation(moa_env, llm_server: FakeLLMServer) -> None:

@@ -32,7 +32,7 @@ from starlette.types import Receive, Scope, Send
 from moa_cli.config import Settings
 from moa_cli.errors import ConfigError
 from moa_cli.logs import logger
-from moa_cli.providers.registry import ProviderPool, check_lineup, lineup_specs
+from moa_cli.providers.registry import ProviderPool, check_lineup, lineup_specs, split
 from moa_cli.server import errors, sse
 from moa_cli.server.auth import Keys
 from moa_cli.server.errors import ApiError, bad_request
@@ -151,7 +151,20 @@ def settings_for(state: ServerState, served: Served, request: ChatRequest) -> Se
         check_lineup(settings)
     except ConfigError as exc:
         raise bad_request(f"moa: {exc}", "moa") from None
+    _only_served_local_models(state, settings)
     return settings
+
+
+def _only_served_local_models(state: ServerState, settings: Settings) -> None:
+    """A request may not make the server load a model file of its choosing (each stays loaded
+    for the process): a `local:` model must be one a served line-up already runs."""
+    served_specs = {
+        spec for model in state.catalogue.models.values() if model.settings for spec in lineup_specs(model.settings)
+    }
+    for spec in lineup_specs(settings):
+        if split(settings, spec)[0].kind == "local" and spec not in served_specs:
+            raise bad_request(f"moa: {spec} is not served here: a request may name only the local models the "
+                              "server's line-ups run", "moa")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- streaming
