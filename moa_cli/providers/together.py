@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,11 +37,26 @@ def _resources_on_demand() -> None:
         return
     module = importlib.util.module_from_spec(spec)
     loader = spec.loader
+    lock = threading.RLock()  # other threads wait while the package runs; its own code may re-enter
+    state = {"running": False, "done": False}
 
     def load_all(name: str) -> Any:
-        del vars(module)["__getattr__"]
-        loader.exec_module(module)
-        return getattr(module, name)
+        with lock:
+            if not state["done"] and not state["running"]:
+                state["running"] = True
+                try:
+                    loader.exec_module(module)
+                except BaseException:
+                    sys.modules.pop("together.resources", None)  # as a failed import would
+                    raise
+                finally:
+                    state["running"] = False
+                state["done"] = True
+                if vars(module).get("__getattr__") is load_all:
+                    del vars(module)["__getattr__"]
+        if name in vars(module):
+            return vars(module)[name]
+        raise AttributeError(f"module 'together.resources' has no attribute {name!r}")
 
     vars(module)["__getattr__"] = load_all  # a module's __getattr__: PEP 562
     sys.modules["together.resources"] = module
