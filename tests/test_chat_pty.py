@@ -152,3 +152,22 @@ def test_tab_completion_exit_words_and_no_color(moa_env: dict[str, str], llm_ser
     assert child.exitstatus == 0
     assert len(llm_server.requests) == 3  # "exit" quit, it was not sent
     assert colour_codes(log.getvalue()) == []  # prompt, progress, answer: all without colour
+
+
+@pytest.mark.pty
+@pytest.mark.parametrize(("signum", "code"), [(15, 143), (1, 129)])
+def test_sigterm_or_sighup_at_the_prompt_ends_the_session(
+    moa_env: dict[str, str], llm_server: FakeLLMServer, signum: int, code: int
+) -> None:
+    """Not taken for a Ctrl-C at the prompt (which keeps the session): one line, 143 or 129."""
+    child, log = spawn_chat(moa_env, *LINEUP)
+    child.sendline("hello")
+    child.expect("Answer from agg")
+    child.expect(PROMPT)
+    time.sleep(0.3)  # the prompt is drawn; let it enter its read loop
+    child.kill(signum)
+    child.expect(pexpect.EOF)
+    child.close()
+    screen = ANSI.sub("", log.getvalue())
+    assert child.exitstatus == code or child.signalstatus == signum, screen
+    assert "Traceback" not in screen and "Press ENTER" not in screen and "(Ctrl-D or /exit quits)" not in screen

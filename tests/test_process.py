@@ -245,3 +245,19 @@ def test_sigterm_in_chat_line_mode(moa_env: dict[str, str], llm_server: FakeLLMS
     assert err.splitlines()[-1] == "moa: terminated"
     assert llm_server.wait_until_idle(timeout=3)
     assert all(r.disconnected for r in llm_server.requests)
+
+
+def test_bytes_that_are_not_text_in_piped_chat_become_replacement_characters(
+    moa_env: dict[str, str], llm_server: FakeLLMServer
+) -> None:
+    """A stray Latin-1 byte under a strict locale: the turn is asked (with U+FFFD), so is the next."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "moa_cli", "chat", "-r", "alpha", "-a", "judge"],
+        input=b"caf\xe9\nsecond\n",
+        capture_output=True,
+        env={**moa_env, "PYTHONIOENCODING": "utf-8:strict"},
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [r.last_user for r in llm_server.requests_for("alpha")] == ["caf\ufffd", "second"]

@@ -77,7 +77,7 @@ def show_last_exchange(resumed: Any) -> None:
     """`moa chat -c`: which conversation this is, and its last prompt and answer."""
     from moa_cli.render import make_console, markdown
 
-    err, out = make_console(stderr=True), make_console()
+    err = make_console(stderr=True)
     turns = len(resumed.turns)
     err.print(
         f"continuing conversation {resumed.conversation_id} ({turns} turn{'' if turns == 1 else 's'})",
@@ -85,7 +85,7 @@ def show_last_exchange(resumed: Any) -> None:
         markup=False,
         highlight=False,
     )
-    if resumed.turns:
+    if resumed.turns:  # shown for context on stderr: stdout carries this session's answers only
         last = resumed.turns[-1]
-        out.print(f">>> {last.prompt}", markup=False, highlight=False)
-        out.print(markdown(last.answer or ""))
+        err.print(f">>> {last.prompt}", markup=False, highlight=False)
+        err.print(markdown(last.answer or ""))

@@ -70,6 +70,10 @@ def prepare() -> bool:
     if sys.stdin is None and not _fd_is_open(0):
         _point_at_devnull(0)
         sys.stdin = open(0, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+    elif isinstance(sys.stdin, io.TextIOWrapper):
+        # Bytes that are not text become U+FFFD, as `moa ask` reads them: a stray Latin-1 byte
+        # in piped chat input must not end the session or fail every call of its turn.
+        sys.stdin.reconfigure(errors="replace")
     if sys.stderr is None and not _fd_is_open(2):
         _point_at_devnull(2)
     if _fd_is_open(2):

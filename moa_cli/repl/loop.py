@@ -149,7 +149,9 @@ class Repl:
             while True:
                 try:
                     line = await self.session.prompt_async(pre_run=self._after_first_prompt)
-                except KeyboardInterrupt:  # Ctrl-C at the prompt: drop the line, stay
+                except KeyboardInterrupt as exc:  # Ctrl-C at the prompt: drop the line, stay
+                    if type(exc) is not KeyboardInterrupt:
+                        raise  # SIGTERM or SIGHUP (a KeyboardInterrupt subclass): the session ends
                     if not self.session.default_buffer.text:  # perhaps they meant to quit
                         note(self.err, "(Ctrl-D or /exit quits)")
                     continue
