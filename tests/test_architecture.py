@@ -16,6 +16,8 @@ FORBIDDEN: dict[str, set[str]] = {
     "types.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"},
     "events.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"},
     "errors.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"},
+    # Process signals for every front end (cli, the REPL's line mode): stdlib only.
+    "signals.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp", "sqlite3"},
     "config.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp"},
     "engine.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"},
     "api.py": {"rich", "prompt_toolkit", "typer", "together", "openai"},

@@ -261,3 +261,29 @@ def test_bytes_that_are_not_text_in_piped_chat_become_replacement_characters(
     )
     assert proc.returncode == 0, proc.stderr
     assert [r.last_user for r in llm_server.requests_for("alpha")] == ["caf\ufffd", "second"]
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_signal_during_a_line_mode_turn_cancels_it_with_its_code(
+    moa_env: dict[str, str], llm_server: FakeLLMServer, signum: int, code: int
+) -> None:
+    llm_server.set_default("alpha", Reply(latency=5))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "moa_cli", "chat", "-r", "alpha", "-a", "judge"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=moa_env, cwd=ROOT,
+    )  # fmt: skip
+    assert child.stdin is not None
+    child.stdin.write(b"one\ntwo\n")
+    child.stdin.close()
+    deadline = time.monotonic() + 15
+    while not llm_server.requests_for("alpha") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    child.send_signal(signum)
+    child.wait(timeout=15)
+    assert child.stderr is not None and child.stdout is not None
+    err = child.stderr.read()
+    child.stderr.close()
+    child.stdout.close()
+    assert child.returncode == code, err
+    assert b"Traceback" not in err and b"RuntimeError" not in err
+    assert llm_server.wait_until_idle(5) and llm_server.requests_for("alpha")[0].disconnected

@@ -142,7 +142,8 @@ def main() -> None:
     Usage errors exit 2, a reader that goes away (`| head`) exits 141 quietly, a failed
     write of the answer exits 1, signals exit 128 + signum; never a box or a traceback.
     """
-    from moa_cli.cli import signals, stdio
+    from moa_cli import signals
+    from moa_cli.cli import stdio
     from moa_cli.cli.errors import EXIT_PIPE, EXIT_WRITE, interrupted
 
     if not stdio.prepare():

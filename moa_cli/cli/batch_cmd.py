@@ -141,7 +141,7 @@ def batch(
     """
     with handle_errors():
         from moa_cli import batch as core
-        from moa_cli.cli import signals
+        from moa_cli import signals
         from moa_cli.cli.runtime import load
 
         core.read_input(input_file, input_format)  # a bad input file is the first thing said (exit 2)

@@ -25,7 +25,7 @@ EXIT_WRITE = EXIT_FAILED  # the answer could not be written
 
 def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, KeyboardInterrupt):
-        from moa_cli.cli.signals import exit_code_of
+        from moa_cli.signals import exit_code_of
 
         return exit_code_of(exc)
     if isinstance(exc, ConfigError):
@@ -66,7 +66,7 @@ def handle_errors(*, json_mode: bool = False) -> Iterator[None]:
 
 def interrupted(exc: KeyboardInterrupt, *, json_mode: bool = False) -> int:
     """Say why the run stopped (one line; with --json, the error object too); the exit code."""
-    from moa_cli.cli.signals import exit_code_of, reason_of
+    from moa_cli.signals import exit_code_of, reason_of
 
     code, reason = exit_code_of(exc), reason_of(exc)
     if json_mode:

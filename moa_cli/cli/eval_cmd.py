@@ -76,7 +76,7 @@ def ifeval(
       moa eval ifeval --lineup together --aggregation select --limit 150 --json
     """
     with handle_errors():
-        from moa_cli.cli import signals
+        from moa_cli import signals
         from moa_cli.cli.batch_cmd import _view
         from moa_cli.cli.runtime import load
         from moa_cli.evals import ifeval as core

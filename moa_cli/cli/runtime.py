@@ -41,8 +41,8 @@ def run_one_turn(
     When the aggregator fails after part of its answer reached stdout, stderr says that
     text is incomplete before the error propagates (exit 1).
     """
+    from moa_cli import signals
     from moa_cli.api import MoA
-    from moa_cli.cli import signals
     from moa_cli.errors import TurnFailed
     from moa_cli.render import TurnView, make_console
 

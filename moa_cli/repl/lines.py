@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, TextIO
 
+from moa_cli import signals
 from moa_cli.config import Settings
 from moa_cli.repl.loop import Repl
 from moa_cli.repl.slash import ChatState, Outcome
@@ -34,11 +35,12 @@ def run_lines(
 ) -> int:
     """Run every line of `stream` until its end (or an exit word); returns the exit code."""
     repl = Repl(ChatState.start(settings, resumed), err, out, line_mode=True)
-    # One loop for the whole input, so connections are reused across turns.
+    # One loop for the whole input, so connections are reused across turns. A signal during a
+    # turn cancels it (its streams closed) and then ends the run with 130, 143 or 129.
     with asyncio.Runner() as runner:
         try:
             for line in iter(stream.readline, ""):
-                if runner.run(repl.handle(line)) is Outcome.EXIT:
+                if signals.run(repl.handle(line), runner=runner) is Outcome.EXIT:
                     break
         finally:
             runner.run(repl.aclose())
