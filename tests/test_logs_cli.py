@@ -258,3 +258,32 @@ def test_kill_9_mid_turn_loses_only_that_turn(
         assert db.execute("SELECT count(*) FROM calls").fetchone()[0] == 3
     assert cli(["ask", *LINEUP, "after the crash"]).returncode == 0
     assert len(json.loads(cli(["logs", "--json"]).stdout)["turns"]) == 2
+
+
+def test_a_signal_while_the_turn_is_being_logged_finishes_the_write(
+    moa, llm_server: FakeLLMServer, moa_home: Path, moa_env: dict[str, str]
+) -> None:
+    """The answer is out, the log row waits for a lock another process holds, SIGTERM comes:
+    the row is still written, no traceback, and the exit code says the signal (143)."""
+    assert moa(["ask", "-r", "alpha", "-a", "judge", "first"]).returncode == 0  # logs.db exists
+    holder = sqlite3.connect(moa_home / "logs.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, held
+    child = subprocess.Popen(
+        [sys.executable, "-m", "moa_cli", "ask", "-r", "alpha", "-a", "judge", "signalled while logging"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=moa_env, cwd=ROOT,
+    )  # fmt: skip
+    assert child.stdout is not None and child.stderr is not None
+    answer = child.stdout.read()  # stdout reaches end-of-file once the answer is out
+    assert answer == b"Answer from judge.\n"
+    time.sleep(0.3)  # the process is now waiting for the lock to write its row
+    child.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    holder.execute("COMMIT")
+    holder.close()
+    assert child.wait(timeout=15) == 143
+    err = child.stderr.read().decode()
+    child.stdout.close()
+    child.stderr.close()
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    found = moa(["logs", "-q", "signalled", "--json"])
+    assert found.returncode == 0 and "signalled while logging" in found.stdout

@@ -182,12 +182,21 @@ def _leave(code: int) -> NoReturn:
         sys.exit(code)
     import atexit
     import os
+    import signal
     import threading
 
+    # A signal now would raise inside the exit handlers, in the middle of writing the turn's
+    # log row: note it, let the write finish (the log's busy timeout bounds it), exit with it.
+    caught: list[int] = []
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), lambda signum, frame: caught.append(signum))
     shutdown = getattr(threading, "_shutdown", None)  # what Py_FinalizeEx runs first
     if shutdown is not None:
         shutdown()
     atexit._run_exitfuncs()
+    if caught:
+        code = 128 + caught[0]
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
