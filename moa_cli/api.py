@@ -184,16 +184,21 @@ class MoA:
     ) -> TurnResult:
         """`run` (the engine's run_turn or run_aggregation) recorded, through the router or a pool."""
         messages = build_messages(prompt, system or self.settings.system)
-        recording = await recorder.start(
-            self.settings, messages, conversation_id=self.conversation_id, source=self.source
-        )
-        on_event = recording.wrap(on_event)
         plan = self.plan
         if aggregator_sampling:
             unknown = set(aggregator_sampling) - {"temperature", "top_p", "max_tokens", "seed"}
             if unknown:
                 raise TypeError(f"aggregator_sampling: unknown field {sorted(unknown)[0]!r}")
             plan = replace(plan, aggregator_sampling=dict(aggregator_sampling))
+        # The worst case counts the answer's own budget when the turn sets one.
+        recording = await recorder.start(
+            self.settings,
+            messages,
+            conversation_id=self.conversation_id,
+            source=self.source,
+            aggregator_max_tokens=plan.aggregator_sampling.get("max_tokens"),
+        )
+        on_event = recording.wrap(on_event)
         try:
             router = self._router or self._pool
             if router is not None:

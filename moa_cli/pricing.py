@@ -275,23 +275,26 @@ def worst_case(
     aggregator_prompt: str,
     split: Any,
     book: PriceBook,
+    aggregator_max_tokens: int | None = None,
 ) -> Estimate:
     """Every call of the turn at `max_tokens`; the injected answers counted at max_tokens each.
 
-    `split(spec)` gives (provider name, model name) for a spec.
+    `split(spec)` gives (provider name, model name) for a spec. `aggregator_max_tokens` is the
+    answer's own budget when a turn sets one (`moa serve` takes it from the request).
     """
+    answer_budget = aggregator_max_tokens or max_tokens
     base = sum(estimate_tokens(m["content"]) + MESSAGE_OVERHEAD for m in messages)
     injected = estimate_tokens(aggregator_prompt) + len(references) * (max_tokens + MESSAGE_OVERHEAD)
-    calls: list[tuple[str, int]] = []
+    calls: list[tuple[str, int, int]] = []  # (spec, tokens in, most tokens out)
     for layer in range(1, rounds + 1):
-        calls += [(spec, base + (injected if layer > 1 else 0)) for spec in references]
-    calls.append((aggregator, base + injected))
+        calls += [(spec, base + (injected if layer > 1 else 0), max_tokens) for spec in references]
+    calls.append((aggregator, base + injected, answer_budget))
     priced = 0.0
     unpriced: list[str] = []
-    for spec, tokens_in in calls:
+    for spec, tokens_in, tokens_out in calls:
         provider, model = split(spec)
         price = book.price(spec, provider, model)
-        cost = price.cost(tokens_in, max_tokens) if price is not None else None
+        cost = price.cost(tokens_in, tokens_out) if price is not None else None
         if cost is None:
             unpriced.append(spec)
         else:
@@ -301,8 +304,8 @@ def worst_case(
         priced,
         len(calls),
         tuple(unpriced),
-        sum(t for _, t in calls),
-        max_tokens * len(calls),
+        sum(t for _, t, _ in calls),
+        sum(out for _, _, out in calls),
     )
 
 

@@ -134,7 +134,9 @@ async def price_book(settings: Settings) -> PriceBook:
     return book
 
 
-def estimate(settings: Settings, messages: Sequence[Message], book: PriceBook) -> Estimate:
+def estimate(
+    settings: Settings, messages: Sequence[Message], book: PriceBook, aggregator_max_tokens: int | None = None
+) -> Estimate:
     """The worst case of a turn with these settings over `messages`."""
     return worst_case(
         messages,  # type: ignore[arg-type]  # Message is a Mapping[str, str] in practice
@@ -145,14 +147,17 @@ def estimate(settings: Settings, messages: Sequence[Message], book: PriceBook) -
         aggregator_prompt=settings.aggregator_prompt,
         split=splitter(settings),
         book=book,
+        aggregator_max_tokens=aggregator_max_tokens,
     )
 
 
-def check_max_cost(settings: Settings, messages: Sequence[Message], book: PriceBook) -> None:
+def check_max_cost(
+    settings: Settings, messages: Sequence[Message], book: PriceBook, aggregator_max_tokens: int | None = None
+) -> None:
     """ConfigError (exit 2) when the turn's worst case may exceed `max_cost`."""
     if settings.max_cost is None:
         return
-    worst = estimate(settings, messages, book)
+    worst = estimate(settings, messages, book, aggregator_max_tokens)
     if worst.cost_usd is None:
         raise ConfigError(
             f"--max-cost {settings.max_cost:g}: cannot check this turn, its worst case is {worst.text()}; "
@@ -171,10 +176,11 @@ async def start(
     *,
     conversation_id: str | None = None,
     source: str = "api",
+    aggregator_max_tokens: int | None = None,
 ) -> Recording:
     """Begin recording a turn (and refuse it if it may cost more than max_cost)."""
     book = await price_book(settings)
-    check_max_cost(settings, messages, book)
+    check_max_cost(settings, messages, book, aggregator_max_tokens)
     return Recording(settings, messages, book, conversation_id=conversation_id, source=source)
 
 

@@ -60,3 +60,18 @@ def test_settings_and_single_settings_do_not_mix(tmp_path: Path) -> None:
     moa = MoA(["a"], "judge", env=env(tmp_path))
     with pytest.raises(TypeError, match="not both"):
         MoA(settings=moa.settings, temperature=0.1)
+
+
+def test_max_cost_counts_the_answers_own_budget(tmp_path: Path) -> None:
+    """A turn that sets the aggregator's max_tokens (moa serve's request) is checked with it."""
+    from moa_cli.errors import ConfigError
+
+    (tmp_path / "config.toml").write_text(
+        '[pricing."judge"]\ninput = 1\noutput = 1\n[pricing."a"]\ninput = 1\noutput = 1\n'
+    )
+    provider = ScriptedProvider("fake")
+    moa = MoA(["a"], "judge", env=env(tmp_path), router=ScriptedRouter(provider), max_tokens=10, max_cost=0.01)
+    asyncio.run(moa.arun("hi"))  # a few hundred tokens at $1 a million: well under a cent
+    with pytest.raises(ConfigError, match="could cost"):
+        asyncio.run(moa.arun("hi", aggregator_sampling={"max_tokens": 1_000_000}))  # $1 of output
+    assert [c.model for c in provider.calls] == ["a", "judge"]  # the refused turn sent nothing
