@@ -265,8 +265,11 @@ def test_a_signal_while_the_turn_is_being_logged_finishes_the_write(
 ) -> None:
     """The answer is out, the log row waits for a lock another process holds, SIGTERM comes:
     the row is still written, no traceback, and the exit code says the signal (143)."""
+    from moa_cli.store import flush_all
+
     assert moa(["ask", "-r", "alpha", "-a", "judge", "first"]).returncode == 0  # logs.db exists
-    holder = sqlite3.connect(moa_home / "logs.db", isolation_level=None)
+    flush_all()  # the in-process run's row is written before the lock is taken
+    holder = sqlite3.connect(moa_home / "logs.db", isolation_level=None, timeout=10)
     holder.execute("BEGIN IMMEDIATE")  # the write lock, held
     child = subprocess.Popen(
         [sys.executable, "-m", "moa_cli", "ask", "-r", "alpha", "-a", "judge", "signalled while logging"],
@@ -274,7 +277,7 @@ def test_a_signal_while_the_turn_is_being_logged_finishes_the_write(
     )  # fmt: skip
     assert child.stdout is not None and child.stderr is not None
     answer = child.stdout.read()  # stdout reaches end-of-file once the answer is out
-    assert answer == b"Answer from judge.\n"
+    assert answer == b"Answer from judge.\n", child.stderr.read() if child.poll() is not None else "still running"
     time.sleep(0.3)  # the process is now waiting for the lock to write its row
     child.send_signal(signal.SIGTERM)
     time.sleep(0.3)
