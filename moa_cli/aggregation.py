@@ -104,7 +104,9 @@ def select_messages(messages: Sequence[Message], answers: Sequence[str]) -> list
     return [*messages[:-1], {"role": "user", "content": question}]
 
 
-_NUMBER = re.compile(r"(?<![\d.])(\d{1,3})(?![\d.]\d)")
+# A number not glued to a letter or digit before it ("agg2", "Llama3" name nothing), though
+# "response_2" and "<response_2>" do name 2.
+_NUMBER = re.compile(r"(?<![.]|[^\W_])(\d{1,3})(?![\d.]\d)")
 _WORD = re.compile(r"[^\W\d_]")
 
 

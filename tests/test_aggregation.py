@@ -63,6 +63,9 @@ def scripted(judge: str | Step) -> ScriptedProvider:
         ("none of them", None),
         ("", None),
         ("2.5", None),
+        ("Answer from agg2.", None),  # a digit inside a name is not a choice
+        ("I prefer Llama3", None),
+        ("response_2", 2),
     ],
 )
 def test_parse_choice(reply: str, expected: int | None) -> None:
