@@ -67,6 +67,11 @@ def lineup_of(settings: Settings) -> dict[str, Any]:
     return {"references": list(settings.references), "aggregator": settings.aggregator, "rounds": settings.rounds}
 
 
+#: In a turn's stored settings: which exchange of the conversation it answered (1 = the first).
+#: `/retry` answers the same exchange again; `resume` keeps the later answer, as the REPL did.
+EXCHANGE_KEY = "exchange"
+
+
 def settings_of(settings: Settings) -> dict[str, Any]:
     """The line-up settings a turn ran with (what `-c` reuses), plus its limits. No secrets."""
     values: dict[str, Any] = {}
@@ -252,6 +257,12 @@ class Recording:
             if record.started is None:  # cut at a layer deadline while waiting for a slot
                 record.started = max(0.0, time.perf_counter() - self._t0 - event.seconds)
 
+    def _settings_record(self) -> dict[str, Any]:
+        values = settings_of(self.settings)
+        if self.settings.multi_turn:  # the history was sent: its length says which exchange this is
+            values[EXCHANGE_KEY] = sum(1 for m in self.messages if m["role"] == "user")
+        return values
+
     def end(self, result: TurnResult | None = None, *, error: BaseException | None = None) -> TurnRecord:
         """Price the calls, set the cost on `result`, and hand the record to the writer."""
         calls = sorted(self.calls.items(), key=lambda item: (item[0].layer, item[0].index))
@@ -282,7 +293,7 @@ class Recording:
             error=redact(message) if message else None,
             error_kind=kind,
             lineup=lineup_of(self.settings),
-            settings=settings_of(self.settings),
+            settings=self._settings_record(),
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
             total_tokens=usage.total_tokens if usage else None,
@@ -361,5 +372,10 @@ def resume(settings: Settings, ref: str | None = None) -> Resumed:
                     continue  # a value this version no longer accepts: keep the current one
     if changes:
         settings = settings.with_changes(**changes)
-    answered = [t for t in conversation.turns if t.status == "ok" and t.answer is not None]
+    answered: list[TurnRecord] = []
+    for turn in (t for t in conversation.turns if t.status == "ok" and t.answer is not None):
+        exchange = turn.settings.get(EXCHANGE_KEY) if isinstance(turn.settings, dict) else None
+        if isinstance(exchange, int):  # a re-run of an earlier exchange (/retry) replaces it
+            answered = [t for t in answered if (t.settings or {}).get(EXCHANGE_KEY, 0) < exchange]
+        answered.append(turn)
     return Resumed(conversation_id, settings, answered)

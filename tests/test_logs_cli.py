@@ -79,6 +79,19 @@ def test_chat_continue_reopens_the_conversation(moa, llm_server: FakeLLMServer) 
     assert turns[0]["conversation_id"] == turns[1]["conversation_id"] and turns[0]["seq"] == 2
 
 
+def test_a_retried_exchange_is_continued_as_the_repl_showed_it(moa, llm_server: FakeLLMServer) -> None:
+    """/retry replaces the last answer: `-c` continues with the new answer, once, not both."""
+    llm_server.script("judge", Reply(text="First try."), Reply(text="Second try."), Reply(text="Next."))
+    ran = moa(["chat", *LINEUP], input="Question one\n/retry\n")
+    assert ran.returncode == 0, ran.stderr
+    assert moa(["ask", *LINEUP, "-c", "Question two"]).returncode == 0
+    assert _history(llm_server.requests_for("beta")[-1]) == [
+        ("user", "Question one"),
+        ("assistant", "Second try."),
+        ("user", "Question two"),
+    ]
+
+
 def test_search_finds_a_word_from_an_old_answer(moa, llm_server: FakeLLMServer) -> None:
     llm_server.script("judge", Reply(text="Photosynthesis turns light into sugar."), Reply(text="Unrelated."))
     assert moa(["ask", *LINEUP, "How do plants eat?"]).returncode == 0
