@@ -618,6 +618,14 @@ class Sidecar:
         await future
 
     def close(self) -> None:
+        """Write what is still queued (items answered while a write was cancelled, by Ctrl-C or
+        a signal: they were paid for), then close and release the lock."""
+        pending, self._pending = self._pending, []
+        if pending and self._file is not None:
+            try:
+                self._write_durably(b"".join(data for data, _ in pending))
+            except (OSError, ValueError):
+                pass  # the disk refused: those items are asked again on resume
         with self._io:
             if self._file is not None:
                 self._file.close()  # releases the lock

@@ -529,3 +529,27 @@ def test_the_default_generator_keeps_dots_in_the_name(tmp_path: Path, name: str,
 
     assert default_generator(tmp_path / name) == expected
     assert default_generator(tmp_path / "moa-v1.5" / "model_outputs.json") == "moa-v1.5"
+
+
+def test_outcomes_queued_behind_a_cancelled_write_are_kept_on_close(tmp_path: Path) -> None:
+    """Ctrl-C while the sidecar's group fsync runs: the items answered meanwhile were paid
+    for; close() writes them instead of dropping them."""
+    import asyncio
+
+    from moa_cli import batch as core
+
+    sidecar = core.Sidecar(tmp_path / "p", {"moa_batch": core._SIDECAR_VERSION, "fingerprint": "f", "parts": {}})
+    sidecar.open(restart=False)
+
+    async def answered_then_cancelled() -> None:
+        writes = [asyncio.create_task(sidecar.write(core.Outcome(str(i), True, ["x"]))) for i in range(20)]
+        await asyncio.sleep(0)  # the first write is on its thread, the other 19 queued behind it
+        for write in writes:
+            write.cancel()
+        await asyncio.gather(*writes, return_exceptions=True)
+
+    asyncio.run(answered_then_cancelled())
+    sidecar.close()
+    again = core.Sidecar(tmp_path / "p", sidecar.header)
+    assert sorted(again.open(restart=False), key=int) == [str(i) for i in range(20)]
+    again.close()
