@@ -233,6 +233,7 @@ class _View:
         self._progress: Any = None
         self._task: Any = None
         self._new = 0  # answered by this run, for the rate
+        self._stopped = False
 
     def started(self, summary: Summary) -> None:
         self.summary = summary
@@ -273,6 +274,10 @@ class _View:
             self._line(summary)
 
     def stop(self) -> None:
+        """End the progress display: the bar, or the plain lines' last one (once)."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
