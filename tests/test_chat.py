@@ -424,3 +424,26 @@ def test_a_lone_slash_shows_help_instead_of_costing_a_turn(server: FakeLLMServer
     run = run_repl("/\r/exit\r")
     assert "/proposals" in run.err
     assert server.requests == []
+
+
+def test_ctrl_c_while_the_first_turn_waits_for_the_warm_up_sends_nothing(server: FakeLLMServer) -> None:
+    """The first turn waits for the background imports; a Ctrl-C then cancels it before it sends."""
+    release = threading.Event()
+    repl = Repl(ChatState.start(settings()), console(), console())
+    repl._warm_thread = threading.Thread(target=release.wait, args=(5,), daemon=True)  # a slow warm-up
+    repl._warm_thread.start()
+
+    async def ask_then_interrupt() -> Any:
+        repl._loop = asyncio.get_running_loop()
+        turn = asyncio.create_task(repl.turn("never sent"))
+        await asyncio.sleep(0.1)  # the turn is waiting for the warm-up
+        repl.interrupt()
+        await asyncio.sleep(0.05)
+        release.set()
+        result = await turn
+        await repl.aclose()
+        return result
+
+    assert asyncio.run(ask_then_interrupt()) is None
+    assert server.requests == [] and len(repl.state.conversation) == 0
+    assert repl.state.last_failed and "cancelled" in repl.err.file.getvalue()  # type: ignore[attr-defined]

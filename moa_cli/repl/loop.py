@@ -114,6 +114,8 @@ class Repl:
         self._warm_thread: threading.Thread | None = None
         self._moa: MoA | None = None
         self._task: asyncio.Task[TurnResult] | None = None
+        self._starting = False  # a turn is getting ready (its task does not exist yet)
+        self._cancel_requested = False  # Ctrl-C came while it was
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -196,7 +198,16 @@ class Repl:
         state.last_prompt = prompt
         self.turns += 1
         messages = state.conversation.messages_for(prompt)
-        moa = await self._get_moa()
+        self._starting, self._cancel_requested = True, False
+        try:
+            moa = await self._get_moa()  # the first turn may wait here for the warm-up's imports
+        finally:
+            self._starting = False
+        if self._cancel_requested:  # Ctrl-C before the turn's task existed: nothing was sent
+            state.conversation.restore(snapshot)
+            state.last_failed = not replace_last
+            note(self.err, "cancelled: the conversation is as it was before this turn")
+            return None
         moa.conversation_id, moa.source = state.conversation_id, "chat"  # the log (recorder.py)
         # In line mode the answer is held back until the turn has succeeded.
         view = TurnView(
@@ -283,6 +294,8 @@ class Repl:
     def _cancel_turn(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        elif self._starting:  # the turn is still getting ready: it stops before it sends
+            self._cancel_requested = True
 
     async def aclose(self) -> None:
         moa, self._moa = self._moa, None
