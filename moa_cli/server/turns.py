@@ -148,7 +148,7 @@ class Turn:
             messages=build_messages(r.messages, s.system),
             temperature=s.temperature if r.temperature is None else r.temperature,
             max_tokens=max_tokens,
-            seed=r.seed,
+            seed=s.seed if r.seed is None else r.seed,
             top_p=r.top_p,
         )
         call = CallInfo(spec, 1, 0, "aggregator")
