@@ -1,6 +1,6 @@
 """`python -m moa_cli` runs the `moa` command."""
 
-from moa_cli.cli.app import main
+from moa_cli.cli.entry import main
 
 if __name__ == "__main__":
     main()
