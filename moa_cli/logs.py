@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Record
 
 __all__ = ["configure", "logger"]
 
@@ -20,6 +24,14 @@ __all__ = ["configure", "logger"]
 logger.disable("moa_cli")
 
 _FORMAT = "<dim>{time:HH:mm:ss.SSS}</dim> <level>{level: <7}</level> {name}: {message}"
+# Without --verbose only warnings and errors show: as one line like every other of moa's.
+_PLAIN = "moa: {extra[word]}: {message}\n"
+_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS")
+
+
+def _format(record: Record) -> str:
+    record["extra"]["word"] = record["level"].name.lower()
+    return _PLAIN
 
 
 def configure(level: str = "WARNING") -> None:
@@ -30,7 +42,14 @@ def configure(level: str = "WARNING") -> None:
     """
     logger.remove()
     colorize = False if os.environ.get("NO_COLOR") else None  # loguru does not read NO_COLOR itself
+    verbose = level.upper() in _LEVELS
     logger.add(
-        sys.stderr, level=level.upper(), format=_FORMAT, colorize=colorize, backtrace=False, diagnose=False, catch=True
+        sys.stderr,
+        level=level.upper(),
+        format=_FORMAT if verbose else _format,
+        colorize=colorize,
+        backtrace=False,
+        diagnose=False,
+        catch=True,
     )
     logger.enable("moa_cli")

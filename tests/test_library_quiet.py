@@ -11,6 +11,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tests.conftest import ROOT
 from tests.fakes.llm_server import FakeLLMServer, Reply
 
@@ -111,3 +113,19 @@ def test_the_help_path_still_does_not_import_loguru() -> None:
     )
     proc = run_python(code)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_the_cli_shows_warnings_as_moa_lines_and_debug_logs_with_times(capsys: pytest.CaptureFixture[str]) -> None:
+    from moa_cli.logs import configure, logger
+
+    try:
+        configure("WARNING")
+        logger.warning("the turn was not logged: database is locked")
+        logger.debug("not shown")
+        assert capsys.readouterr().err == "moa: warning: the turn was not logged: database is locked\n"
+        configure("DEBUG")
+        logger.debug("shown")
+        assert capsys.readouterr().err.endswith(" DEBUG   tests.test_library_quiet: shown\n")
+    finally:
+        logger.remove()
+        logger.disable("moa_cli")
