@@ -139,12 +139,16 @@ async def aggregate(
         return await _select(caller, aggregator, layer, messages, prompt, proposals)
     if strategy == "consensus":
         answered = [p for p in proposals if p.text is not None]
-        chosen = answered[consensus_choice(answered)]
-        caller.emit(AnswerDelta(CallInfo(aggregator, layer, 0, "aggregator"), chosen.text or ""))
-        return Outcome(_as_final(chosen, aggregator, layer), [], selected=chosen)
+        return _verbatim(caller, answered[consensus_choice(answered)], aggregator, layer)
     if strategy != "synthesize":
         raise ValueError(f"unknown aggregation {strategy!r}")
     return await _synthesize(caller, CallInfo(aggregator, layer, 0, "aggregator"), messages, prompt, proposals)
+
+
+def _verbatim(caller: Caller, chosen: Proposal, aggregator: str, layer: int) -> Outcome:
+    """`chosen` is the answer, streamed as it stands, with no aggregator call."""
+    caller.emit(AnswerDelta(CallInfo(aggregator, layer, 0, "aggregator"), chosen.text or ""))
+    return Outcome(_as_final(chosen, aggregator, layer), [], selected=chosen)
 
 
 async def _synthesize(
@@ -166,9 +170,7 @@ async def _select(
     answered = [p for p in proposals if p.text is not None]
     judge = CallInfo(aggregator, layer, 0, "aggregator")
     if len(answered) == 1:  # nothing to choose between: no call
-        chosen = answered[0]
-        caller.emit(AnswerDelta(judge, chosen.text or ""))
-        return Outcome(_as_final(chosen, aggregator, layer), [], selected=chosen)
+        return _verbatim(caller, answered[0], aggregator, layer)
     answers = [p.text or "" for p in answered]
     reply = await caller.call(
         judge, select_messages(messages, answers), max_tokens=SELECT_MAX_TOKENS, temperature=0.0, answer=False

@@ -264,17 +264,19 @@ def show(
 ) -> None:
     """A turn or a whole conversation, rendered as Markdown."""
     with handle_errors(json_mode=json_output):
-        with _open() as store:
-            kind, key = _resolve(store, ref)
-            if kind == "turn":
-                turn = store.turn(key)
-                data: Any = turn_json(turn)
-                text = turn_markdown(turn, proposals=proposals, heading="#")
-            else:
-                conversation = store.conversation(key, with_calls=True)
-                data = conversation_json(conversation)
-                text = conversation_markdown(conversation, proposals=proposals)
+        data, text = _rendered(ref, proposals=proposals)
         _write_json(data) if json_output else _print_markdown(text)
+
+
+def _rendered(ref: str, *, proposals: bool) -> tuple[Any, str]:
+    """A turn or a conversation (`ref`) as its JSON object and as Markdown."""
+    with _open() as store:
+        kind, key = _resolve(store, ref)
+        if kind == "turn":
+            turn = store.turn(key)
+            return turn_json(turn), turn_markdown(turn, proposals=proposals, heading="#")
+        conversation = store.conversation(key, with_calls=True)
+        return conversation_json(conversation), conversation_markdown(conversation, proposals=proposals)
 
 
 @app.command("export")
@@ -293,16 +295,7 @@ def export(
     with handle_errors(json_mode=json_output):
         if fmt not in ("md", "json"):
             raise ConfigError(f"invalid --format {fmt!r}: md or json")
-        with _open() as store:
-            kind, key = _resolve(store, ref)
-            if kind == "turn":
-                turn = store.turn(key)
-                data: Any = turn_json(turn)
-                text = turn_markdown(turn, proposals=True, heading="#")
-            else:
-                conversation = store.conversation(key, with_calls=True)
-                data = conversation_json(conversation)
-                text = conversation_markdown(conversation, proposals=True)
+        data, text = _rendered(ref, proposals=True)
         if fmt == "json":
             sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
         else:
