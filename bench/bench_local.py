@@ -5,8 +5,8 @@
 1. The bundled model (SmolLM2-135M-Instruct Q4_1) through `LocalProvider`: load time,
    prompt evaluation speed on an aggregator-sized prompt, and generation speed
    (tokens per second after the first token).
-2. A default local turn (`moa ask --local`: 3 samples of local:smollm2 + the same model
-   as aggregator, max_tokens 256, seeds 1-3): wall time of the whole command from a cold
+2. A default local turn (`moa ask --local`: 3 samples of local:smollm2, aggregated as
+   the built-in line-up says (consensus), max_tokens 256, seeds 1-3): wall time of the whole command from a cold
    start, then of warm turns in one process (model already loaded).
 3. The same turn through `python -m llama_cpp.server` over HTTP (an OpenAI-compatible
    provider in a temporary MOA_HOME config), with the same GGUF, threads, batch size,
@@ -248,7 +248,7 @@ def main() -> None:
         print("\n1. The bundled model in-process")
         asyncio.run(model_speed())
 
-    lineup = f"3 x local:smollm2 + aggregator, max_tokens {args.max_tokens}, seed {defaults.LOCAL_SEED}"
+    lineup = f"3 x local:smollm2, aggregation {defaults.LOCAL_AGGREGATION}, max_tokens {args.max_tokens}, seed {defaults.LOCAL_SEED}"
     print(f"\n2. Default local turn in-process ({lineup})")
     with tempfile.TemporaryDirectory() as tmp:
         env = clean_env(Path(tmp))
