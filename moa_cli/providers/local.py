@@ -5,20 +5,23 @@ No server and no network. `smollm2` is SmolLM2-135M-Instruct, shipped inside the
 
 How a call runs:
 
-    event loop                             worker thread (one per model file)
-    stream(request) ── run_in_executor ──▶ take the model's lock, load it once,
-        ▲                                  create_chat_completion(stream=True)
-        └── asyncio.Queue ◀─ call_soon_threadsafe ─ one text piece per token, then Usage
+    event loop                                 worker thread (one per model file)
+    stream(request): load once, tokenize,      Runtime.run: take the queued requests between
+      queue a Request ─────────────────────▶   steps, evaluate each distinct prompt once,
+        ▲                                      decode every running sequence in one batch
+        └── asyncio.Queue ◀─ call_soon_threadsafe ─ text pieces, Finish, Usage, then the end
 
-A llama.cpp context is not thread-safe, so each loaded model has one lock and one worker
-thread: calls to it queue up, the event loop never blocks, and calls to other providers
-(and the UI) keep running. Cancelling sets a flag the worker checks before every batch it
-evaluates, so generation stops within a token and a long prompt within one batch; the
-stream then waits for the worker, so the model is free again when it returns.
+A llama.cpp context is not thread-safe, so each loaded model has one worker thread, which
+owns it (providers/llama_runtime.py): requests to the model join its running batch, the
+event loop never blocks, and calls to other providers (and the UI) keep running.
+Cancelling sets a flag the worker checks before every prompt batch and every step, so a
+sequence stops within a token and a long prompt within one batch; the stream then waits
+for the worker to drop it, so its cells are free again when it returns.
 
 Threads: generation runs on half the cores (`threads = N` under [providers.local] to
-choose); each prompt batch on every core the machine leaves free (`PromptThreads`: the
-load average, and a fallback when more threads were seen to stall).
+choose); each prompt batch, and each step that decodes several sequences, on every core
+the machine leaves free (`PromptThreads`: the load average, and a fallback when more
+threads were seen to stall).
 
 llama_cpp is imported on the first call, never when moa starts.
 """
@@ -29,22 +32,19 @@ import asyncio
 import contextlib
 import importlib.util
 import os
-import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 from moa_cli.config import ProviderConfig
 from moa_cli.errors import ConfigError, ProviderError
 from moa_cli.logs import logger  # disabled until the CLI configures it
+from moa_cli.providers.llama_runtime import LoadError, Request, Runtime, Sampling, check_runtime
 from moa_cli.types import CompletionRequest, Finish, Usage
-
-if TYPE_CHECKING:
-    from llama_cpp import Llama
 
 INSTALL_HINT = 'pip install "moa-chat[local]"'
 
@@ -71,6 +71,8 @@ MAX_CONTEXT = 8192
 #: Prompt tokens evaluated per llama.cpp call. The stop flag is checked between batches, so
 #: this bounds how long a cancelled prompt keeps running; 128 is as fast as 512 on a CPU here.
 PROMPT_BATCH = 128
+#: At most this many trips through the event loop to let requests started together arrive together.
+GATHER_TRIPS = 4
 
 
 # ---------------------------------------------------------------------------- resolving names
@@ -148,69 +150,19 @@ def check_local_model(model: str, config: ProviderConfig) -> None:
 # ---------------------------------------------------------------------------- llama.cpp set-up
 
 
-class _Stopped(Exception):
-    """Raised inside the worker when the caller has gone; never leaves this module."""
-
-
 _llama_lock = threading.Lock()  # llama.cpp set-up and model loading are process-wide: one at a time
-_llama_class: type[Llama] | None = None
 _quiet_log: Any = None  # the ctypes callback must outlive every call into llama.cpp
 
 
-def _set_up_llama_cpp(verbose: bool) -> type[Llama]:
-    """Import llama_cpp, route its logs, and build our Llama subclass (once per process)."""
-    global _llama_class, _quiet_log
+def _route_llama_logs(verbose: bool) -> None:
+    """llama.cpp logs through one process-wide callback: its default (stderr) only under --verbose."""
+    global _quiet_log
     import llama_cpp
-    import llama_cpp._internals
     import llama_cpp._logger
-    import llama_cpp.llama
 
     if _quiet_log is None:
         _quiet_log = llama_cpp.llama_log_callback(lambda level, text, data: None)
-    # llama.cpp logs through one process-wide callback: keep its default (print to stderr)
-    # only under --verbose.
     llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback if verbose else _quiet_log, None)
-    # Llama(verbose=False) also points file descriptors 1 and 2 at /dev/null while it loads,
-    # for the whole process: our UI and other threads' output vanish, and two loads at once
-    # can leave them there (llama-cpp-python issue #1874). The callback above already keeps
-    # llama.cpp quiet, so the redirect is turned into a no-op.
-    for module in (llama_cpp.llama, llama_cpp._internals):
-        if hasattr(module, "suppress_stdout_stderr"):
-            setattr(module, "suppress_stdout_stderr", lambda disable=True: contextlib.nullcontext())  # noqa: B010
-
-    if _llama_class is None:
-
-        class StoppableLlama(llama_cpp.Llama):
-            """A Llama that gives up between evaluation batches once `stop` is set.
-
-            llama-cpp-python evaluates a whole prompt in one `eval` call, which nothing can
-            interrupt; splitting it here bounds a cancel's wait to one batch. `eval` also
-            sees where each call's prompt ends, even when a cached prefix is reused, which
-            is how the prompt's tokens are counted (the streamed chunks carry no usage).
-            """
-
-            stop: threading.Event | None = None
-            prompt_tokens: int | None = None  # reset to None before each call
-            prompt_threads: PromptThreads | None = None  # threads per prompt batch (set by _load)
-
-            def eval(self, tokens: Sequence[int]) -> None:
-                if self.prompt_tokens is None:  # a call's first eval is its prompt
-                    self.prompt_tokens = self.n_tokens + len(tokens)
-                for start in range(0, len(tokens), self.n_batch):
-                    if self.stop is not None and self.stop.is_set():
-                        raise _Stopped
-                    batch = tokens[start : start + self.n_batch]
-                    chooser = self.prompt_threads if len(batch) > 1 else None  # one token: generation
-                    threads = chooser.choose() if chooser is not None else 0
-                    if threads:
-                        self._ctx.set_n_threads(self.n_threads, threads)
-                    began = time.perf_counter()
-                    super().eval(batch)
-                    if chooser is not None and threads:
-                        chooser.record(threads, len(batch), time.perf_counter() - began)
-
-        _llama_class = StoppableLlama
-    return _llama_class
 
 
 def _cpu_count() -> int:
@@ -290,59 +242,117 @@ class PromptThreads:
             self.calm_after = time.monotonic() + STALL_BACKOFF
 
 
-def _load(path: Path, verbose: bool, configured_threads: int | None = None) -> Llama:
+def _load(path: Path, verbose: bool, configured_threads: int | None = None) -> Runtime:
     """Load a GGUF file with a context of min(MAX_CONTEXT, the model's trained context)."""
     with _llama_lock:
-        cls = _set_up_llama_cpp(verbose)
-        threads, threads_batch = generation_threads(configured_threads), batch_threads(configured_threads)
-
-        def make(n_ctx: int) -> Llama:
-            return cls(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_batch=PROMPT_BATCH,
-                n_threads=threads,
-                n_threads_batch=threads_batch,
-                verbose=verbose,
-            )
-
+        _route_llama_logs(verbose)
+        too_old = check_runtime()
+        if too_old:
+            raise ProviderError(path.name, too_old)
+        threads = generation_threads(configured_threads)
         try:
-            llm = make(MAX_CONTEXT)
-            arch = llm.metadata.get("general.architecture", "")
-            trained = int(llm.metadata.get(f"{arch}.context_length", MAX_CONTEXT))
-            if 0 < trained < MAX_CONTEXT:  # no point holding a KV cache the model cannot use
-                llm.close()
-                llm = make(trained)
-        except (ValueError, RuntimeError, OSError) as exc:
+            runtime = Runtime(
+                path,
+                max_context=MAX_CONTEXT,
+                batch=PROMPT_BATCH,
+                generation_threads=threads,
+                prompt_threads=PromptThreads(configured_threads),
+                step_threads=PromptThreads(configured_threads),
+            )
+        except (LoadError, ValueError, RuntimeError, OSError) as exc:
             logger.debug("llama.cpp could not load {}: {!r}", path, exc)
             reason = f"llama.cpp could not load {path} (a damaged file, or a model this llama.cpp does not support)"
             raise ProviderError(path.name, reason) from None
-        llm.prompt_threads = PromptThreads(configured_threads)  # type: ignore[attr-defined]
-        logger.debug("loaded {} (context {} tokens, {}/{} threads)", path, llm.n_ctx(), threads, threads_batch)
-        return llm
+        logger.debug("loaded {} (context {} tokens, {} threads to generate)", path, runtime.n_ctx, threads)
+        return runtime
 
 
 @dataclass(eq=False)
 class _SharedModel:
     """One GGUF file, loaded at most once per process and shared by every LocalProvider.
 
-    `lock` is held for every use of the Llama object; `executor` is the single thread
-    that does the work, so queued calls wait in its queue rather than tying up threads.
+    Requests queue in `pending`; one worker thread (`executor`) loads the model and runs
+    `Runtime.run`, which takes the queued requests in between its decoding steps (after
+    letting the requests started with them arrive: `_gather`). `running`
+    says whether that worker is at it; both are guarded by `lock`.
     """
 
     path: Path
+    threads: int | None = None  # [providers.local] threads, from the provider that first used it
     lock: threading.Lock = field(default_factory=threading.Lock)
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="moa-llama")
     )
-    llm: Llama | None = None
-    threads: int | None = None  # [providers.local] threads, from the provider that first used it
+    runtime: Runtime | None = None
+    loading: Future[Runtime] | None = None
+    pending: list[tuple[Request, asyncio.AbstractEventLoop]] = field(default_factory=list)
+    running: bool = False
 
-    def loaded(self, verbose: bool) -> Llama:
-        """The Llama object, loading it on first use (call with `lock` held)."""
-        if self.llm is None:
-            self.llm = _load(self.path, verbose, self.threads)
-        return self.llm
+    def submit(self, request: Request, loop: asyncio.AbstractEventLoop) -> None:
+        with self.lock:
+            self.pending.append((request, loop))
+            if self.running:
+                return  # the worker takes it between two steps
+            self.running = True
+        self.executor.submit(self._work)
+
+    def _take(self, idle: bool) -> list[Request]:
+        """(worker) The requests queued since the last call; when idle and none, the worker stops."""
+        if self.pending:  # racy read: at worst one more trip or one step later
+            self._gather()
+        with self.lock:
+            taken, self.pending = self.pending, []
+            if idle and not taken:
+                self.running = False
+            return [request for request, _ in taken]
+
+    def _gather(self) -> None:
+        """(worker) Let requests started together arrive together: trips through their event loop.
+
+        The engine starts a layer's calls as tasks of one event loop. A callback queued now
+        runs after the tasks that were ready before it, so once it has run, their streams
+        have queued their requests; a few more trips while requests keep coming, and the
+        samples of a layer start as one group (one prompt evaluation, the same batches each run).
+        """
+        seen = -1
+        for _ in range(GATHER_TRIPS):
+            with self.lock:
+                if len(self.pending) == seen or not self.pending:
+                    return
+                seen, loop = len(self.pending), self.pending[-1][1]
+            arrived = Future[None]()
+            try:
+                loop.call_soon_threadsafe(arrived.set_result, None)
+                arrived.result(timeout=0.2)
+            except (RuntimeError, TimeoutError):  # the loop is closed or busy: go on without waiting
+                return
+
+    def _work(self) -> None:
+        """(worker) Decode until nothing is left to do (the model was loaded before the first submit)."""
+        assert self.runtime is not None
+        self.runtime.run(self._take)
+
+    def load(self, verbose: bool) -> Runtime:
+        """(worker) The model, loaded once; ProviderError (without the model name) if it cannot be."""
+        if self.runtime is None:
+            self.runtime = _load(self.path, verbose, self.threads)
+        return self.runtime
+
+    async def loaded(self, verbose: bool) -> Runtime:
+        """The model, loading it on the worker thread the first time; concurrent callers share the load."""
+        if self.runtime is not None:
+            return self.runtime
+        with self.lock:
+            if self.loading is None:
+                self.loading = self.executor.submit(self.load, verbose)
+            loading = self.loading
+        try:
+            return await asyncio.shield(asyncio.wrap_future(loading))
+        except ProviderError:
+            with self.lock:
+                if self.loading is loading:
+                    self.loading = None  # a later call tries again (and says why again)
+            raise
 
 
 _models: dict[Path, _SharedModel] = {}
@@ -357,76 +367,13 @@ def _shared(path: Path, threads: int | None = None) -> _SharedModel:
         return model
 
 
-# ---------------------------------------------------------------------------- one generation
-
-
-_TOO_LONG = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
-
-
-def _generate(
-    shared: _SharedModel,
-    request: CompletionRequest,
-    verbose: bool,
-    emit: Callable[[str | Finish | Usage], None],
-    stop: threading.Event,
-) -> None:
-    """(worker thread) Run one chat completion, handing each text piece to `emit`."""
-    with shared.lock:
-        if stop.is_set():  # cancelled while queued behind another call
-            return
-        llm: Any = shared.loaded(verbose)
-        llm.prompt_tokens = None
-        llm.stop = stop
-        chunks: Any = None
-        finish: str | None = None
-        try:
-            chunks = llm.create_chat_completion(
-                messages=list(request.messages),
-                stream=True,
-                max_tokens=request.max_tokens,
-                temperature=request.temperature,
-                seed=request.seed,
-                **({} if request.repeat_penalty is None else {"repeat_penalty": request.repeat_penalty}),
-                **({} if request.top_p is None else {"top_p": request.top_p}),
-            )
-            for chunk in chunks:
-                choice = chunk["choices"][0]
-                text = choice["delta"].get("content")
-                if text:
-                    emit(text)
-                finish = choice.get("finish_reason") or finish
-                if stop.is_set():
-                    return
-        except _Stopped:
-            return
-        except ValueError as exc:
-            too_long = _TOO_LONG.search(str(exc))
-            if too_long:
-                prompt, window = too_long.groups()
-                raise ProviderError(
-                    request.model,
-                    f"the prompt is {prompt} tokens, more than this model's context of {window} tokens",
-                ) from None
-            raise ProviderError(request.model, f"llama.cpp error: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - any llama.cpp failure is this call's, in one line
-            raise ProviderError(request.model, f"llama.cpp error: {type(exc).__name__}: {exc}") from None
-        finally:
-            llm.stop = None
-            if chunks is not None:
-                chunks.close()  # ends llama-cpp-python's generator while we hold the lock
-        # Every sampled token but the last was evaluated after the prompt. A turn that ended
-        # on its end-of-turn token ("stop") does not count it, as llama.cpp's own usage does.
-        prompt = llm.prompt_tokens or 0
-        sampled = llm.n_tokens - prompt + 1
-        completion = max(0, sampled - (1 if finish == "stop" else 0))
-        if finish:
-            emit(Finish(finish))  # "length": cut at max_tokens
-        emit(Usage(prompt, completion, prompt + completion))
-
-
 # ---------------------------------------------------------------------------- the provider
 
-_DONE = object()
+
+class _Ended(NamedTuple):
+    """The last item of a stream's queue: the worker is done with the request."""
+
+    error: ProviderError | None
 
 
 class LocalProvider:
@@ -455,30 +402,49 @@ class LocalProvider:
         shared = _shared(path, self._config.threads)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        stop = threading.Event()
+        stopped = threading.Event()
+        ended: asyncio.Future[None] = loop.create_future()
 
         def emit(item: str | Finish | Usage) -> None:
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
             except RuntimeError:  # the loop is closed: nobody is listening any more
-                stop.set()
+                stopped.set()
 
-        work = loop.run_in_executor(shared.executor, _generate, shared, request, self._verbose, emit, stop)
-        # Runs on the loop after every emit() the worker made, so _DONE comes last.
-        work.add_done_callback(lambda _: queue.put_nowait(_DONE))
+        def done(error: ProviderError | None) -> None:
+            def settle() -> None:
+                queue.put_nowait(_Ended(error))
+                if not ended.done():
+                    ended.set_result(None)
+
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
+                loop.call_soon_threadsafe(settle)
+
         try:
-            while (item := await queue.get()) is not _DONE:
+            runtime = await shared.loaded(self._verbose)
+        except ProviderError as exc:
+            raise ProviderError(request.model, exc.reason) from None
+        try:
+            # On the event loop, so the calls of a layer queue in the order they started: a
+            # template and a tokenizer take well under a millisecond for a short conversation.
+            prompt = runtime.prompt(request.messages)
+        except Exception as exc:  # noqa: BLE001 - a template that fails on these messages
+            raise ProviderError(request.model, f"the model's chat template failed: {exc}") from None
+        sampling = Sampling(request.temperature, request.seed, request.top_p, request.repeat_penalty)
+        job = Request(request.model, prompt[0], request.max_tokens, sampling, prompt[1], emit, done, stopped)
+        shared.submit(job, loop)
+        try:
+            while not isinstance(item := await queue.get(), _Ended):
                 yield item
-            work.result()  # the worker's ProviderError, if any
+            if item.error is not None:
+                raise item.error
         finally:
-            stop.set()
-            if not work.done():
-                # Wait for the worker (a token or one prompt batch) so the model is free when
-                # the caller goes on; a second cancellation only stops the waiting.
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(work)
-            elif not work.cancelled():
-                work.exception()  # mark it retrieved: cancellation made it moot
+            stopped.set()
+            if not ended.done():
+                # Wait for the worker to drop the sequence (within a step or one prompt batch), so
+                # its cells are free when the caller goes on; a second cancellation only stops the waiting.
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(ended)
 
     async def aclose(self) -> None:
         """Nothing to close: models stay loaded for the process, so later turns reuse them."""
