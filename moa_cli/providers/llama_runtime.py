@@ -323,13 +323,22 @@ class Runtime:
         llama = self._llama
         lead, prompt = group[0], group[0].prompt
         source, shared = self._longest_prefix(prompt, active)
-        shared = min(shared, len(prompt) - 1)  # the last prompt token is evaluated again for its logits
+        # Only whole prompt batches of the source's own prompt: then the batches evaluated here
+        # are the ones a fresh evaluation would run, and the answer is the same as without the
+        # copy (cells written by decoding steps, or a batch cut elsewhere, differ in the last bits).
+        if source is not None:
+            shared = min(shared, len(source.prompt), len(prompt) - 1) // self._n_batch * self._n_batch
         if source is not None and shared >= MIN_SHARED_PREFIX:
             llama.llama_memory_seq_cp(self._memory, source.seq_id, lead.seq_id, 0, shared)
             lead.kv = list(prompt[:shared])
             if source in self._kept:  # its cells now belong to the lead
                 self._kept.remove(source)
                 self._drop(source)
+        elif not self._groups:
+            # Nothing running and nothing to copy: start from an empty context. Where cells sit
+            # changes the last bits of attention, so this makes an answer the same as in a fresh
+            # process, whatever ran before (the same question again gives the same samples).
+            self._clear()
         self._groups.append(group)
         if not self._evaluate(lead, prompt[len(lead.kv) :], lambda: all(r.stopped.is_set() for r in group)):
             for request in group:
@@ -510,6 +519,12 @@ class Runtime:
             self._llama.llama_memory_seq_rm(self._memory, request.seq_id, -1, -1)
             self._free_ids.append(request.seq_id)
             request.seq_id = -1
+
+    def _clear(self) -> None:
+        """An empty context: kept prefixes dropped, cells from the first one on (call with nothing running)."""
+        while self._kept:
+            self._drop(self._kept.popleft())
+        self._llama.llama_memory_clear(self._memory, True)
 
     def _reset(self) -> None:
         """After a failure: an empty context, every id free."""
