@@ -363,22 +363,24 @@ def test_cancelling_a_long_prompt_stops_within_one_batch(provider: LocalProvider
 @pytest.mark.local
 def test_samples_of_one_prompt_are_decoded_together(provider: LocalProvider, bundled: Path) -> None:
     """Self-MoA's samples: the prompt evaluated once, then one batch per step for all three;
-    distinct per seed, the same from run to run, and each with its own usage."""
+    distinct per seed, each with its own usage, and the same again after other requests ran."""
+    size = 48
 
     async def three() -> list[tuple[list[str], Usage | None, str | None]]:
-        requests = [request(STORY, 24, temperature=0.8, seed=seed) for seed in (1, 2, 3)]
+        requests = [request(STORY, size, temperature=0.8, seed=seed) for seed in (1, 2, 3)]
         return list(await asyncio.gather(*(collect_all(provider, req) for req in requests)))
 
     asyncio.run(collect(provider, request([{"role": "user", "content": "hi"}], 1)))  # loaded
     prompt = len(runtime(bundled).prompt(STORY)[0])
     evaluated, steps = runtime(bundled).evaluated, runtime(bundled).steps
     first = asyncio.run(three())
-    # 24 tokens each: the first sampled from the prompt's logits, the other 23 after a step.
-    assert runtime(bundled).steps - steps == 23, "the three were not decoded together"
-    assert runtime(bundled).evaluated - evaluated <= prompt + 3 * 23, "the prompt was evaluated more than once"
+    # The first token of each is sampled from the prompt's logits, every other one after a step.
+    assert runtime(bundled).steps - steps == size - 1, "the three were not decoded together"
+    assert runtime(bundled).evaluated - evaluated == prompt + 3 * (size - 1), "the prompt was evaluated twice"
     texts = ["".join(pieces) for pieces, _, _ in first]
     assert len(set(texts)) == 3, "the seeds gave the same sample"
-    assert all(u == Usage(prompt, 24, prompt + 24) and f == "length" for _, u, f in first)
+    assert all(u == Usage(prompt, size, prompt + size) and f == "length" for _, u, f in first)
+    asyncio.run(collect(provider, request([{"role": "user", "content": "Something else."}], 16, temperature=0.8)))
     assert ["".join(pieces) for pieces, _, _ in asyncio.run(three())] == texts
 
 
@@ -408,15 +410,18 @@ def test_cancelling_a_batch_stops_every_sequence(provider: LocalProvider, bundle
 
 @pytest.mark.local
 def test_the_next_turn_reuses_the_conversation_in_the_context(provider: LocalProvider, bundled: Path) -> None:
-    turn: list[Message] = [{"role": "user", "content": "Name three colours of the rainbow, please."}]
+    notes = " ".join(f"Note {i}: the kettle boils sooner on a mountain." for i in range(30))
+    turn: list[Message] = [{"role": "system", "content": notes}, {"role": "user", "content": "Name three colours."}]
     pieces, _ = asyncio.run(collect(provider, request(turn, 12)))
     follow = [*turn, {"role": "assistant", "content": "".join(pieces)}, {"role": "user", "content": "Three more?"}]
     first, second = (len(runtime(bundled).prompt(m)[0]) for m in (turn, follow))
+    copied = first // local.PROMPT_BATCH * local.PROMPT_BATCH  # whole prompt batches of the first turn's prompt
+    assert copied >= 2 * local.PROMPT_BATCH
     evaluated = runtime(bundled).evaluated
     _, usage = asyncio.run(collect(provider, request(follow, 4)))
     assert usage is not None and usage.prompt_tokens == second  # usage counts the whole prompt
-    # What was evaluated: the new part of the prompt, then three steps, not the conversation again.
-    assert runtime(bundled).evaluated - evaluated <= second - first + 4
+    # What was evaluated: the prompt after the copied batches, then three steps.
+    assert runtime(bundled).evaluated - evaluated == second - copied + 3
 
 
 @pytest.mark.local
