@@ -1,6 +1,7 @@
 """Does the offline `local` line-up beat its own members on IFEval? (issue 13; not run in CI)
 
     python bench/bench_quality.py --limit 150 --seeds 1,2 --penalties 1.0,1.2
+    python bench/bench_quality.py --offset 200 --limit 150 --aggregations consensus --penalties 1.0 --out quality-heldout
 
 For each repeat penalty and seed, the built-in `local` line-up (three samples of SmolLM2-135M,
 max_tokens 256) answers the same IFEval prompts with `--aggregation synthesize`, through
@@ -69,14 +70,19 @@ def consensus_rescored(report: ifeval.Report) -> ifeval.Report:
     return ifeval.build_report(scored)
 
 
-def run_one(penalty: float, seed: int, prompts: list[ifeval.Prompt], aggregation: str, home: Path) -> ifeval.Report:
+def run_one(
+    penalty: float, seed: int, prompts: list[ifeval.Prompt], aggregation: str, home: Path, tag: str = ""
+) -> ifeval.Report:
     overrides = {"lineup": "local", "repeat_penalty": penalty, "seed": seed, "aggregation": aggregation, "log": False}
     settings = load_settings(overrides, {"MOA_HOME": str(home)})
     label = f"{aggregation} rp={penalty:g} seed={seed}"
-    work = RESULTS / "work" / f"{aggregation}-rp{penalty:g}-seed{seed}"
+    name = f"{aggregation}-rp{penalty:g}-seed{seed}{tag}"
+    work = RESULTS / "work" / name
+    # One prompt at a time: prompts decoded together would share batches, and the samples would
+    # depend on timing (llama.cpp's last bits change with a batch's size).
     job = ifeval.EvalJob(work_dir=work, prompts=tuple(prompts), parallel=1)
     report = asyncio.run(ifeval.run_eval(settings, job, Progress(label)))
-    shutil.copyfile(work / "scores.jsonl", RESULTS / f"scores-{aggregation}-rp{penalty:g}-seed{seed}.jsonl")
+    shutil.copyfile(work / "scores.jsonl", RESULTS / f"scores-{name}.jsonl")
     return report
 
 
@@ -161,6 +167,10 @@ def main() -> None:
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--seeds", default="1,2")
     parser.add_argument("--penalties", default="1.0,1.2")
+    parser.add_argument(
+        "--aggregations", default="synthesize", help="run these (consensus is also rescored from synthesize)"
+    )
+    parser.add_argument("--out", default="quality", help="name of the figures' files in bench/results")
     parser.add_argument("--select", type=int, default=0, help="also run select on this many prompts")
     parser.add_argument("--judge", type=int, default=0, help="only: ask select's question over N kept turns")
     args = parser.parse_args()
@@ -174,20 +184,28 @@ def main() -> None:
     home = RESULTS / "work" / "moa-home"
     home.mkdir(parents=True, exist_ok=True)
     prompts = ifeval.choose(ifeval.load_prompts(), limit=args.limit, offset=args.offset)
+    tag = f"-offset{args.offset}" if args.offset else ""
+    out = RESULTS / args.out
     rows: list[dict] = []
+
+    def save() -> None:
+        out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+        out.with_suffix(".md").write_text(markdown(rows))
+
     for penalty in [float(p) for p in args.penalties.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
-            report = run_one(penalty, seed, prompts, "synthesize", home)
-            rows.append(summary_row(f"synthesize, repeat_penalty {penalty:g}, seed {seed}", report))
-            rows.append(summary_row(f"consensus, repeat_penalty {penalty:g}, seed {seed}", consensus_rescored(report)))
-            (RESULTS / "quality.json").write_text(json.dumps(rows, indent=2) + "\n")
-            (RESULTS / "quality.md").write_text(markdown(rows))
-            print(markdown(rows), flush=True)
+            for aggregation in args.aggregations.split(","):
+                report = run_one(penalty, seed, prompts, aggregation, home, tag)
+                rows.append(summary_row(f"{aggregation}, repeat_penalty {penalty:g}, seed {seed}", report))
+                if aggregation == "synthesize":
+                    rescored = consensus_rescored(report)
+                    rows.append(summary_row(f"consensus (rescored), repeat_penalty {penalty:g}, seed {seed}", rescored))
+                save()
+                print(markdown(rows), flush=True)
         if args.select:
-            report = run_one(penalty, 1, prompts[: args.select], "select", home)
+            report = run_one(penalty, 1, prompts[: args.select], "select", home, tag)
             rows.append(summary_row(f"select, repeat_penalty {penalty:g}, seed 1", report))
-            (RESULTS / "quality.json").write_text(json.dumps(rows, indent=2) + "\n")
-            (RESULTS / "quality.md").write_text(markdown(rows))
+            save()
     print(markdown(rows))
 
 
