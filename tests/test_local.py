@@ -409,6 +409,38 @@ def test_cancelling_a_batch_stops_every_sequence(provider: LocalProvider, bundle
 
 
 @pytest.mark.local
+def test_a_call_waiting_for_room_in_the_context_waits_then_cancels_at_once(
+    provider: LocalProvider, bundled: Path
+) -> None:
+    """Two calls that may each fill the context: the second waits for the first, and
+    cancelling it while it waits ends it without waiting for the first."""
+    asyncio.run(collect(provider, request([{"role": "user", "content": "hi"}], 1)))  # loaded
+    big = local.MAX_CONTEXT - 100
+
+    async def scenario() -> tuple[int, bool]:
+        running = asyncio.create_task(collect(provider, request(STORY, big, temperature=0.8, seed=1)))
+        steps = runtime(bundled).steps
+        while runtime(bundled).steps < steps + 2:
+            await asyncio.sleep(0.002)
+        other = [{"role": "user", "content": "Another question."}]
+        waiting = asyncio.create_task(collect(provider, request(other, big, temperature=0.8, seed=2)))
+        at = runtime(bundled).steps
+        await asyncio.sleep(0.3)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        still_running = not running.done()
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        return runtime(bundled).steps - at, still_running
+
+    steps_meanwhile, first_still_running = asyncio.run(scenario())
+    assert steps_meanwhile > 2  # the first went on while the second waited
+    assert first_still_running, "the cancel waited for the running call to finish"
+
+
+@pytest.mark.local
 def test_the_next_turn_reuses_the_conversation_in_the_context(provider: LocalProvider, bundled: Path) -> None:
     notes = " ".join(f"Note {i}: the kettle boils sooner on a mountain." for i in range(30))
     turn: list[Message] = [{"role": "system", "content": notes}, {"role": "user", "content": "Name three colours."}]

@@ -256,6 +256,10 @@ class Runtime:
             waiting.extend(take(not active and not waiting))
             if not active and not waiting:
                 return
+            for request in [r for r in waiting if r.stopped.is_set()]:  # cancelled while waiting: gone now
+                waiting.remove(request)
+                request.finished = True
+                request.done(None)
             try:
                 self._admit(waiting, active)
                 active[:] = [r for r in active if not self._retire_if_stopped(r)]
@@ -278,11 +282,6 @@ class Runtime:
         """Start the waiting requests that fit, oldest first; identical prompts together."""
         while waiting:
             first = waiting[0]
-            if first.stopped.is_set():
-                waiting.popleft()
-                first.finished = True
-                first.done(None)
-                continue
             if len(first.prompt) >= self.n_ctx:
                 waiting.popleft()
                 first.finished = True
