@@ -73,6 +73,8 @@ MAX_CONTEXT = 8192
 PROMPT_BATCH = 128
 #: At most this many trips through the event loop to let requests started together arrive together.
 GATHER_TRIPS = 4
+#: How long each such trip may take, in seconds, when nothing is running / when sequences are.
+GATHER_IDLE, GATHER_BUSY = 0.2, 0.005
 
 
 # ---------------------------------------------------------------------------- resolving names
@@ -299,20 +301,22 @@ class _SharedModel:
     def _take(self, idle: bool) -> list[Request]:
         """(worker) The requests queued since the last call; when idle and none, the worker stops."""
         if self.pending:  # racy read: at worst one more trip or one step later
-            self._gather()
+            self._gather(patience=GATHER_IDLE if idle else GATHER_BUSY)
         with self.lock:
             taken, self.pending = self.pending, []
             if idle and not taken:
                 self.running = False
             return [request for request, _ in taken]
 
-    def _gather(self) -> None:
+    def _gather(self, patience: float) -> None:
         """(worker) Let requests started together arrive together: trips through their event loop.
 
         The engine starts a layer's calls as tasks of one event loop. A callback queued now
         runs after the tasks that were ready before it, so once it has run, their streams
         have queued their requests; a few more trips while requests keep coming, and the
         samples of a layer start as one group (one prompt evaluation, the same batches each run).
+        With sequences running, each trip waits at most `patience`: a busy event loop must not
+        hold up their next step.
         """
         seen = -1
         for _ in range(GATHER_TRIPS):
@@ -323,7 +327,7 @@ class _SharedModel:
             arrived = Future[None]()
             try:
                 loop.call_soon_threadsafe(arrived.set_result, None)
-                arrived.result(timeout=0.2)
+                arrived.result(timeout=patience)
             except (RuntimeError, TimeoutError):  # the loop is closed or busy: go on without waiting
                 return
 
