@@ -3,8 +3,9 @@
     python bench/bench_local.py [--repeat 2] [--max-tokens 256]
 
 1. The bundled model (SmolLM2-135M-Instruct Q4_1) through `LocalProvider`: load time,
-   prompt evaluation speed on an aggregator-sized prompt, and generation speed
-   (tokens per second after the first token).
+   prompt evaluation speed on an aggregator-sized prompt, generation speed (tokens per
+   second after the first token), and three 128-token samples one after another against
+   the same three started together (decoded as sequences of one context).
 2. A default local turn (`moa ask --local`: 3 samples of local:smollm2, aggregated as
    the built-in line-up says (consensus), max_tokens 256, seeds 1-3): wall time of the whole command from a cold
    start, then of warm turns in one process (model already loaded).
@@ -105,6 +106,19 @@ async def model_speed() -> None:
         f"  generation                {statistics.median(speeds):6.1f} tokens/s  "
         f"(128 tokens, median of 3: {', '.join(f'{s:.1f}' for s in speeds)})"
     )
+
+    # Self-MoA's samples: three calls with one prompt, awaited one after another (each decoded
+    # alone) and started together (one prompt evaluation, then one batch per step for all three).
+    story = [{"role": "user", "content": STORY}]
+    for label, together in (("one after another", False), ("together", True)):
+        started = time.perf_counter()
+        if together:
+            runs = await asyncio.gather(*(run(story, 128, seed) for seed in (4, 5, 6)))
+        else:
+            runs = [await run(story, 128, seed) for seed in (4, 5, 6)]
+        seconds = time.perf_counter() - started
+        tokens = sum(usage.completion_tokens or 0 for _, _, usage in runs)
+        print(f"  3 samples, {label:<17} {seconds:6.2f} s  ({tokens} tokens, {tokens / seconds:.0f} tokens/s in all)")
 
 
 # ---------------------------------------------------------------------------- 2/3. whole turns
