@@ -34,7 +34,7 @@ from moa_cli import (
     recorder,
 )
 from moa_cli.config import Settings, load_settings
-from moa_cli.engine import EventSink, Plan, Router, run_aggregation, run_turn
+from moa_cli.engine import AGGREGATOR_SAMPLING, EventSink, Plan, Router, run_aggregation, run_turn
 from moa_cli.events import AnswerDelta, Event
 from moa_cli.providers.registry import ProviderPool, check_lineup, lineup_specs
 from moa_cli.types import Message, Proposal, TurnResult
@@ -140,7 +140,8 @@ class MoA:
     ) -> TurnResult:
         """Run one turn. `prompt` is a string or the whole conversation as messages.
 
-        `aggregator_sampling` sets `temperature`, `top_p`, `max_tokens` or `seed` for the answer's
+        `aggregator_sampling` sets `temperature`, `top_p`, `presence_penalty`, `frequency_penalty`,
+        `max_tokens` or `seed` for the answer's
         call alone, in this turn (the references keep the settings' values).
 
         The turn is logged (recorder.py) to `conversation_id` (a new conversation when None)
@@ -186,7 +187,7 @@ class MoA:
         messages = build_messages(prompt, system or self.settings.system)
         plan = self.plan
         if aggregator_sampling:
-            unknown = set(aggregator_sampling) - {"temperature", "top_p", "max_tokens", "seed"}
+            unknown = set(aggregator_sampling) - AGGREGATOR_SAMPLING
             if unknown:
                 raise TypeError(f"aggregator_sampling: unknown field {sorted(unknown)[0]!r}")
             plan = replace(plan, aggregator_sampling=dict(aggregator_sampling))

@@ -60,6 +60,10 @@ class Router(Protocol):
         ...
 
 
+#: What `Plan.aggregator_sampling` may set: a turn's own sampling for the answer's call.
+AGGREGATOR_SAMPLING = frozenset({"temperature", "top_p", "presence_penalty", "frequency_penalty", "max_tokens", "seed"})
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What one turn runs: the line-up and its sampling settings."""

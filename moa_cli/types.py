@@ -65,6 +65,8 @@ class CompletionRequest:
     seed: int | None = None
     repeat_penalty: float | None = None  # local (llama.cpp) models only; None: the provider's own
     top_p: float | None = None  # None: the server's own (moa serve passes a request's to the aggregator)
+    presence_penalty: float | None = None  # None: the server's own (likewise, from moa serve's request)
+    frequency_penalty: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -165,6 +165,9 @@ def llama_oracle() -> Callable[..., dict[str, Any]]:
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=local.MAX_CONTEXT, n_batch=local.PROMPT_BATCH, verbose=False)
 
     def complete(messages: list[Any], **options: Any) -> dict[str, Any]:
+        # No prefix from the last call: Llama would evaluate the prompt's last token again on its
+        # own, and that changes the last bits of the logits (the provider evaluates it fresh).
+        llm.reset()
         return llm.create_chat_completion(messages=messages, **options)  # type: ignore[no-any-return]
 
     return complete

@@ -457,6 +457,29 @@ def test_the_next_turn_reuses_the_conversation_in_the_context(provider: LocalPro
 
 
 @pytest.mark.local
+def test_presence_and_frequency_penalties_reach_llama_cpp(
+    provider: LocalProvider, llama_oracle: Callable[..., Any]
+) -> None:
+    """`moa serve` passes a request's penalties to a local aggregator: llama.cpp's sampler
+    applies them as llama-cpp-python does (greedy, so the answers must be equal)."""
+    messages: list[Message] = [{"role": "user", "content": "List ten fruits."}]
+
+    async def stream(**penalties: float) -> str:
+        req = CompletionRequest("smollm2", messages, temperature=0.0, max_tokens=32, **penalties)
+        return "".join([item async for item in provider.stream(req) if isinstance(item, str)])
+
+    def oracle(**penalties: float) -> str:
+        return str(
+            llama_oracle(messages, max_tokens=32, temperature=0.0, **penalties)["choices"][0]["message"]["content"]
+        )
+
+    plain = asyncio.run(stream())
+    for penalties in ({"presence_penalty": 1.5}, {"frequency_penalty": 1.0}):
+        penalised = asyncio.run(stream(**penalties))
+        assert penalised == oracle(**penalties) != plain, penalties
+
+
+@pytest.mark.local
 def test_damaged_gguf_is_a_provider_error(provider: LocalProvider, bundled: Path, tmp_path: Path) -> None:
     damaged = tmp_path / "damaged.gguf"
     damaged.write_bytes(bundled.read_bytes()[:1_000_000])  # right magic, cut short

@@ -175,13 +175,23 @@ def test_a_failed_aggregator_mid_stream_ends_with_an_error_event(moa_env, llm_se
 def test_sampling_applies_to_the_aggregator_and_the_references_keep_the_lineups(
     moa_env, llm_server: FakeLLMServer
 ) -> None:
-    body = {**HI, "temperature": 0.1, "top_p": 0.5, "max_tokens": 999, "seed": 7}
+    body = {
+        **HI,
+        "temperature": 0.1,
+        "top_p": 0.5,
+        "max_tokens": 999,
+        "seed": 7,
+        "presence_penalty": 0.4,
+        "frequency_penalty": -0.3,
+    }
     (response,) = call(moa_env, ("POST", "/v1/chat/completions", body))
     assert response.status_code == 200
     judge = llm_server.requests_for("judge")[0].body
     alpha = llm_server.requests_for("alpha")[0].body
     assert (judge["temperature"], judge["top_p"], judge["max_tokens"], judge["seed"]) == (0.1, 0.5, 999, 7)
-    assert (alpha["temperature"], alpha["max_tokens"]) == (0.7, 512) and "top_p" not in alpha
+    assert (judge["presence_penalty"], judge["frequency_penalty"]) == (0.4, -0.3)
+    assert (alpha["temperature"], alpha["max_tokens"]) == (0.7, 512)
+    assert not {"top_p", "presence_penalty", "frequency_penalty"} & set(alpha)
 
 
 def test_a_stop_sequence_ends_the_answer_there(moa_env, llm_server: FakeLLMServer) -> None:
@@ -324,6 +334,7 @@ BAD = [
     ({**HI, "temperature": 3}, "temperature", "between 0 and 2"),
     ({**HI, "temperature": "hot"}, "temperature", "number"),
     ({**HI, "top_p": 1.5}, "top_p", "between"),
+    ({**HI, "frequency_penalty": 2.5}, "frequency_penalty", "between -2 and 2"),
     ({**HI, "max_tokens": 0}, "max_tokens", "between 1"),
     ({**HI, "max_completion_tokens": 1.5}, "max_completion_tokens", "whole number"),
     ({**HI, "stream": "yes"}, "stream", "true or false"),

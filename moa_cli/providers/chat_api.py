@@ -171,8 +171,10 @@ class ChatAPIProvider:
         }
         if request.seed is not None:
             kwargs["seed"] = request.seed
-        if request.top_p is not None:
-            kwargs["top_p"] = request.top_p
+        for name in ("top_p", "presence_penalty", "frequency_penalty"):
+            value = getattr(request, name)
+            if value is not None:
+                kwargs[name] = value
         usage: Usage | None = None
         finish: str | None = None
         done = False

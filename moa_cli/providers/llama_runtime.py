@@ -74,6 +74,8 @@ class Sampling:
     seed: int | None = None
     top_p: float | None = None
     repeat_penalty: float | None = None
+    presence_penalty: float | None = None  # OpenAI's meanings, as llama.cpp's penalties sampler has them
+    frequency_penalty: float | None = None
 
 
 @dataclass(eq=False)
@@ -439,7 +441,8 @@ class Runtime:
         llama = self._llama
         chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
         penalty = 1.0 if sampling.repeat_penalty is None else sampling.repeat_penalty
-        parts = [llama.llama_sampler_init_penalties(self._n_vocab, PENALTY_LAST_N, penalty, 0.0, 0.0)]
+        frequency, presence = sampling.frequency_penalty or 0.0, sampling.presence_penalty or 0.0
+        parts = [llama.llama_sampler_init_penalties(self._n_vocab, PENALTY_LAST_N, penalty, frequency, presence)]
         if sampling.temperature <= 0:
             parts.append(llama.llama_sampler_init_greedy())
         else:

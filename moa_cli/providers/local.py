@@ -434,7 +434,14 @@ class LocalProvider:
             prompt = runtime.prompt(request.messages)
         except Exception as exc:  # noqa: BLE001 - a template that fails on these messages
             raise ProviderError(request.model, f"the model's chat template failed: {exc}") from None
-        sampling = Sampling(request.temperature, request.seed, request.top_p, request.repeat_penalty)
+        sampling = Sampling(
+            request.temperature,
+            request.seed,
+            request.top_p,
+            request.repeat_penalty,
+            request.presence_penalty,
+            request.frequency_penalty,
+        )
         job = Request(request.model, prompt[0], request.max_tokens, sampling, prompt[1], emit, done, stopped)
         shared.submit(job, loop)
         try:

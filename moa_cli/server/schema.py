@@ -1,7 +1,7 @@
 """A chat-completions request body, parsed and checked into moa's types.
 
 Lenient where clients are strict by habit: the fields they always send (`user`, `n: 1`,
-`presence_penalty: 0`, `logit_bias: {}`, `metadata`, `store`, `parallel_tool_calls`,
+`logit_bias: {}`, `metadata`, `store`, `parallel_tool_calls`,
 `stream_options`, ...) are accepted, and unknown fields are ignored. Strict where an
 answer would not be what the client asked for: `n > 1`, `logprobs`, a required tool call,
 a JSON response format, non-text content. Every 400 names the field (`param`).
@@ -36,6 +36,8 @@ class ChatRequest:
     include_usage: bool = False
     temperature: float | None = None
     top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
@@ -58,8 +60,6 @@ def parse_chat(body: Any) -> ChatRequest:
     max_tokens = _int(body, "max_completion_tokens", 1, INT32_MAX)
     if max_tokens is None:
         max_tokens = _int(body, "max_tokens", 1, INT32_MAX)
-    for name in ("presence_penalty", "frequency_penalty"):
-        _number(body, name, -2.0, 2.0)  # accepted and checked; the provider seam has no penalties
     return ChatRequest(
         model=model.strip(),
         messages=parse_messages(body.get("messages")),
@@ -67,6 +67,8 @@ def parse_chat(body: Any) -> ChatRequest:
         include_usage=stream and include_usage,
         temperature=_number(body, "temperature", 0.0, 2.0),
         top_p=_number(body, "top_p", 0.0, 1.0),
+        presence_penalty=_number(body, "presence_penalty", -2.0, 2.0),
+        frequency_penalty=_number(body, "frequency_penalty", -2.0, 2.0),
         max_tokens=max_tokens,
         stop=_stop(body.get("stop")),
         seed=_int(body, "seed", INT64_MIN, INT64_MAX),

@@ -13,7 +13,8 @@ the turn there (its aggregator stream is closed). A client that goes away, a dra
 reaches its deadline and --turn-timeout all cancel the task, which closes every upstream
 stream (the engine's cancellation contract).
 
-Sampling from the request (temperature, top_p, max_tokens, seed) applies to the aggregator's
+Sampling from the request (temperature, top_p, presence and frequency penalties, max_tokens,
+seed) applies to the aggregator's
 call (`MoA.arun(aggregator_sampling=...)`); the references keep the line-up's.
 """
 
@@ -130,7 +131,14 @@ class Turn:
         settings = self.settings
         assert settings is not None
         r = self.request
-        wanted = {"temperature": r.temperature, "top_p": r.top_p, "max_tokens": r.max_tokens, "seed": r.seed}
+        wanted = {
+            "temperature": r.temperature,
+            "top_p": r.top_p,
+            "presence_penalty": r.presence_penalty,
+            "frequency_penalty": r.frequency_penalty,
+            "max_tokens": r.max_tokens,
+            "seed": r.seed,
+        }
         aggregator = {k: v for k, v in wanted.items() if v is not None}
         # The server's one pool, shared by every request: the engine's per-provider caps hold.
         moa = MoA(settings=settings, router=self.pool)
@@ -150,6 +158,8 @@ class Turn:
             max_tokens=max_tokens,
             seed=s.seed if r.seed is None else r.seed,
             top_p=r.top_p,
+            presence_penalty=r.presence_penalty,
+            frequency_penalty=r.frequency_penalty,
         )
         call = CallInfo(spec, 1, 0, "aggregator")
         self._on_event(CallStarted(call))
