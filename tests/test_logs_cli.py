@@ -155,6 +155,19 @@ def test_rm_really_deletes_search_included(moa, llm_server: FakeLLMServer, moa_h
     assert moa(["logs", "rm"]).returncode == 2
 
 
+def test_ask_json_says_where_the_turn_is_in_the_log(cli, llm_server: FakeLLMServer) -> None:
+    """A script can go from `--json` to `moa logs show`, `moa trace` and `-c --cid`."""
+    first = json.loads(cli(["ask", *LINEUP, "--json", "Tell me about tides"]).stdout)
+    assert isinstance(first["turn_id"], int) and first["conversation_id"]
+    shown = json.loads(cli(["logs", "show", str(first["turn_id"]), "--json"]).stdout)
+    assert "Tell me about tides" in json.dumps(shown)
+    assert cli(["trace", str(first["turn_id"]), "--json"]).returncode == 0
+    second = json.loads(cli(["ask", "--cid", first["conversation_id"], "--json", "And waves?"]).stdout)
+    assert second["conversation_id"] == first["conversation_id"] and second["turn_id"] > first["turn_id"]
+    unlogged = json.loads(cli(["ask", *LINEUP, "--no-log", "--json", "Off the record"]).stdout)
+    assert (unlogged["conversation_id"], unlogged["turn_id"]) == (None, None)
+
+
 def test_backup_cost_status_off_and_no_log(moa, llm_server: FakeLLMServer, moa_home: Path, tmp_path: Path) -> None:
     assert moa(["ask", *LINEUP, "one"]).returncode == 0
     assert moa(["ask", *LINEUP, "--no-log", "two"]).returncode == 0

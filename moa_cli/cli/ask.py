@@ -89,10 +89,10 @@ def run_ask(
             resumed = resume_conversation(settings, cid)
             settings, conversation_id = resumed.settings, resumed.conversation_id
             messages = [*resumed.history(), {"role": "user", "content": text}]
-        result = run_one_turn(
+        result, ids = run_one_turn(
             settings, messages, json_output=json_output, quiet=quiet, conversation_id=conversation_id, source="ask"
         )
         if json_output:
             import json
 
-            sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+            sys.stdout.write(json.dumps({**result.to_dict(), **ids}, ensure_ascii=False) + "\n")

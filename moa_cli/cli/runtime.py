@@ -35,8 +35,10 @@ def run_one_turn(
     quiet: bool = False,
     conversation_id: str | None = None,
     source: str = "ask",
-) -> Any:
+) -> tuple[Any, dict[str, Any]]:
     """Run one turn with live progress on stderr and the answer on stdout (unless JSON).
+
+    Returns the TurnResult and, with `json_output`, where the turn is in the log.
 
     When the aggregator fails after part of its answer reached stdout, stderr says that
     text is incomplete before the error propagates (exit 1).
@@ -68,4 +70,22 @@ def run_one_turn(
         raise
     if not quiet:
         view.footer(result)
-    return result
+    if json_output:
+        return result, _log_ids(moa)
+    return result, {}
+
+
+def _log_ids(moa: Any) -> dict[str, Any]:
+    """Where `--json`'s turn is in the log: its conversation (for `-c`) and its id (for `moa logs show`).
+
+    The id is the writer's; waiting for it costs the few milliseconds of one SQLite write,
+    and a writer that fails or is slower than a second leaves it null, as with no log.
+    """
+    recording = moa.last_recording
+    if recording is None or recording.written is None:
+        return {"conversation_id": None, "turn_id": None}
+    try:
+        turn_id = recording.written.result(timeout=1.0)
+    except Exception:  # noqa: BLE001 - the writer warns on its own; the answer still goes out
+        turn_id = None
+    return {"conversation_id": recording.conversation_id, "turn_id": turn_id}
