@@ -834,6 +834,7 @@ class Job:
     restart: bool = False
     fastchat_temperatures: bool = False
     reuse_proposals: Path | None = None  # run only the aggregator, over the proposals this file kept
+    budget: float | None = None  # USD this run may spend, every item in flight at its worst case
     command: str = ""  # the command line that resumes the run, for messages and the manifest
 
 
@@ -857,6 +858,8 @@ class Summary:
     warnings: list[str] = field(default_factory=list)
     started: float = 0.0
     ended: float = 0.0
+    spent: float = 0.0  # USD this run spent (an item of unknown cost counted at its worst case)
+    stopped_by_budget: bool = False  # --budget: the next item might have cost more than was left
 
 
 class Listener(Protocol):
@@ -895,6 +898,8 @@ def prepare(job: Job, settings: Settings) -> Prepared:
         raise BatchInputError("--parallel must be at least 1")
     if job.rps is not None and not job.rps > 0:
         raise BatchInputError("--rps must be more than 0")
+    if job.budget is not None and not 0 < job.budget < float("inf"):
+        raise BatchInputError("--budget must be a number of USD more than 0")
     if job.limit is not None and job.limit < 1:
         raise BatchInputError("--limit must be at least 1")
     if job.output.resolve() == job.input.resolve():
@@ -1022,6 +1027,13 @@ async def run_batch(prepared: Prepared, listener: Listener | None = None, *, rou
     from moa_cli.providers.registry import ProviderPool
 
     job, listener = prepared.job, listener or _Quiet()
+    budget: Budget | None = None
+    if job.budget is not None:
+        from moa_cli.recorder import price_book
+
+        budget = Budget(job.budget, await price_book(prepared.settings))
+        for item in prepared.items:  # every item priced before anything starts: a gap is exit 2
+            budget.worst_case(item, prepared.settings)
     sidecar = Sidecar(sidecar_path(job.output), prepared.header)
     known = sidecar.open(restart=job.restart)
     summary = Summary(
@@ -1056,8 +1068,22 @@ async def run_batch(prepared: Prepared, listener: Listener | None = None, *, rou
 
     async def worker() -> None:
         for item in pending:  # one iterator shared by the workers: each item is taken once
+            if summary.stopped_by_budget:
+                return
             stored = prepared.reuse.turns[item.id] if prepared.reuse is not None else None
-            outcome = await answer_item(moa_for(item), item, stored)
+            worst = 0.0
+            if budget is not None:
+                worst = budget.worst_case(item, moa_for(item).settings)
+                if not await budget.reserve(worst):
+                    summary.stopped_by_budget = True
+                    return
+            outcome: Outcome | None = None
+            try:
+                outcome = await answer_item(moa_for(item), item, stored)
+            finally:
+                if budget is not None:
+                    budget.settle(worst, outcome.cost if outcome is not None else None)
+                    summary.spent = budget.spent
             await sidecar.write(outcome)
             outcomes[item.id] = outcome
             if outcome.ok:
@@ -1089,6 +1115,58 @@ async def run_batch(prepared: Prepared, listener: Listener | None = None, *, rou
             summary.ended = time.time()
             write_atomic(summary.manifest, manifest(prepared, summary))  # type: ignore[arg-type]
     return summary
+
+
+class Budget:
+    """`--budget`: what this run spent, plus the worst case of every item in flight, stays under the limit.
+
+    An item starts only if its worst case (every call at max_tokens, pricing.worst_case) fits
+    in what is left; while items are in flight it waits for them to settle (their real cost is
+    usually far below their worst case), and with none in flight the run stops there. Every
+    model of the line-up needs a price, or the budget cannot be kept: ConfigError (exit 2).
+    """
+
+    def __init__(self, limit: float, book: Any) -> None:
+        self.limit = limit
+        self.book = book
+        self.spent = 0.0
+        self.reserved = 0.0
+        self.in_flight = 0
+        self._settled = asyncio.Event()  # set when an item settles (the workers share one event loop)
+
+    def worst_case(self, item: Item, settings: Settings) -> float:
+        from moa_cli.recorder import estimate
+
+        messages: list[Message] = list(item.prefix)
+        total = 0.0
+        for number, turn in enumerate(item.turns):
+            messages.append({"role": "user", "content": turn})
+            worst = estimate(settings, messages, self.book, earlier_answers=number)
+            if worst.cost_usd is None:
+                raise ConfigError(
+                    f"--budget {self.limit:g}: cannot keep it, an item's worst case is {worst.text()}; "
+                    'set a price with [pricing."provider:model"] in the config file or run moa models --refresh-prices'
+                )
+            total += worst.cost_usd
+        return total
+
+    async def reserve(self, cost: float) -> bool:
+        """Hold `cost` for an item; False when it cannot fit even once nothing is in flight."""
+        while self.spent + self.reserved + cost > self.limit:
+            if not self.in_flight:
+                return False
+            self._settled.clear()
+            await self._settled.wait()
+        self.reserved += cost
+        self.in_flight += 1
+        return True
+
+    def settle(self, reserved: float, actual: float | None) -> None:
+        """An item is done: its real cost replaces its worst case (unknown: the worst case stays)."""
+        self.reserved -= reserved
+        self.in_flight -= 1
+        self.spent += reserved if actual is None else actual
+        self._settled.set()
 
 
 def _sum_tokens(outcomes: Iterable[Outcome], start: int | None = 0) -> int | None:
@@ -1154,6 +1232,9 @@ def manifest(prepared: Prepared, summary: Summary) -> bytes:
         },
         "tokens": summary.tokens,
         "cost_usd": summary.cost,
+        "budget": {"limit_usd": job.budget, "spent_usd": summary.spent, "stopped": summary.stopped_by_budget}
+        if job.budget is not None
+        else None,
         "failures": [{"id": o.id, "error": o.error, "kind": o.error_kind, "status": o.status} for o in summary.failed],
     }
     return (json.dumps(data, indent=2) + "\n").encode("ascii")

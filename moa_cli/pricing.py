@@ -276,14 +276,18 @@ def worst_case(
     split: Any,
     book: PriceBook,
     aggregator_max_tokens: int | None = None,
+    earlier_answers: int = 0,
 ) -> Estimate:
     """Every call of the turn at `max_tokens`; the injected answers counted at max_tokens each.
 
     `split(spec)` gives (provider name, model name) for a spec. `aggregator_max_tokens` is the
     answer's own budget when a turn sets one (`moa serve` takes it from the request).
+    `earlier_answers` counts answers not yet written that the prompt will hold (a later turn
+    of a multi-turn item, before the earlier turns ran), each at the answer's budget.
     """
     answer_budget = aggregator_max_tokens or max_tokens
     base = sum(estimate_tokens(m["content"]) + MESSAGE_OVERHEAD for m in messages)
+    base += earlier_answers * (answer_budget + MESSAGE_OVERHEAD)
     injected = estimate_tokens(aggregator_prompt) + len(references) * (max_tokens + MESSAGE_OVERHEAD)
     calls: list[tuple[str, int, int]] = []  # (spec, tokens in, most tokens out)
     for layer in range(1, rounds + 1):

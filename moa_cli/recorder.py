@@ -140,9 +140,13 @@ async def price_book(settings: Settings) -> PriceBook:
 
 
 def estimate(
-    settings: Settings, messages: Sequence[Message], book: PriceBook, aggregator_max_tokens: int | None = None
+    settings: Settings,
+    messages: Sequence[Message],
+    book: PriceBook,
+    aggregator_max_tokens: int | None = None,
+    earlier_answers: int = 0,
 ) -> Estimate:
-    """The worst case of a turn with these settings over `messages`."""
+    """The worst case of a turn with these settings over `messages` (see pricing.worst_case)."""
     return worst_case(
         messages,  # type: ignore[arg-type]  # Message is a Mapping[str, str] in practice
         references=settings.references,
@@ -153,6 +157,7 @@ def estimate(
         split=splitter(settings),
         book=book,
         aggregator_max_tokens=aggregator_max_tokens,
+        earlier_answers=earlier_answers,
     )
 
 

@@ -553,3 +553,55 @@ def test_outcomes_queued_behind_a_cancelled_write_are_kept_on_close(tmp_path: Pa
     again = core.Sidecar(tmp_path / "p", sidecar.header)
     assert sorted(again.open(restart=False), key=int) == [str(i) for i in range(20)]
     again.close()
+
+
+# ---------------------------------------------------------------------------- --budget
+
+
+def _priced(home: Path) -> None:
+    (home / "config.toml").write_text(
+        '[pricing."alpha"]\ninput = 1000\noutput = 1000\n[pricing."judge"]\ninput = 1000\noutput = 1000\n'
+    )
+
+
+def _worst_case_of_one_item(home: Path) -> float:
+    """What `--budget` holds for one of prompts_file's items (pricing.worst_case, tested on its own)."""
+    import asyncio
+
+    from moa_cli.config import load_settings
+    from moa_cli.recorder import price_book
+
+    settings = load_settings(
+        {"references": ["alpha"], "aggregator": "judge", "max_tokens": 100}, {"MOA_HOME": str(home)}
+    )
+    item = batch.Item("0", 0, ("prompt 0",), {})
+    return batch.Budget(1.0, asyncio.run(price_book(settings))).worst_case(item, settings)
+
+
+def test_budget_stops_before_an_item_that_might_not_fit(
+    moa, llm_server: FakeLLMServer, moa_home: Path, tmp_path: Path
+) -> None:
+    _priced(moa_home)
+    worst = _worst_case_of_one_item(moa_home)
+    source, out = prompts_file(tmp_path, 3), tmp_path / "out.jsonl"
+    args = ["batch", str(source), "-o", str(out), *LINEUP, "--max-tokens", "100", "--parallel", "1"]
+    proc = moa([*args, "--budget", f"{worst / 2:.6f}"])
+    assert proc.returncode == 1 and not out.exists()
+    assert "--budget reached" in proc.stderr and "3 of 3 items not answered" in proc.stderr
+    assert llm_server.requests == []  # nothing was spent
+    manifest = json.loads(batch.manifest_path(out).read_text())
+    assert manifest["budget"]["stopped"] is True and manifest["budget"]["spent_usd"] == 0
+    # Items cost far less than their worst case: 2.5 worst cases answer all three, one at a time.
+    proc = moa([*args, "--budget", f"{worst * 2.5:.6f}"])
+    assert proc.returncode == 0, proc.stderr
+    spent = json.loads(batch.manifest_path(out).read_text())["budget"]["spent_usd"]
+    assert 0 < spent < worst
+
+
+def test_budget_needs_a_price_for_every_model(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    source, out = prompts_file(tmp_path, 2), tmp_path / "out.jsonl"
+    proc = moa(["batch", str(source), "-o", str(out), *LINEUP, "--budget", "5"])
+    assert proc.returncode == 2 and "--budget 5: cannot keep it" in proc.stderr and "no price for" in proc.stderr
+    assert llm_server.requests == []
+    proc = moa(["batch", str(source), "-o", str(out), *LINEUP, "--budget", "0"])
+    assert proc.returncode == 2 and "--budget must be a number of USD more than 0" in proc.stderr

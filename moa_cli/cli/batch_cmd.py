@@ -71,6 +71,16 @@ def batch(
             show_default=False,
         ),
     ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            "--budget",
+            metavar="USD",
+            help="Most USD this run may spend: an item starts only if its worst case (every call at "
+            "max_tokens) fits in what is left; every model needs a price.",
+            show_default=False,
+        ),
+    ] = None,
     limit: Annotated[
         int | None,
         typer.Option("--limit", metavar="N", help="Only the first N items (after --ids).", show_default=False),
@@ -159,6 +169,7 @@ def batch(
             restart=restart,
             fastchat_temperatures=fastchat_temperatures,
             reuse_proposals=reuse_proposals,
+            budget=budget,
         )
         job = replace(job, command=resume_command(job, flags, local=local))
         prepared = core.prepare(job, settings)
@@ -204,6 +215,7 @@ def resume_command(job: Job, flags: dict[str, Any], *, local: bool = False) -> s
     options = {
         "--format": job.format, "--parallel": job.parallel, "--rps": job.rps, "--limit": job.limit,
         "--ids": ",".join(job.ids) or None, "--generator": job.generator, "--reuse-proposals": job.reuse_proposals,
+        "--budget": job.budget,
     }  # fmt: skip
     for spelling, value in options.items():
         if value is not None:
@@ -345,6 +357,17 @@ def _report(summary: Summary, command: str, *, quiet: bool) -> int:
     tokens = f"{summary.tokens:,} tokens" if summary.tokens is not None else "tokens unknown"
     seconds = summary.ended - summary.started
     resumed = f" ({summary.resumed} from an earlier run)" if summary.resumed else ""
+    if summary.stopped_by_budget:
+        from moa_cli.pricing import format_usd
+
+        left = summary.total - summary.done - len(summary.failed)
+        sys.stderr.write(
+            f"moa: error: --budget reached: {format_usd(summary.spent)} spent in this run, and the next item's "
+            f"worst case did not fit; {left} of {summary.total} items not answered, so {summary.output} was not "
+            f"written ({summary.done} answers are kept)\n"
+            f"moa: run the same command to go on, with a new --budget for what is left: {command}\n"
+        )
+        return EXIT_FAILED
     if not summary.failed:
         if not quiet:
             sys.stderr.write(
