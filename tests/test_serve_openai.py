@@ -275,3 +275,29 @@ def test_fifty_concurrent_streams_are_all_answered(serve, llm_server: FakeLLMSer
     assert len({id_ for id_, _ in results}) == 50
     judged = sorted(r.last_user for r in llm_server.requests_for("judge"))
     assert judged == sorted(f"question {n}" for n in range(50))
+
+
+def test_workers_share_the_load_and_stop_together(serve, llm_server: FakeLLMServer) -> None:
+    """`--workers 2`: uvicorn's own processes, each building the app from the options it was
+    handed (the key included); every stream answered, and SIGTERM stops both cleanly."""
+    llm_server.default_reply = Reply(latency=0.2, token_delay=0.01)
+    served = serve("--workers", "2", "--api-key", "worker-secret")
+    assert wait_for(lambda: served.log.count("Application startup complete") == 2, 30), served.log
+
+    async def run() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=served.base_url, api_key="worker-secret", max_retries=0) as client:
+
+            async def one(n: int) -> str:
+                reply = await client.chat.completions.create(
+                    model="moa", messages=[{"role": "user", "content": f"question {n}"}]
+                )
+                return reply.choices[0].message.content or ""
+
+            return await asyncio.gather(*(one(n) for n in range(8)))
+
+    assert asyncio.run(run()) == ["Answer from judge."] * 8
+    with pytest.raises(openai.AuthenticationError):
+        served.client("wrong", max_retries=0).models.list()
+    assert served.stop() == 0, served.log
+    assert served.log.count("Finished server process") == 2, served.log
+    assert "worker-secret" not in served.log
