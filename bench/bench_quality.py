@@ -71,9 +71,17 @@ def consensus_rescored(report: ifeval.Report) -> ifeval.Report:
 
 
 def run_one(
-    penalty: float, seed: int, prompts: list[ifeval.Prompt], aggregation: str, home: Path, tag: str = ""
+    penalty: float,
+    seed: int,
+    prompts: list[ifeval.Prompt],
+    aggregation: str,
+    home: Path,
+    tag: str = "",
+    aggregator_prompt: str | None = None,
 ) -> ifeval.Report:
     overrides = {"lineup": "local", "repeat_penalty": penalty, "seed": seed, "aggregation": aggregation, "log": False}
+    if aggregator_prompt is not None:
+        overrides["aggregator_prompt"] = aggregator_prompt
     settings = load_settings(overrides, {"MOA_HOME": str(home)})
     label = f"{aggregation} rp={penalty:g} seed={seed}"
     name = f"{aggregation}-rp{penalty:g}-seed{seed}{tag}"
@@ -171,6 +179,7 @@ def main() -> None:
         "--aggregations", default="synthesize", help="run these (consensus is also rescored from synthesize)"
     )
     parser.add_argument("--out", default="quality", help="name of the figures' files in bench/results")
+    parser.add_argument("--aggregator-prompt", type=Path, help="file whose text replaces the aggregator prompt")
     parser.add_argument("--select", type=int, default=0, help="also run select on this many prompts")
     parser.add_argument("--judge", type=int, default=0, help="only: ask select's question over N kept turns")
     args = parser.parse_args()
@@ -185,6 +194,9 @@ def main() -> None:
     home.mkdir(parents=True, exist_ok=True)
     prompts = ifeval.choose(ifeval.load_prompts(), limit=args.limit, offset=args.offset)
     tag = f"-offset{args.offset}" if args.offset else ""
+    prompt_text = args.aggregator_prompt.read_text() if args.aggregator_prompt else None
+    if args.aggregator_prompt:
+        tag += f"-prompt-{args.aggregator_prompt.stem}"
     out = RESULTS / args.out
     rows: list[dict] = []
 
@@ -195,8 +207,8 @@ def main() -> None:
     for penalty in [float(p) for p in args.penalties.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
             for aggregation in args.aggregations.split(","):
-                report = run_one(penalty, seed, prompts, aggregation, home, tag)
-                rows.append(summary_row(f"{aggregation}, repeat_penalty {penalty:g}, seed {seed}", report))
+                report = run_one(penalty, seed, prompts, aggregation, home, tag, prompt_text)
+                rows.append(summary_row(f"{aggregation}{tag}, repeat_penalty {penalty:g}, seed {seed}", report))
                 if aggregation == "synthesize":
                     rescored = consensus_rescored(report)
                     rows.append(summary_row(f"consensus (rescored), repeat_penalty {penalty:g}, seed {seed}", rescored))
