@@ -417,27 +417,57 @@ def test_a_call_waiting_for_room_in_the_context_waits_then_cancels_at_once(
     asyncio.run(collect(provider, request([{"role": "user", "content": "hi"}], 1)))  # loaded
     big = local.MAX_CONTEXT - 100
 
-    async def scenario() -> tuple[int, bool]:
+    async def scenario() -> tuple[int, int, bool]:
         running = asyncio.create_task(collect(provider, request(STORY, big, temperature=0.8, seed=1)))
         steps = runtime(bundled).steps
         while runtime(bundled).steps < steps + 2:
             await asyncio.sleep(0.002)
         other = [{"role": "user", "content": "Another question."}]
         waiting = asyncio.create_task(collect(provider, request(other, big, temperature=0.8, seed=2)))
-        at = runtime(bundled).steps
+        await asyncio.sleep(0.05)  # queued and taken by the worker
+        steps, evaluated = runtime(bundled).steps, runtime(bundled).evaluated
         await asyncio.sleep(0.3)
         waiting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await waiting
         still_running = not running.done()
+        steps, evaluated = runtime(bundled).steps - steps, runtime(bundled).evaluated - evaluated
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
-        return runtime(bundled).steps - at, still_running
+        return steps, evaluated, still_running
 
-    steps_meanwhile, first_still_running = asyncio.run(scenario())
-    assert steps_meanwhile > 2  # the first went on while the second waited
+    steps, evaluated, first_still_running = asyncio.run(scenario())
+    assert steps > 2  # the first went on while the second waited...
+    assert evaluated == steps, "...and only the first: a token a step, no second prompt"
     assert first_still_running, "the cancel waited for the running call to finish"
+
+
+@pytest.mark.local
+@pytest.mark.parametrize("failing_call", [1, 3], ids=["evaluating-the-prompt", "decoding-a-step"])
+def test_a_llama_cpp_failure_ends_every_call_of_the_batch_and_the_model_recovers(
+    provider: LocalProvider, bundled: Path, monkeypatch: pytest.MonkeyPatch, failing_call: int
+) -> None:
+    asyncio.run(collect(provider, request([{"role": "user", "content": "hi"}], 1)))  # loaded
+    llama = runtime(bundled)._llama
+    real = llama.llama_decode
+    calls = 0
+
+    def failing(ctx: Any, batch: Any) -> int:  # 1: the three samples' prompt; 3: their second step
+        nonlocal calls
+        calls += 1
+        return -3 if calls == failing_call else int(real(ctx, batch))
+
+    monkeypatch.setattr(llama, "llama_decode", failing)
+
+    async def three() -> list[Any]:
+        requests = [request(STORY, 16, temperature=0.8, seed=seed) for seed in (1, 2, 3)]
+        return list(await asyncio.gather(*(collect(provider, req) for req in requests), return_exceptions=True))
+
+    results = asyncio.run(asyncio.wait_for(three(), 30))  # none may hang
+    assert all(isinstance(r, ProviderError) and "llama_decode returned -3" in str(r) for r in results), results
+    monkeypatch.setattr(llama, "llama_decode", real)
+    assert all(isinstance(r, tuple) for r in asyncio.run(three()))
 
 
 @pytest.mark.local
@@ -491,7 +521,9 @@ def test_damaged_gguf_is_a_provider_error(provider: LocalProvider, bundled: Path
 @pytest.mark.local
 def test_prompt_longer_than_the_context_is_a_provider_error(provider: LocalProvider) -> None:
     huge = "word " * (local.MAX_CONTEXT + 500)
-    with pytest.raises(ProviderError, match=r"the prompt is \d+ tokens, more than this model's context of 8192"):
+    with pytest.raises(
+        ProviderError, match=r"the prompt is \d+ tokens, too long for this model's context of 8192 tokens"
+    ):
         asyncio.run(collect(provider, request([{"role": "user", "content": huge}], 4)))
 
 

@@ -90,7 +90,8 @@ def test_each_prompt_batch_runs_on_the_chosen_threads(monkeypatch: pytest.Monkey
     original = llm._llama.llama_set_n_threads
     monkeypatch.setattr(llm._llama, "llama_set_n_threads", lambda c, n, b: (seen.append((n, b)), original(c, n, b)))
     monkeypatch.setattr(llm, "_threads", None)  # set them again at the next call
-    monkeypatch.setattr(llm._prompt_threads, "choose", lambda: 1)
+    chosen = llm._generation_threads + 1  # not what generation uses: seen only if the chooser is asked
+    monkeypatch.setattr(llm._prompt_threads, "choose", lambda: chosen)
     monkeypatch.setattr(llm._prompt_threads, "record", lambda t, n, s: recorded.append((t, n)))
 
     async def one() -> Usage | None:
@@ -105,5 +106,5 @@ def test_each_prompt_batch_runs_on_the_chosen_threads(monkeypatch: pytest.Monkey
     usage = asyncio.run(one())
     assert usage is not None and usage.prompt_tokens and usage.prompt_tokens > local.PROMPT_BATCH
     threads = llm._generation_threads
-    assert (threads, 1) in seen and all(pair in {(threads, 1), (threads, threads)} for pair in seen)
+    assert (threads, chosen) in seen and all(pair in {(threads, chosen), (threads, threads)} for pair in seen)
     assert sum(n for _, n in recorded) <= usage.prompt_tokens and len(recorded) >= 2

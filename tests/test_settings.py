@@ -36,7 +36,7 @@ def test_every_command_parameter_is_a_setting_or_a_front_end_option(command: obj
 # `moa batch`'s own options: what to read and write, which items, and how to pace the run.
 BATCH_OPTIONS = {"input_file", "output", "input_format", "parallel", "rps", "limit", "ids", "generator"}
 BATCH_OPTIONS |= {"allow_failures", "restart", "fastchat_temperatures"}
-BATCH_OPTIONS |= {"reuse_proposals"}
+BATCH_OPTIONS |= {"reuse_proposals", "budget"}  # budget: the whole run's, where max_cost is a turn's
 
 
 def test_every_batch_parameter_is_a_setting_or_a_front_end_option() -> None:

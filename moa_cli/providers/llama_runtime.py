@@ -147,7 +147,11 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class Runtime:
-    """A loaded model, its context and its sequences. Use from one thread only."""
+    """A loaded model, its context and its sequences.
+
+    `run` and everything it calls belong to one thread (the model's worker). `prompt` only
+    reads the vocabulary and the template, so the event loop may call it meanwhile.
+    """
 
     def __init__(
         self,
@@ -191,6 +195,11 @@ class Runtime:
             self._vocab = llama.llama_model_get_vocab(self._model)
             self._n_vocab = llama.llama_vocab_n_tokens(self._vocab)
             self._memory = llama.llama_get_memory(self._ctx)
+            # A recurrent or hybrid model's memory copies whole states: no prefix can be cut out.
+            self._whole_state = bool(
+                getattr(llama, "llama_model_is_recurrent", lambda m: False)(self._model)
+                or getattr(llama, "llama_model_is_hybrid", lambda m: False)(self._model)
+            )
             self._batch = llama.llama_batch_init(batch, 0, 1)
             self._formatter = self._chat_formatter()
         except BaseException:
@@ -258,27 +267,30 @@ class Runtime:
             waiting.extend(take(not active and not waiting))
             if not active and not waiting:
                 return
-            for request in [r for r in waiting if r.stopped.is_set()]:  # cancelled while waiting: gone now
-                waiting.remove(request)
-                request.finished = True
-                request.done(None)
             try:
+                self._retire_stopped(active, waiting)
                 self._admit(waiting, active)
-                active[:] = [r for r in active if not self._retire_if_stopped(r)]
                 if active:
                     self._step(active)
             except Exception as exc:  # noqa: BLE001 - llama.cpp failed: every request here ends with it
                 logger.debug("llama.cpp failed: {!r}", exc)
-                for request in [*active, *waiting]:
-                    if request.sampler is not None:
-                        self._llama.llama_sampler_free(request.sampler)
-                        request.sampler = None
+                starting = [r for group in self._groups for r in group]  # taken from waiting, not yet active
+                for request in dict.fromkeys([*active, *waiting, *starting]):
+                    self._free_sampler(request)
                     if not request.finished:
                         request.finished = True
                         request.done(ProviderError(request.model, f"llama.cpp error: {exc}"))
                 active.clear()
                 waiting.clear()
                 self._reset()
+
+    def _retire_stopped(self, active: list[Request], waiting: deque[Request]) -> None:
+        """Requests cancelled since the last look end now: running ones drop their sequence."""
+        for request in [r for r in waiting if r.stopped.is_set()]:
+            waiting.remove(request)
+            request.finished = True
+            request.done(None)
+        active[:] = [r for r in active if not self._retire_if_stopped(r)]
 
     def _admit(self, waiting: deque[Request], active: list[Request]) -> None:
         """Start the waiting requests that fit, oldest first; identical prompts together."""
@@ -287,32 +299,52 @@ class Runtime:
             if len(first.prompt) >= self.n_ctx:
                 waiting.popleft()
                 first.finished = True
-                reason = (
-                    f"the prompt is {len(first.prompt)} tokens, more than this model's context of {self.n_ctx} tokens"
-                )
+                reason = f"the prompt is {len(first.prompt)} tokens, too long for this model's context of {self.n_ctx} tokens"
                 first.done(ProviderError(first.model, reason))
                 continue
             group = [r for r in waiting if r.prompt == first.prompt and not r.stopped.is_set()]
-            while len(self._free_ids) < len(group) and self._kept:
-                self._drop(self._kept.popleft())
+            source = self._longest_prefix(first.prompt, active)[0]  # kept last, if it must go
+            while len(self._free_ids) < len(group) and self._evict(source):
+                pass
             group = group[: len(self._free_ids)]
             if not group:
                 return  # every id is running: wait for a sequence to end
+            room = self.n_ctx - len(first.prompt)
             for request in group:
-                room = self.n_ctx - len(request.prompt)
-                request.limit = min(request.max_tokens, room) if request.max_tokens else room
-            need = len(first.prompt) + sum(r.limit for r in group)
-            while self._reserved() + need > self.n_ctx and self._kept:
-                self._drop(self._kept.popleft())
-            if self._reserved() + need > self.n_ctx:
+                request.limit = room if request.max_tokens is None else max(1, min(request.max_tokens, room))
+            while self._fitting(group) < len(group) and self._evict(source):
+                pass
+            fitting = self._fitting(group)
+            if not fitting:
                 if active:
                     return  # wait for running sequences to make room
                 # Alone and still too big: one sequence, its answer cut where the context ends.
-                group = group[:1]
+                fitting = 1
+            group = group[:fitting]
             for request in group:
                 waiting.remove(request)
                 request.seq_id = self._free_ids.pop(0)
             self._start(group, active)
+
+    def _fitting(self, group: list[Request]) -> int:
+        """How many of the group fit in the cells left: its prompt once, each answer to its limit."""
+        left = self.n_ctx - self._reserved() - len(group[0].prompt)
+        count = 0
+        for request in group:
+            left -= request.limit
+            if left < 0:
+                break
+            count += 1
+        return count
+
+    def _evict(self, protect: Request | None) -> bool:
+        """Drop the oldest kept prefix, `protect` (the one a waiting prompt would copy) last."""
+        if not self._kept:
+            return False
+        victim = next((k for k in self._kept if k is not protect), self._kept[0])
+        self._kept.remove(victim)
+        self._drop(victim)
+        return True
 
     def _reserved(self) -> int:
         """Cells the running groups may use (prompts, and every answer to its limit) and kept prefixes hold."""
@@ -324,31 +356,28 @@ class Runtime:
         llama = self._llama
         lead, prompt = group[0], group[0].prompt
         source, shared = self._longest_prefix(prompt, active)
-        # Only whole prompt batches of the source's own prompt: then the batches evaluated here
-        # are the ones a fresh evaluation would run, and the answer is the same as without the
-        # copy (cells written by decoding steps, or a batch cut elsewhere, differ in the last bits).
-        if source is not None:
-            shared = min(shared, len(source.prompt), len(prompt) - 1) // self._n_batch * self._n_batch
+        shared = min(shared, len(prompt) - 1) // self._n_batch * self._n_batch
+        self._groups.append(group)
         if source is not None and shared >= MIN_SHARED_PREFIX:
             llama.llama_memory_seq_cp(self._memory, source.seq_id, lead.seq_id, 0, shared)
             lead.kv = list(prompt[:shared])
             if source in self._kept:  # its cells now belong to the lead
                 self._kept.remove(source)
                 self._drop(source)
-        elif not self._groups:
+        elif len(self._groups) == 1:
             # Nothing running and nothing to copy: start from an empty context. Where cells sit
             # changes the last bits of attention, so this makes an answer the same as in a fresh
             # process, whatever ran before (the same question again gives the same samples).
             self._clear()
-        self._groups.append(group)
-        if not self._evaluate(lead, prompt[len(lead.kv) :], lambda: all(r.stopped.is_set() for r in group)):
+        stopped = lambda: all(r.stopped.is_set() for r in group)  # noqa: E731
+        if not self._evaluate(lead, prompt[len(lead.kv) :], stopped, active):
             for request in group:
                 self._release(request)
                 request.finished = True
                 request.done(None)
             return
         last = self._batch.n_tokens - 1
-        for request in group[1:]:
+        for request in group[1:]:  # right after the lead's prompt: a whole-state copy is right too
             llama.llama_memory_seq_cp(self._memory, lead.seq_id, request.seq_id, 0, len(prompt))
             request.kv = list(prompt)
         for request in group:
@@ -359,16 +388,33 @@ class Runtime:
                 active.append(request)
 
     def _longest_prefix(self, prompt: list[int], active: list[Request]) -> tuple[Request | None, int]:
+        """The sequence whose cells this prompt can copy the most of, and how many.
+
+        Only whole prompt batches of the source's own prompt count: then the batches evaluated
+        here are the ones a fresh evaluation would run, and the answer is the same as without the
+        copy (cells written by decoding steps, or a batch cut elsewhere, differ in the last bits).
+        Never for a recurrent or hybrid model, whose state cannot be cut at a position.
+        """
         best: tuple[Request | None, int] = (None, 0)
+        if self._whole_state:
+            return best
         for candidate in [*active, *self._kept]:
-            size = _common_prefix(candidate.kv, prompt)
-            if size > best[1]:
-                best = (candidate, size)
+            usable = min(_common_prefix(candidate.kv, prompt), len(candidate.prompt))
+            usable = usable // self._n_batch * self._n_batch
+            if usable > best[1]:
+                best = (candidate, usable)
         return best
 
-    def _evaluate(self, request: Request, tokens: Sequence[int], stopped: Callable[[], bool]) -> bool:
-        """Evaluate a prompt for one sequence, a batch at a time; False if it was stopped first."""
+    def _evaluate(
+        self, request: Request, tokens: Sequence[int], stopped: Callable[[], bool], active: list[Request]
+    ) -> bool:
+        """Evaluate a prompt for one sequence, a batch at a time; False if it was stopped first.
+
+        Between batches, running sequences that were cancelled meanwhile end too: a long prompt
+        joining must not hold up a cancel.
+        """
         for start in range(0, len(tokens), self._n_batch):
+            active[:] = [r for r in active if not self._retire_if_stopped(r)]
             if stopped():
                 return False
             chunk = tokens[start : start + self._n_batch]
@@ -500,16 +546,25 @@ class Runtime:
             self._end(request, None)
         return request.finished
 
-    def _release(self, request: Request) -> None:
-        """Give the sequence's id back; the last of its group is kept as a prefix for later prompts."""
+    def _free_sampler(self, request: Request) -> None:
         if request.sampler is not None:
             self._llama.llama_sampler_free(request.sampler)
             request.sampler = None
+
+    def _release(self, request: Request) -> None:
+        """Give the sequence's id back; the last of its group is kept as a prefix for later prompts.
+
+        What is kept is the part a later prompt can copy: whole prompt batches of its prompt.
+        """
+        self._free_sampler(request)
         group = next((g for g in self._groups if request in g), None)
         last_of_group = group is not None and all(r.finished or r is request for r in group)
         if group is not None and last_of_group:
             self._groups.remove(group)
-        if last_of_group and len(request.kv) >= MIN_SHARED_PREFIX:
+        usable = min(len(request.kv), len(request.prompt)) // self._n_batch * self._n_batch
+        if last_of_group and usable >= MIN_SHARED_PREFIX and not self._whole_state:
+            self._llama.llama_memory_seq_rm(self._memory, request.seq_id, usable, -1)
+            request.kv = request.kv[:usable]
             self._kept.append(request)
             while len(self._kept) > KEPT_PREFIXES:
                 self._drop(self._kept.popleft())

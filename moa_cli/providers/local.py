@@ -16,7 +16,7 @@ owns it (providers/llama_runtime.py): requests to the model join its running bat
 event loop never blocks, and calls to other providers (and the UI) keep running.
 Cancelling sets a flag the worker checks before every prompt batch and every step, so a
 sequence stops within a token and a long prompt within one batch; the stream then waits
-for the worker to drop it, so its cells are free again when it returns.
+for the worker to drop it, so the model does no more work for the call once it returns.
 
 Threads: generation runs on half the cores (`threads = N` under [providers.local] to
 choose); each prompt batch, and each step that decodes several sequences, on every core
@@ -265,6 +265,8 @@ def _load(path: Path, verbose: bool, configured_threads: int | None = None) -> R
             logger.debug("llama.cpp could not load {}: {!r}", path, exc)
             reason = f"llama.cpp could not load {path} (a damaged file, or a model this llama.cpp does not support)"
             raise ProviderError(path.name, reason) from None
+        except Exception as exc:  # noqa: BLE001 - a chat template jinja2 cannot compile, for one
+            raise ProviderError(path.name, f"{path} cannot be used: {type(exc).__name__}: {exc}") from None
         logger.debug("loaded {} (context {} tokens, {} threads to generate)", path, runtime.n_ctx, threads)
         return runtime
 
@@ -334,7 +336,15 @@ class _SharedModel:
     def _work(self) -> None:
         """(worker) Decode until nothing is left to do (the model was loaded before the first submit)."""
         assert self.runtime is not None
-        self.runtime.run(self._take)
+        try:
+            self.runtime.run(self._take)
+        except BaseException as exc:  # a bug: nothing may wait forever on a worker that is gone
+            logger.debug("the llama.cpp worker failed: {!r}", exc)
+            with self.lock:
+                taken, self.pending, self.running = self.pending, [], False
+            for request, _ in taken:
+                request.done(ProviderError(request.model, f"llama.cpp worker failed: {exc}"))
+            raise
 
     def load(self, verbose: bool) -> Runtime:
         """(worker) The model, loaded once; ProviderError (without the model name) if it cannot be."""
@@ -352,7 +362,7 @@ class _SharedModel:
             loading = self.loading
         try:
             return await asyncio.shield(asyncio.wrap_future(loading))
-        except ProviderError:
+        except Exception:
             with self.lock:
                 if self.loading is loading:
                     self.loading = None  # a later call tries again (and says why again)
@@ -453,9 +463,9 @@ class LocalProvider:
             stopped.set()
             if not ended.done():
                 # Wait for the worker to drop the sequence (within a step or one prompt batch), so
-                # its cells are free when the caller goes on; a second cancellation only stops the waiting.
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(ended)
+                # the model is not still working for this call when the caller goes on; a second
+                # cancellation stops the waiting, and goes on up.
+                await asyncio.shield(ended)
 
     async def aclose(self) -> None:
         """Nothing to close: models stay loaded for the process, so later turns reuse them."""
