@@ -194,6 +194,8 @@ def main() -> None:
     home.mkdir(parents=True, exist_ok=True)
     prompts = ifeval.choose(ifeval.load_prompts(), limit=args.limit, offset=args.offset)
     tag = f"-offset{args.offset}" if args.offset else ""
+    if args.out != "quality":  # a run of its own: its own kept answers
+        tag += f"-{args.out}"
     prompt_text = args.aggregator_prompt.read_text() if args.aggregator_prompt else None
     if args.aggregator_prompt:
         tag += f"-prompt-{args.aggregator_prompt.stem}"
