@@ -203,7 +203,8 @@ def main() -> None:
     rows: list[dict] = []
 
     def save() -> None:
-        out.with_name(out.name + ".json").write_text(json.dumps(rows, indent=2) + "\n")  # "quality-rp1.1" keeps its ".1"
+        # with_name, not with_suffix: "quality-rp1.1" keeps its ".1"
+        out.with_name(out.name + ".json").write_text(json.dumps(rows, indent=2) + "\n")
         out.with_name(out.name + ".md").write_text(markdown(rows))
 
     for penalty in [float(p) for p in args.penalties.split(",")]:
