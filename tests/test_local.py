@@ -385,6 +385,26 @@ def test_samples_of_one_prompt_are_decoded_together(provider: LocalProvider, bun
 
 
 @pytest.mark.local
+def test_calls_with_different_prompts_share_the_steps(provider: LocalProvider, bundled: Path) -> None:
+    """Two clients of `moa serve` asking different things: each prompt evaluated on its own,
+    then one batch per step for both (continuous batching), each with its own usage."""
+    asyncio.run(collect(provider, request([{"role": "user", "content": "hi"}], 1)))  # loaded
+    asks: list[list[Message]] = [[{"role": "user", "content": q}] for q in ("Name a fruit.", "Describe the sea.")]
+    prompts = [len(runtime(bundled).prompt(m)[0]) for m in asks]
+    steps = runtime(bundled).steps
+
+    async def both() -> list[tuple[list[str], Usage | None, str | None]]:
+        requests = [request(m, 16, temperature=0.8, seed=1) for m in asks]
+        return list(await asyncio.gather(*(collect_all(provider, req) for req in requests)))
+
+    results = asyncio.run(both())
+    assert runtime(bundled).steps - steps < 2 * 15, "the two calls were decoded one after the other"
+    for (pieces, usage, finish), prompt in zip(results, prompts, strict=True):
+        assert pieces and usage is not None and usage.prompt_tokens == prompt
+        assert (usage.completion_tokens == 16) if finish == "length" else (0 < (usage.completion_tokens or 0) < 16)
+
+
+@pytest.mark.local
 def test_cancelling_a_batch_stops_every_sequence(provider: LocalProvider, bundled: Path) -> None:
     asyncio.run(collect(provider, request([{"role": "user", "content": "hi"}], 1)))  # loaded
     shared = local._shared(bundled)
