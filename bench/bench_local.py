@@ -4,8 +4,9 @@
 
 1. The bundled model (SmolLM2-135M-Instruct Q4_1) through `LocalProvider`: load time,
    prompt evaluation speed on an aggregator-sized prompt, generation speed (tokens per
-   second after the first token), and three 128-token samples one after another against
-   the same three started together (decoded as sequences of one context).
+   second after the first token), three 128-token samples one after another against the
+   same three started together (decoded as sequences of one context), and four different
+   prompts of 64 tokens each, one after another against together (their steps shared).
 2. A default local turn (`moa ask --local`: 3 samples of local:smollm2, aggregated as
    the built-in line-up says (consensus), max_tokens 256, seeds 1-3): wall time of the whole command from a cold
    start, then of warm turns in one process (model already loaded).
@@ -119,6 +120,19 @@ async def model_speed() -> None:
         seconds = time.perf_counter() - started
         tokens = sum(usage.completion_tokens or 0 for _, _, usage in runs)
         print(f"  3 samples, {label:<17} {seconds:6.2f} s  ({tokens} tokens, {tokens / seconds:.0f} tokens/s in all)")
+
+    # Four clients asking different things (moa serve, moa batch --parallel 4): each prompt is
+    # evaluated on its own, then their steps are shared (continuous batching).
+    asks = ["Name three fruits.", "Describe the sea.", "What is rain?", "Say hello politely."]
+    for label, together in (("one after another", False), ("together", True)):
+        started = time.perf_counter()
+        if together:
+            runs = await asyncio.gather(*(run([{"role": "user", "content": q}], 64, 1) for q in asks))
+        else:
+            runs = [await run([{"role": "user", "content": q}], 64, 1) for q in asks]
+        seconds = time.perf_counter() - started
+        tokens = sum(usage.completion_tokens or 0 for _, _, usage in runs)
+        print(f"  4 prompts, {label:<17} {seconds:6.2f} s  ({tokens} tokens, {tokens / seconds:.0f} tokens/s in all)")
 
 
 # ---------------------------------------------------------------------------- 2/3. whole turns
