@@ -22,7 +22,7 @@ from moa_cli.server import errors
 from moa_cli.server.app import create_app
 from moa_cli.server.limits import Gate
 from moa_cli.server.options import ServeOptions
-from moa_cli.server.turns import StopMatcher
+from moa_cli.stops import StopMatcher
 from tests.fakes.llm_server import FakeLLMServer, Reply, split_pieces
 
 LINEUP = {"references": ["alpha", "beta"], "aggregator": "judge"}

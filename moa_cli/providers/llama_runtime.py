@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from moa_cli.errors import ProviderError
 from moa_cli.logs import logger
+from moa_cli.stops import StopMatcher
 from moa_cli.types import Finish, Message, Usage
 
 #: How many sequences one context holds at once (running ones and kept prefixes).
@@ -111,27 +112,14 @@ class _Text:
 
     def __init__(self, stops: Sequence[str]) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._stops = [s for s in stops if s]
-        self._held = ""
+        self._stops = StopMatcher(tuple(s for s in stops if s))
 
     def feed(self, data: bytes, final: bool = False) -> tuple[str, bool]:
         """The text that is safe to show, and whether a stop string ended it."""
-        text = self._held + self._decoder.decode(data, final)
-        cuts = [i for i in (text.find(stop) for stop in self._stops) if i >= 0]
-        if cuts:
-            self._held = ""
-            return text[: min(cuts)], True
-        keep = 0 if final else max((_overlap(text, stop) for stop in self._stops), default=0)
-        self._held = text[len(text) - keep :]
-        return text[: len(text) - keep], False
-
-
-def _overlap(text: str, stop: str) -> int:
-    """The length of the longest end of `text` that begins `stop`."""
-    for size in range(min(len(text), len(stop) - 1), 0, -1):
-        if stop.startswith(text[-size:]):
-            return size
-    return 0
+        text, stopped = self._stops.feed(self._decoder.decode(data, final))
+        if final and not stopped:
+            text += self._stops.flush()
+        return text, stopped
 
 
 class LoadError(Exception):
