@@ -34,13 +34,10 @@ import json
 import math
 import multiprocessing as mp
 import os
-import re
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -52,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from tests.fakes.llm_server import FakeLLMServer, Reply  # noqa: E402
+from tests.fakes.serve_process import ServeProcess as Served  # noqa: E402
 
 LATENCY = 0.3  # seconds before the first byte, every upstream call
 TOKENS = 100
@@ -106,42 +104,6 @@ def start_upstream(models: list[str]) -> Upstream:
 
 
 # ---------------------------------------------------------------- moa serve, a real subprocess
-
-
-class Served:
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moa_cli", "serve", "--port", "0", *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self.port = 0
-        self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if not self._ready.wait(30):
-            self.stop()
-            raise SystemExit("moa serve did not start:\n" + "".join(self.lines))
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            match = re.search(r"running on http://127\.0\.0\.1:(\d+)", line)
-            if match:
-                self.port = int(match.group(1))
-                self._ready.set()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._reader.join(5)
 
 
 def cpu_seconds(pid: int) -> float:

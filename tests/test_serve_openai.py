@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,69 +14,30 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ROOT, run_moa
+from tests.conftest import run_moa
 from tests.fakes.llm_server import FakeLLMServer, Reply, split_pieces
+from tests.fakes.serve_process import ServeProcess
 
 LINEUP = ["-r", "alpha,beta", "-a", "judge"]
 HI = [{"role": "user", "content": "Why is the sky blue?"}]
 
 
-class Served:
-    """A running `moa serve`; its stdout and stderr are read on threads so the pipes never fill."""
+class Served(ServeProcess):
+    """A running `moa serve`, with openai clients that are closed before it stops."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moa_cli", "serve", "--port", "0", *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
-        )  # fmt: skip
-        self.lines: list[str] = []
         self._clients: list[openai.OpenAI] = []
-        self._port = threading.Event()
-        self.port = 0
-        self._readers = [
-            threading.Thread(target=self._read, args=(stream,), daemon=True)
-            for stream in (self.proc.stdout, self.proc.stderr)
-        ]
-        for reader in self._readers:
-            reader.start()
-        if not self._port.wait(30):
-            self.stop()
-            raise AssertionError("moa serve did not start:\n" + "".join(self.lines))
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-
-    def _read(self, stream: Any) -> None:
-        for line in stream:
-            self.lines.append(line)
-            match = re.search(r"running on http://127\.0\.0\.1:(\d+)", line)
-            if match:
-                self.port = int(match.group(1))
-                self._port.set()
+        super().__init__(args, env)
 
     def client(self, key: str = "none", **kwargs: Any) -> openai.OpenAI:
         client = openai.OpenAI(base_url=self.base_url, api_key=key, **kwargs)
         self._clients.append(client)
         return client
 
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
     def stop(self) -> int:
         for client in self._clients:
             client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        for reader in self._readers:
-            reader.join(5)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-        return self.proc.returncode
+        return super().stop()
 
 
 @pytest.fixture
