@@ -1028,12 +1028,14 @@ async def run_batch(prepared: Prepared, listener: Listener | None = None, *, rou
 
     job, listener = prepared.job, listener or _Quiet()
     budget: Budget | None = None
+    worst_cases: dict[str, float] = {}
     if job.budget is not None:
         from moa_cli.recorder import price_book
 
         budget = Budget(job.budget, await price_book(prepared.settings))
-        for item in prepared.items:  # every item priced before anything starts: a gap is exit 2
-            budget.worst_case(item, prepared.settings)
+        # Every item priced before anything starts (a gap is exit 2). Prices do not depend on
+        # the temperature, the one setting an item may change.
+        worst_cases = {item.id: budget.worst_case(item, prepared.settings) for item in prepared.items}
     sidecar = Sidecar(sidecar_path(job.output), prepared.header)
     known = sidecar.open(restart=job.restart)
     summary = Summary(
@@ -1073,7 +1075,7 @@ async def run_batch(prepared: Prepared, listener: Listener | None = None, *, rou
             stored = prepared.reuse.turns[item.id] if prepared.reuse is not None else None
             worst = 0.0
             if budget is not None:
-                worst = budget.worst_case(item, moa_for(item).settings)
+                worst = worst_cases[item.id]
                 if not await budget.reserve(worst):
                     summary.stopped_by_budget = True
                     return
