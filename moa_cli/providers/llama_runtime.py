@@ -150,9 +150,14 @@ class Runtime:
         generation_threads: int,
         prompt_threads: ThreadChooser,
         step_threads: ThreadChooser,
+        repack: bool = True,
     ) -> None:
         import llama_cpp
 
+        if batch < MAX_SEQUENCES:
+            # A step puts one token of every running sequence in the batch, and ctypes does not
+            # check an index past its end: it would write over whatever follows in memory.
+            raise ValueError(f"a batch of {batch} tokens cannot hold a step of {MAX_SEQUENCES} sequences")
         self._llama = llama = llama_cpp
         self._n_batch = batch
         self._generation_threads = generation_threads
@@ -163,6 +168,9 @@ class Runtime:
         self._ctx: Any = None
         self._batch: Any = None
         model_params = llama.llama_model_default_params()
+        # Weights repacked for the CPU (AMX tiles, interleaved Q4_0): providers/cpu.py decides,
+        # as llama.cpp's AMX path crashes the process.
+        model_params.use_extra_bufts = repack
         self._model = llama.llama_model_load_from_file(str(path).encode(), model_params)
         if not self._model:
             raise LoadError(path)
@@ -185,8 +193,7 @@ class Runtime:
             self._memory = llama.llama_get_memory(self._ctx)
             # A recurrent or hybrid model's memory copies whole states: no prefix can be cut out.
             self._whole_state = bool(
-                getattr(llama, "llama_model_is_recurrent", lambda m: False)(self._model)
-                or getattr(llama, "llama_model_is_hybrid", lambda m: False)(self._model)
+                llama.llama_model_is_recurrent(self._model) or llama.llama_model_is_hybrid(self._model)
             )
             self._batch = llama.llama_batch_init(batch, 0, 1)
             self._formatter = self._chat_formatter()
@@ -591,16 +598,102 @@ class Runtime:
             self._model = None
 
 
-def check_runtime() -> str | None:
-    """Why the installed llama-cpp-python cannot run this module, or None."""
-    import llama_cpp
+#: The llama-cpp-python release this driver is written against (pyproject.toml pins it exactly):
+#: its ctypes bindings changed signatures within 0.3.x, and ctypes checks none of them.
+PINNED_VERSION = "0.3.36"
 
-    needed = ("llama_memory_seq_cp", "llama_sampler_chain_init", "llama_batch_init", "llama_model_chat_template")
-    fields = {name for name, *_ in llama_cpp.llama_context_params._fields_}
-    missing = [name for name in needed if not hasattr(llama_cpp, name)]
-    missing += [f"llama_context_params.{name}" for name in ("kv_unified", "flash_attn_type") if name not in fields]
-    if missing:
-        version = getattr(llama_cpp, "__version__", "?")
-        return f"llama-cpp-python {version} is too old for moa (it lacks {missing[0]}): pip install -U llama-cpp-python"
-    logger.debug("llama-cpp-python {}", getattr(llama_cpp, "__version__", "?"))
+#: Every C function the driver calls, and how many arguments it passes. `check_runtime`
+#: compares each with the binding's `argtypes`, and a test checks that every call in this
+#: file passes exactly this many: a binding that changed under the pin is refused at start.
+DRIVER_FUNCTIONS: dict[str, int] = {
+    "llama_batch_free": 1,
+    "llama_batch_init": 3,
+    "llama_context_default_params": 0,
+    "llama_decode": 2,
+    "llama_free": 1,
+    "llama_get_memory": 1,
+    "llama_init_from_model": 2,
+    "llama_log_set": 2,
+    "llama_memory_clear": 2,
+    "llama_memory_seq_cp": 5,
+    "llama_memory_seq_rm": 4,
+    "llama_model_chat_template": 2,
+    "llama_model_default_params": 0,
+    "llama_model_free": 1,
+    "llama_model_get_vocab": 1,
+    "llama_model_is_hybrid": 1,
+    "llama_model_is_recurrent": 1,
+    "llama_model_load_from_file": 2,
+    "llama_model_n_ctx_train": 1,
+    "llama_n_ctx": 1,
+    "llama_sampler_chain_add": 2,
+    "llama_sampler_chain_default_params": 0,
+    "llama_sampler_chain_init": 1,
+    "llama_sampler_free": 1,
+    "llama_sampler_init_dist": 1,
+    "llama_sampler_init_greedy": 0,
+    "llama_sampler_init_min_p": 2,
+    "llama_sampler_init_penalties": 5,
+    "llama_sampler_init_temp": 1,
+    "llama_sampler_init_top_k": 1,
+    "llama_sampler_init_top_p": 2,
+    "llama_sampler_init_typical": 2,
+    "llama_sampler_sample": 3,
+    "llama_set_n_threads": 3,
+    "llama_token_to_piece": 6,
+    "llama_tokenize": 7,
+    "llama_vocab_bos": 1,
+    "llama_vocab_eos": 1,
+    "llama_vocab_get_text": 2,
+    "llama_vocab_is_eog": 2,
+    "llama_vocab_n_tokens": 1,
+}
+
+#: Every struct field the driver reads or writes.
+DRIVER_FIELDS: dict[str, tuple[str, ...]] = {
+    "llama_model_params": ("use_extra_bufts",),
+    "llama_context_params": (
+        "n_ctx",
+        "n_batch",
+        "n_ubatch",
+        "n_seq_max",
+        "flash_attn_type",
+        "kv_unified",
+        "n_threads",
+        "n_threads_batch",
+    ),
+    "llama_batch": ("n_tokens", "token", "pos", "n_seq_id", "seq_id", "logits"),
+}
+
+
+def check_bindings(module: Any) -> str | None:
+    """What in `module` (llama_cpp, or a stand-in in tests) differs from what the driver calls, or None."""
+    for name, arity in DRIVER_FUNCTIONS.items():
+        function = getattr(module, name, None)
+        if function is None:
+            return f"it has no {name}"
+        argtypes = getattr(function, "argtypes", None)
+        if argtypes is not None and len(argtypes) != arity:
+            return f"its {name} takes {len(argtypes)} arguments, where moa passes {arity}"
+    for struct, names in DRIVER_FIELDS.items():
+        have = {entry[0] for entry in getattr(getattr(module, struct, None), "_fields_", ())}
+        for name in names:
+            if name not in have:
+                return f"its {struct} has no field {name}"
+    return None
+
+
+def check_runtime(module: Any = None) -> str | None:
+    """Why the installed llama-cpp-python cannot run this driver (one line naming its version), or None."""
+    if module is None:
+        import llama_cpp as module
+    version = getattr(module, "__version__", "?")
+    problem = check_bindings(module)
+    if problem:
+        return (
+            f"llama-cpp-python {version} does not match moa's llama.cpp driver ({problem}); "
+            f'moa is built for {PINNED_VERSION}: pip install "llama-cpp-python=={PINNED_VERSION}"'
+        )
+    if version != PINNED_VERSION:
+        logger.debug("llama-cpp-python {} (moa pins {}): its bindings match the driver", version, PINNED_VERSION)
     return None

@@ -43,6 +43,8 @@ from typing import Any, NamedTuple
 from moa_cli.config import ProviderConfig
 from moa_cli.errors import ConfigError, ProviderError
 from moa_cli.logs import logger  # disabled until the CLI configures it
+from moa_cli.providers import crash
+from moa_cli.providers.cpu import RepackChoice, choose_repack, cpu_flags
 from moa_cli.providers.llama_runtime import LoadError, Request, Runtime, Sampling, check_runtime
 from moa_cli.types import CompletionRequest, Finish, Usage
 
@@ -244,22 +246,32 @@ class PromptThreads:
             self.calm_after = time.monotonic() + STALL_BACKOFF
 
 
-def _load(path: Path, verbose: bool, configured_threads: int | None = None) -> Runtime:
+def repack_choice(config: ProviderConfig) -> RepackChoice:
+    """Whether llama.cpp repacks weights for this CPU, and why (the config, the variable, or the CPU)."""
+    return choose_repack(cpu_flags(), config.repack, config.repack_source)
+
+
+def _load(path: Path, verbose: bool, config: ProviderConfig) -> Runtime:
     """Load a GGUF file with a context of min(MAX_CONTEXT, the model's trained context)."""
     with _llama_lock:
         _route_llama_logs(verbose)
         too_old = check_runtime()
         if too_old:
             raise ProviderError(path.name, too_old)
-        threads = generation_threads(configured_threads)
+        threads = generation_threads(config.threads)
+        repack = repack_choice(config)
+        logger.debug("llama.cpp weight repacking {}", repack.reason)
+        # From here on a native crash says what it was, and what to try, before the process dies.
+        crash.install_notice(repack.enabled)
         try:
             runtime = Runtime(
                 path,
                 max_context=MAX_CONTEXT,
                 batch=PROMPT_BATCH,
                 generation_threads=threads,
-                prompt_threads=PromptThreads(configured_threads),
-                step_threads=PromptThreads(configured_threads),
+                prompt_threads=PromptThreads(config.threads),
+                step_threads=PromptThreads(config.threads),
+                repack=repack.enabled,
             )
         except (LoadError, ValueError, RuntimeError, OSError) as exc:
             logger.debug("llama.cpp could not load {}: {!r}", path, exc)
@@ -282,7 +294,7 @@ class _SharedModel:
     """
 
     path: Path
-    threads: int | None = None  # [providers.local] threads, from the provider that first used it
+    config: ProviderConfig  # [providers.local] threads and repack, from the provider that first used it
     lock: threading.Lock = field(default_factory=threading.Lock)
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="moa-llama")
@@ -349,7 +361,7 @@ class _SharedModel:
     def load(self, verbose: bool) -> Runtime:
         """(worker) The model, loaded once; ProviderError (without the model name) if it cannot be."""
         if self.runtime is None:
-            self.runtime = _load(self.path, verbose, self.threads)
+            self.runtime = _load(self.path, verbose, self.config)
         return self.runtime
 
     async def loaded(self, verbose: bool) -> Runtime:
@@ -373,11 +385,11 @@ _models: dict[Path, _SharedModel] = {}
 _models_lock = threading.Lock()  # not _llama_lock: the event loop must not wait for a load
 
 
-def _shared(path: Path, threads: int | None = None) -> _SharedModel:
+def _shared(path: Path, config: ProviderConfig | None = None) -> _SharedModel:
     with _models_lock:
         model = _models.get(path)
         if model is None:
-            model = _models[path] = _SharedModel(path, threads=threads)
+            model = _models[path] = _SharedModel(path, config or ProviderConfig("local", "local"))
         return model
 
 
@@ -413,7 +425,7 @@ class LocalProvider:
             path = resolve_model(request.model, self._config)
         except ConfigError as exc:
             raise ProviderError(request.model, str(exc)) from None
-        shared = _shared(path, self._config.threads)
+        shared = _shared(path, self._config)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stopped = threading.Event()
