@@ -8,6 +8,7 @@ test asks for them.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -21,6 +22,13 @@ from tests.fakes.fixtures import *  # noqa: F403  (llm_server, _fake_server)
 from tests.fakes.llm_server import FakeLLMServer
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Started as a background job, pytest inherits SIGINT ignored, and every moa it starts would
+# inherit that too (a program keeps an ignored SIGINT ignored, as moa does): the tests that send
+# SIGINT to a child would wait for nothing. Catching it here makes exec'd children start with
+# the default action again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _variables_to_clear() -> tuple[str, ...]:
@@ -175,9 +183,7 @@ def llama_oracle() -> Callable[..., dict[str, Any]]:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(llama_cpp.llama_cpp, "llama_model_default_params", model_params)
-        llm = llama_cpp.Llama(
-            model_path=str(path), n_ctx=local.MAX_CONTEXT, n_batch=local.PROMPT_BATCH, verbose=False
-        )
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=local.MAX_CONTEXT, n_batch=local.PROMPT_BATCH, verbose=False)
     assert bool(llm.model_params.use_extra_bufts) == choice.enabled
 
     def complete(messages: list[Any], **options: Any) -> dict[str, Any]:

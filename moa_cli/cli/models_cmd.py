@@ -42,6 +42,8 @@ class ProviderListing:
     about: str
     models: list[ModelEntry] = field(default_factory=list)
     error: str | None = None
+    #: How the provider runs, one line each ("repack": whether and why llama.cpp repacks weights).
+    runtime: dict[str, str] = field(default_factory=dict)
 
 
 def _spec(settings: Settings, config: ProviderConfig, model: str) -> str:
@@ -94,9 +96,20 @@ async def _list_together(settings: Settings, config: ProviderConfig) -> Provider
 
 
 def _list_local(settings: Settings, config: ProviderConfig) -> ProviderListing:
-    from moa_cli.providers.local import BUNDLED, resolve_model
+    from moa_cli.providers.local import BUNDLED, llama_cpp_installed, repack_choice, resolve_model
 
     listing = ProviderListing(config.name, config.kind, "GGUF files run in-process by llama.cpp")
+    if llama_cpp_installed():
+        import llama_cpp
+
+        from moa_cli.providers.llama_runtime import PINNED_VERSION, check_runtime
+
+        version = getattr(llama_cpp, "__version__", "?")
+        problem = check_runtime()
+        listing.runtime["llama-cpp-python"] = problem or f"{version}, its bindings match moa's driver" + (
+            "" if version == PINNED_VERSION else f" (moa pins {PINNED_VERSION})"
+        )
+        listing.runtime["repack"] = repack_choice(config).reason
     for name, bundled in BUNDLED.items():
         note = f"{bundled.description}, bundled"
         try:
@@ -147,6 +160,7 @@ def _print_text(listings: list[ProviderListing]) -> None:
     lines: list[str] = []
     for listing in listings:
         lines.append(f"{listing.name}: {listing.about}")
+        lines += [f"  {key}: {value}" for key, value in listing.runtime.items()]
         width = max((len(m.spec) for m in listing.models), default=0)
         for model in listing.models:
             lines.append(f"  {model.spec:<{width}}  {model.note}".rstrip())
@@ -156,6 +170,14 @@ def _print_text(listings: list[ProviderListing]) -> None:
 
 def models(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
+    local_only: Annotated[
+        bool,
+        typer.Option(
+            "--local",
+            help="Only the in-process (llama.cpp) providers, with how they run: the llama-cpp-python "
+            "version and whether weights are repacked for this CPU, and why.",
+        ),
+    ] = False,
     refresh_prices: Annotated[
         bool,
         typer.Option(
@@ -182,6 +204,8 @@ def models(
             _refresh_prices(settings, json_output)
             return
         listings = asyncio.run(collect(settings))
+        if local_only:
+            listings = [listing for listing in listings if listing.kind == "local"]
         for listing in listings:
             if listing.error:
                 sys.stderr.write(f"moa: warning: {redact(' '.join(listing.error.split()))}\n")
