@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)")
+_BREAK = re.compile(r"\r\n|\r|\n")
 _FIELDS = frozenset({"data", "event", "id", "retry"})
 
 
@@ -67,17 +67,18 @@ class SSEDecoder:
             yield from self._dispatch()
 
     def _lines(self, *, final: bool) -> Iterator[Event]:
-        buffer = self._buffer
-        lines = _LINE.findall(buffer)
-        rest = buffer[sum(map(len, lines)) :]
-        if final and rest:
-            lines.append(rest)
-            rest = ""
-        self._buffer = rest
-        if self.max_event is not None and len(rest) > self.max_event:
-            raise EventTooLarge(f"an event line longer than {self.max_event} bytes")
-        for raw in lines:
-            line = raw.rstrip("\r\n")
+        buffer, self._buffer = self._buffer, ""
+        if final:
+            complete = buffer
+        else:
+            cut = max(buffer.rfind("\n"), buffer.rfind("\r")) + 1
+            complete, self._buffer = buffer[:cut], buffer[cut:]
+            if self.max_event is not None and len(self._buffer) > self.max_event:
+                raise EventTooLarge(f"an event line longer than {self.max_event} bytes")
+        lines = _BREAK.split(complete)
+        if not final or complete.endswith(("\n", "\r")):
+            lines.pop()  # what follows the last line break: empty, or kept for the next chunk
+        for line in lines:
             if not line:
                 yield from self._dispatch()
                 continue
