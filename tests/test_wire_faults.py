@@ -125,3 +125,16 @@ def test_many_small_pieces_past_the_budget_are_cut_too(moa, llm_server: FakeLLMS
     proc = moa(["ask", *LINEUP, "--json", "q"])
     alpha = json.loads(proc.stdout)["proposals"][0]
     assert alpha["error_kind"] == "bad_response" and "byte budget" in alpha["error"], alpha
+
+
+@pytest.mark.parametrize("name", ["html page", "empty body", "number content"])
+def test_moa_serve_answers_a_bad_body_with_a_permanent_502(moa_env, llm_server: FakeLLMServer, name: str) -> None:
+    from tests.test_serve import HI, call
+
+    reply, _ = BAD_BODIES[name]
+    for model in ("alpha", "beta"):
+        llm_server.script(model, reply)
+    (response,) = call(moa_env, ("POST", "/v1/chat/completions", HI))
+    assert response.status_code == 502 and response.headers["x-should-retry"] == "false"  # was a retryable 503
+    assert response.json()["error"]["code"] == "upstream_bad_response"
+    assert "12345" not in response.text
