@@ -23,6 +23,9 @@ Every `ProviderError` carries a `kind` (one of `KINDS`) and the HTTP `status` wh
 was one. `TurnFailed.failures` holds the original `ProviderError`s, and its own `kind` and
 `status` summarise them for front ends.
 
+`kind_for_status` and `error_for` are the one mapping from an HTTP status or a kind to the
+error class: providers and the scripted fake build their errors through them.
+
 Each front end maps these in one place: the CLI to exit codes (cli/errors.py).
 The messages are single lines meant for users: they never carry keys or headers.
 """
@@ -155,3 +158,32 @@ class TurnFailed(MoaError):
     def status(self) -> int | None:
         statuses = {f.status for f in self.failures}
         return statuses.pop() if len(statuses) == 1 else None
+
+
+_CLASSES: dict[str, type[ProviderError]] = {
+    "auth": AuthenticationError,
+    "rate_limit": RateLimitError,
+    "not_found": ModelNotFoundError,
+    "timeout": ProviderTimeout,
+    "deadline": DeadlineExceeded,
+    "connection": ProviderConnectionError,
+    "cut_off": StreamCutOff,
+    "bad_response": BadResponse,
+    "empty": EmptyAnswer,
+}
+
+_STATUS_KINDS: dict[int, ErrorKind] = {401: "auth", 403: "auth", 404: "not_found", 429: "rate_limit"}
+
+
+def kind_for_status(status: int | None) -> ErrorKind:
+    """The failure kind of an HTTP error status (any other status: "other")."""
+    return _STATUS_KINDS.get(status or 0, "other")
+
+
+def error_for(model: str, reason: str, *, kind: ErrorKind | None = None, status: int | None = None) -> ProviderError:
+    """The `ProviderError` subclass for `kind` (else for `status`), e.g. RateLimitError for 429."""
+    kind = kind or kind_for_status(status)
+    cls = _CLASSES.get(kind)
+    return (
+        cls(model, reason, status=status) if cls is not None else ProviderError(model, reason, status=status, kind=kind)
+    )

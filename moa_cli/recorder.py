@@ -32,7 +32,7 @@ from moa_cli.events import CallFailed, CallFinished, CallFirstToken, CallStarted
 from moa_cli.logs import logger
 from moa_cli.pricing import Estimate, PriceBook, load_book, total, worst_case
 from moa_cli.providers.registry import split_spec
-from moa_cli.redact import redact
+from moa_cli.redact import redact, redact_value
 from moa_cli.settings import DEFAULTS, SPECS, Settings, coerce
 from moa_cli.store import (
     CallRecord,
@@ -275,6 +275,7 @@ class Recording:
             self.book.price_call(call, self.reported.get(info))
             call.text = redact(call.text) if call.text else call.text
             call.error = redact(call.error) if call.error else call.error
+            call.settings = redact_value(call.settings)
         costs = total([c.cost_usd for _, c in calls])
         if error is None and result is not None:
             status, message, kind = "ok", None, None
@@ -297,8 +298,8 @@ class Recording:
             answer=redact(result.answer) if result is not None else None,
             error=redact(message) if message else None,
             error_kind=kind,
-            lineup=lineup_of(self.settings),
-            settings=self._settings_record(),
+            lineup=redact_value(lineup_of(self.settings)),
+            settings=redact_value(self._settings_record()),  # the system prompt is in there
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
             total_tokens=usage.total_tokens if usage else None,

@@ -11,9 +11,12 @@ untrusted bytes: both pass through here before they reach a terminal, a log or J
 
 from __future__ import annotations
 
+import base64
 import html
 import re
 import threading
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 MASK = "****"
 _MIN_SECRET = 8  # shorter values would mask ordinary words ("none", the placeholder key for keyless servers)
@@ -41,6 +44,36 @@ def register_secret(value: str | None) -> None:
         if value not in _secrets:
             # Longest first, so a key that contains another is masked whole.
             _secrets = tuple(sorted({*_secrets, value.strip()}, key=len, reverse=True))
+
+
+def register_url_secrets(url: str | None) -> None:
+    """Remember a URL's userinfo (`http://user:pass@host`): the password, `user:pass` and
+    its base64 form, which httpx sends as `Authorization: Basic` (a server may echo it)."""
+    if not url or "@" not in url:
+        return
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return
+    user, password = parts.username, parts.password
+    if user is None and password is None:
+        return
+    for raw in {(user or "", password or ""), (unquote(user or ""), unquote(password or ""))}:
+        pair = f"{raw[0]}:{raw[1]}"
+        register_secret(raw[1] or raw[0])
+        register_secret(pair)
+        register_secret(base64.b64encode(pair.encode()).decode())
+
+
+def redact_value(value: Any) -> Any:
+    """`value` with `redact` applied to every string in it (dicts, lists and tuples walked)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_value(v) for v in value]
+    return value
 
 
 def forget_secrets() -> None:

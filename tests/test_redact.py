@@ -106,3 +106,17 @@ def test_server_text_never_carries_a_key_even_when_cut() -> None:
     text = r.clean_server_text("x" * 190 + " sk-0123456789abcdef")
     assert "sk-0123" not in text and "****" in text
     assert "sk-" not in r.clean_server_text("<html><title>bad key sk-0123456789abcdef</title></html>")
+
+
+def test_url_userinfo_and_its_basic_form_are_secrets() -> None:
+    import base64
+
+    r.register_url_secrets("http://alice:pa%24%24word-1234@host/v1")
+    basic = base64.b64encode(b"alice:pa$$word-1234").decode()
+    assert r.redact(f"got Basic {basic} and pa$$word-1234") == "got Basic **** and ****"
+
+
+def test_every_string_in_a_stored_value_is_masked() -> None:
+    r.register_secret("sk-abc123456789")
+    value = {"system": "key sk-abc123456789", "list": ["sk-abc123456789", 3], "n": 1.5}
+    assert r.redact_value(value) == {"system": "key ****", "list": ["****", 3], "n": 1.5}

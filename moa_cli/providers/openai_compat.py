@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from moa_cli.providers.chat_api import ChatAPIProvider
+from moa_cli.providers.chat_api import ChatAPIProvider, watch_response
 
 
 def preload() -> None:
@@ -20,5 +20,9 @@ class OpenAICompatProvider(ChatAPIProvider):
         import openai  # deferred for start-up time
 
         return openai.AsyncOpenAI(
-            api_key=self._api_key, base_url=self._base_url, timeout=self._timeout, max_retries=self._retries
+            api_key=self._api_key,
+            base_url=self._base_url,
+            timeout=self._timeout,
+            max_retries=self._retries,
+            http_client=openai.DefaultAsyncHttpxClient(event_hooks={"response": [watch_response]}),
         )

@@ -23,29 +23,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from moa_cli.errors import (
-    AuthenticationError,
-    BadResponse,
-    EmptyAnswer,
     ErrorKind,
-    ModelNotFoundError,
-    ProviderConnectionError,
-    ProviderError,
-    ProviderTimeout,
-    RateLimitError,
-    StreamCutOff,
+    error_for,
 )
 from moa_cli.types import CompletionRequest, Finish, Usage
-
-_ERRORS: dict[str, type[ProviderError]] = {
-    "auth": AuthenticationError,
-    "rate_limit": RateLimitError,
-    "not_found": ModelNotFoundError,
-    "timeout": ProviderTimeout,
-    "connection": ProviderConnectionError,
-    "cut_off": StreamCutOff,
-    "bad_response": BadResponse,
-    "empty": EmptyAnswer,
-}
 
 
 class UnexpectedModelCall(AssertionError):
@@ -96,10 +77,7 @@ class Step:
             return self.raises
         assert self.error is not None
         reason = self.reason or f"scripted {self.error} failure"
-        cls = _ERRORS.get(self.error)
-        if cls is None:
-            return ProviderError(model, reason, status=self.status, kind=self.error)
-        return cls(model, reason, status=self.status)
+        return error_for(model, reason, kind=self.error, status=self.status)
 
 
 @dataclass

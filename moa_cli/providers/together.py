@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
-from moa_cli.providers.chat_api import CONNECTION_LIMITS, ChatAPIProvider
+from moa_cli.providers.chat_api import CONNECTION_LIMITS, ChatAPIProvider, watch_response
 
 
 def _resources_on_demand() -> None:
@@ -94,5 +94,7 @@ class TogetherProvider(ChatAPIProvider):
             base_url=self._base_url,
             timeout=self._timeout,
             max_retries=self._retries,
-            http_client=together.DefaultAsyncHttpxClient(limits=CONNECTION_LIMITS),
+            http_client=together.DefaultAsyncHttpxClient(
+                limits=CONNECTION_LIMITS, event_hooks={"response": [watch_response]}
+            ),
         )

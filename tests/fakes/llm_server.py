@@ -48,6 +48,9 @@ Faults of a stream that the SDKs do not see, only moa's reading of it:
 * ``Reply(finish_reason="length")`` -> the final chunk's finish reason.
 * ``Reply(endless=True)`` -> the text's pieces repeated forever (``token_delay`` apart).
 * ``Reply(status=..., html=True)`` -> the error body is an HTML page (``text/html``).
+* ``Reply(raw=[b"...", ...], raw_content_type=...)`` -> a 200 whose body is those bytes,
+  each sent as it is (``token_delay`` apart): SSE split oddly, HTML, JSON, nothing.
+* ``Reply(reset_after=n)`` -> after n content chunks the connection is reset (RST).
 * ``error_message`` may hold ``{api_key}``: replaced by the key the request was sent
   with (``Authorization: Bearer KEY``), like servers that echo a wrong key back.
 
@@ -67,6 +70,7 @@ import json
 import logging
 import re
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -131,6 +135,9 @@ class Reply:
     finish_reason: str = "stop"  # the final chunk's finish_reason
     endless: bool = False  # streaming: repeat the pieces forever
     html: bool = False  # an error status answers with an HTML page
+    raw: list[bytes] | None = None  # a 200 whose body is these bytes, sent as they are, one chunk each
+    raw_content_type: str = "text/event-stream"  # the content type of a `raw` body
+    reset_after: int | None = None  # streaming: after n content chunks a TCP reset (RST), not a close
 
     def text_for(self, model: str) -> str:
         return self.text if self.text is not None else f"Answer from {model}."
@@ -529,6 +536,17 @@ class FakeLLMServer:
             await ex.send_bytes(reply.status, _error_body(reply.status, message), extra)
             return
 
+        if reply.raw is not None:
+            record.status = 200
+            await ex.start(200, [(b"content-type", reply.raw_content_type.encode("latin-1")), *extra])
+            for n, part in enumerate(reply.raw):
+                if ex.wake.is_set() or (n and reply.token_delay > 0 and await ex.sleep(reply.token_delay)):
+                    await ex.abandon()
+                    return
+                await ex.body(part)
+            await ex.body(b"", more_body=False)
+            return
+
         text = reply.text_for(model)
         pieces = split_pieces(text)
         prompt_tokens = _prompt_tokens(record.messages)
@@ -616,6 +634,10 @@ class FakeLLMServer:
             if at_limit(reply.cut_after):
                 record.cut = True
                 await ex.cut()
+                return
+            if at_limit(reply.reset_after):
+                record.cut = True
+                await ex.cut(reset=True)
                 return
             if at_limit(reply.end_after):
                 record.cut = True
@@ -709,14 +731,20 @@ class _Exchange:
             self.record.status = 503
             await self.send_bytes(503, _error_body(503, "fake server is shutting down"))
 
-    async def cut(self) -> None:
-        """Drop the connection mid-response so the client sees an incomplete read."""
+    async def cut(self, *, reset: bool = False) -> None:
+        """Drop the connection mid-response so the client sees an incomplete read (or a reset)."""
         # uvicorn's protocol cycle exposes its transport via the bound send method;
         # closing it (FIN after flushing what was written) is the cleanest abrupt end.
         transport = getattr(getattr(self._send, "__self__", None), "transport", None)
         if transport is None:
             raise _CutConnection()  # uvicorn closes the transport; the log filter hides it
-        transport.close()
+        if reset:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:  # linger 0: close() sends RST instead of FIN
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        else:
+            transport.close()
         # Wait for connection_lost so uvicorn sees a disconnect and logs nothing.
         try:
             await asyncio.wait_for(self.client_gone.wait(), timeout=1.0)
