@@ -12,17 +12,6 @@ import typer
 from moa_cli.cli import options as opt
 from moa_cli.cli.errors import handle_errors
 from moa_cli.errors import ConfigError
-from moa_cli.server.options import (
-    BODY_TIMEOUT,
-    HEADER_TIMEOUT,
-    KEEP_ALIVE_TIMEOUT,
-    LOOPBACK_HOSTS,
-    MAX_CONNECTIONS,
-    MAX_HEADER_BYTES,
-    MAX_REFERENCES,
-    MAX_UPSTREAM_CALLS,
-    RETRY_WINDOW,
-)
 
 
 def is_loopback(host: str) -> bool:
@@ -129,35 +118,35 @@ def serve(
         typer.Option(
             "--max-connections", min=1, metavar="N", help="Open connections plus requests in flight; beyond, 503."
         ),
-    ] = MAX_CONNECTIONS,
+    ] = 1000,
     header_timeout: Annotated[
         float,
         typer.Option("--header-timeout", min=0.1, metavar="SECONDS", help="A request's headers must arrive within."),
-    ] = HEADER_TIMEOUT,
+    ] = 10.0,
     body_timeout: Annotated[
         float,
         typer.Option(
             "--body-timeout", min=0.1, metavar="SECONDS", help="A request's whole body must arrive within (408)."
         ),
-    ] = BODY_TIMEOUT,
+    ] = 30.0,
     keep_alive_timeout: Annotated[
         float,
         typer.Option("--keep-alive-timeout", min=0.1, metavar="SECONDS", help="An idle connection closes after."),
-    ] = KEEP_ALIVE_TIMEOUT,
+    ] = 5.0,
     max_header_bytes: Annotated[
         int,
         typer.Option("--max-header-bytes", min=1024, metavar="BYTES", help="Largest request head (h11's limit)."),
-    ] = MAX_HEADER_BYTES,
+    ] = 16384,
     max_references: Annotated[
         int,
         typer.Option("--max-references", min=1, metavar="N", help="With --allow-overrides: references per request."),
-    ] = MAX_REFERENCES,
+    ] = 8,
     max_upstream_calls: Annotated[
         int,
         typer.Option(
             "--max-upstream-calls", min=1, metavar="N", help="With --allow-overrides: upstream calls per turn."
         ),
-    ] = MAX_UPSTREAM_CALLS,
+    ] = 32,
     retry_window: Annotated[
         float,
         typer.Option(
@@ -166,7 +155,7 @@ def serve(
             metavar="SECONDS",
             help="A failed turn's proposals are reused by the same request within (0: off).",
         ),
-    ] = RETRY_WINDOW,
+    ] = 120.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No start-up or per-request lines on stderr.")] = False,
     progress: Annotated[
         str,
@@ -201,7 +190,7 @@ def serve(
                 "credit; set --api-key KEY (or MOA_SERVE_API_KEYS), or listen on 127.0.0.1"
             )
         settings = load(opt.flag_overrides(flags, verbose=verbose), local=local)
-        from moa_cli.server.options import ENV_VAR, ServeOptions, to_environment
+        from moa_cli.server.options import ENV_VAR, LOOPBACK_HOSTS, ServeOptions, to_environment
 
         hosts = split_values(allowed_host)
         # On loopback, only loopback names (and the ones given) reach the app: a DNS-rebound
@@ -228,24 +217,22 @@ def serve(
         from moa_cli.server.app import create_app
 
         app: Any = create_app(settings, options)  # ConfigError (exit 2) before anything listens
+        lineup = describe(app.state.moa.catalogue)
         if workers > 1:
             # Each worker builds its own app from the same options (uvicorn needs an import string).
             os.environ[ENV_VAR] = to_environment(options, settings.overrides, local)
             app = "moa_cli.server.app:app_from_environment"
         run(app, options, host=host, port=port, workers=workers, verbose=verbose,
-            limits=(max_connections, keep_alive_timeout, max_header_bytes), lineup=describe(settings))  # fmt: skip
+            limits=(max_connections, keep_alive_timeout, max_header_bytes), lineup=lineup)  # fmt: skip
 
 
-def describe(settings: Any) -> str:
-    """`moa (alpha, beta -> judge)` and the other served names, for the start-up line."""
-    from moa_cli.server.models import Catalogue
-
+def describe(catalogue: Any) -> str:
+    """`moa (alpha, beta -> judge), fast, ...`: the served models, for the start-up line."""
     names = []
-    for served in Catalogue(settings).models.values():
+    for served in catalogue.models.values():
         s = served.settings
-        names.append(
-            f"{served.id} ({', '.join(s.references)} -> {s.aggregator})" if s and served.id == "moa" else served.id
-        )
+        lineup = f" ({', '.join(s.references)} -> {s.aggregator})" if s is not None and served.id == "moa" else ""
+        names.append(served.id + lineup)
     return ", ".join(names)
 
 
@@ -290,6 +277,7 @@ def run(
         sock = config.bind_socket()
     except SystemExit:
         raise ConfigError(f"cannot listen on {host}:{port} (is another server using it?)") from None
+    sock.listen(config.backlog)  # connections wait in the backlog from now: the line below is true
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     report.startup(f"http://{shown}:{bound}/v1", lineup, bool(options.api_keys), options.quiet)

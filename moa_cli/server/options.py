@@ -16,6 +16,8 @@ DEFAULT_MAX_BODY = 8 * 1024 * 1024
 HEARTBEAT_SECONDS = 10.0
 #: The Host names a loopback bind answers to (any port), besides --allowed-host.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+# The defaults of `moa serve`'s options (cli/serve.py repeats them as literals, so that
+# `moa --help` imports no server module; tests/test_serve_limits.py checks they agree).
 #: A connection must send its request headers within this many seconds (h11 has no limit).
 HEADER_TIMEOUT = 10.0
 #: ... and the whole request body within this many seconds of its headers (uvicorn has none).
