@@ -54,6 +54,7 @@ def call(
                 kwargs: dict[str, Any] = {"headers": headers or {}}
                 if isinstance(body, bytes):
                     kwargs["content"] = body
+                    kwargs["headers"] = {"Content-Type": "application/json", **kwargs["headers"]}
                 elif body is not None:
                     kwargs["json"] = body
                 out.append(await client.request(method, path, **kwargs))
@@ -342,9 +343,10 @@ BAD = [
     ({**HI, "logprobs": True}, "logprobs", "logprobs"),
     (
         {**HI, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"},
-        "tool_choice",
-        "tool",
+        "tools",
+        "tool calling is not supported yet",
     ),
+    ({**HI, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported yet"),
     ({**HI, "response_format": {"type": "json_object"}}, "response_format", "JSON"),
     ({**HI, "stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
     ({**HI, "seed": 2**70}, "seed", "between"),
@@ -369,7 +371,7 @@ def test_fields_clients_always_send_are_accepted(moa_env, llm_server: FakeLLMSer
     body = {
         **HI, "user": "u1", "presence_penalty": 0, "frequency_penalty": 0, "n": 1, "metadata": {"a": "b"},
         "store": False, "logit_bias": {}, "parallel_tool_calls": True, "top_p": 1, "logprobs": False,
-        "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto",
+        "tools": [], "tool_choice": "auto",
         "stream_options": None, "response_format": {"type": "text"}, "max_completion_tokens": 64,
         "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
     }  # fmt: skip

@@ -101,6 +101,62 @@ def serve(
             help='Let requests change the line-up with {"moa": {...}} in the body.',
         ),
     ] = False,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            envvar="MOA_SERVE_ALLOWED_HOSTS",
+            metavar="NAME",
+            help="Also answer requests whose Host is NAME (repeatable; env: comma list). On a loopback "
+            "address only localhost, 127.0.0.1 and [::1] are answered otherwise (DNS rebinding).",
+            show_envvar=False,
+            show_default=False,
+        ),
+    ] = None,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            "--max-connections", min=1, metavar="N", help="Open connections plus requests in flight; beyond, 503."
+        ),
+    ] = 1000,
+    header_timeout: Annotated[
+        float,
+        typer.Option("--header-timeout", min=0.1, metavar="SECONDS", help="A request's headers must arrive within."),
+    ] = 10.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            "--body-timeout", min=0.1, metavar="SECONDS", help="A request's whole body must arrive within (408)."
+        ),
+    ] = 30.0,
+    keep_alive_timeout: Annotated[
+        float,
+        typer.Option("--keep-alive-timeout", min=0.1, metavar="SECONDS", help="An idle connection closes after."),
+    ] = 5.0,
+    max_header_bytes: Annotated[
+        int,
+        typer.Option("--max-header-bytes", min=1024, metavar="BYTES", help="Largest request head (h11's limit)."),
+    ] = 16384,
+    max_references: Annotated[
+        int,
+        typer.Option("--max-references", min=1, metavar="N", help="With --allow-overrides: references per request."),
+    ] = 8,
+    max_upstream_calls: Annotated[
+        int,
+        typer.Option(
+            "--max-upstream-calls", min=1, metavar="N", help="With --allow-overrides: upstream calls per turn."
+        ),
+    ] = 32,
+    retry_window: Annotated[
+        float,
+        typer.Option(
+            "--retry-window",
+            min=0.0,
+            metavar="SECONDS",
+            help="A failed turn's proposals are reused by the same request within (0: off).",
+        ),
+    ] = 120.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No start-up or per-request lines on stderr.")] = False,
     progress: Annotated[
         str,
         typer.Option(
@@ -134,8 +190,12 @@ def serve(
                 "credit; set --api-key KEY (or MOA_SERVE_API_KEYS), or listen on 127.0.0.1"
             )
         settings = load(opt.flag_overrides(flags, verbose=verbose), local=local)
-        from moa_cli.server.options import ENV_VAR, ServeOptions, to_environment
+        from moa_cli.server.options import ENV_VAR, LOOPBACK_HOSTS, ServeOptions, to_environment
 
+        hosts = split_values(allowed_host)
+        # On loopback, only loopback names (and the ones given) reach the app: a DNS-rebound
+        # web page's requests carry its own host name. Elsewhere, the names given, if any.
+        allowed = (*LOOPBACK_HOSTS, *hosts) if is_loopback(host) or hosts else None
         options = ServeOptions(
             api_keys=keys,
             cors_origins=split_values(cors_origin),
@@ -146,26 +206,87 @@ def serve(
             passthrough=split_values(passthrough),
             allow_overrides=allow_overrides,
             progress="reasoning" if progress == "reasoning" else "off",
+            allowed_hosts=allowed,
+            body_timeout=body_timeout,
+            header_timeout=header_timeout,
+            max_references=max_references,
+            max_upstream_calls=max_upstream_calls,
+            retry_window=retry_window,
+            quiet=quiet,
         )
         from moa_cli.server.app import create_app
 
         app: Any = create_app(settings, options)  # ConfigError (exit 2) before anything listens
+        lineup = describe(app.state.moa.catalogue)
         if workers > 1:
             # Each worker builds its own app from the same options (uvicorn needs an import string).
             os.environ[ENV_VAR] = to_environment(options, settings.overrides, local)
             app = "moa_cli.server.app:app_from_environment"
-        import uvicorn
+        run(app, options, host=host, port=port, workers=workers, verbose=verbose,
+            limits=(max_connections, keep_alive_timeout, max_header_bytes), lineup=lineup)  # fmt: skip
 
-        try:
-            uvicorn.run(
-                app,
-                factory=workers > 1,
-                host=host,
-                port=port,
-                workers=workers,
-                timeout_graceful_shutdown=math.ceil(shutdown_timeout),
-                log_level="debug" if verbose else "info",
-                server_header=False,
-            )
-        except KeyboardInterrupt:
-            pass  # SIGTERM or Ctrl-C: uvicorn drained the turns in flight; a clean stop
+
+def describe(catalogue: Any) -> str:
+    """`moa (alpha, beta -> judge), fast, ...`: the served models, for the start-up line."""
+    names = []
+    for served in catalogue.models.values():
+        s = served.settings
+        lineup = f" ({', '.join(s.references)} -> {s.aggregator})" if s is not None and served.id == "moa" else ""
+        names.append(served.id + lineup)
+    return ", ".join(names)
+
+
+def run(
+    app: Any,
+    options: Any,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    verbose: bool,
+    limits: tuple[int, float, int],
+    lineup: str,
+) -> None:
+    """uvicorn.run's own steps (bind, then one server or its worker processes), with our
+    start-up line once the port is known and the connection limits (connections.py)."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from moa_cli.server import report
+    from moa_cli.server.connections import raise_file_limit, uvicorn_settings
+
+    max_connections, keep_alive, max_header = limits
+    allowed = raise_file_limit(max_connections)
+    if allowed < max_connections:
+        report.write(f"--max-connections {max_connections} lowered to {allowed}: the open-file limit allows no more")
+    config = uvicorn.Config(
+        app,
+        factory=workers > 1,
+        host=host,
+        port=port,
+        workers=workers,
+        timeout_graceful_shutdown=math.ceil(options.shutdown_timeout),
+        log_level="debug" if verbose else "warning" if options.quiet else "info",
+        access_log=verbose,  # our own access lines (guard.py) say more: the model, upstream calls
+        server_header=False,
+        **uvicorn_settings(options, allowed, keep_alive, max_header),
+    )
+    report.tame_loggers()
+    server = uvicorn.Server(config)
+    try:
+        sock = config.bind_socket()
+    except SystemExit:
+        raise ConfigError(f"cannot listen on {host}:{port} (is another server using it?)") from None
+    sock.listen(config.backlog)  # connections wait in the backlog from now: the line below is true
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    report.startup(f"http://{shown}:{bound}/v1", lineup, bool(options.api_keys), options.quiet)
+    try:
+        if workers > 1:
+            Multiprocess(config, sockets=[sock]).run()
+        else:
+            server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # SIGTERM or Ctrl-C: uvicorn drained the turns in flight; a clean stop
+    if workers == 1 and not server.started:
+        raise typer.Exit(3)

@@ -36,10 +36,13 @@ from moa_cli.providers.registry import ProviderPool, check_lineup, lineup_specs,
 from moa_cli.server import errors, sse
 from moa_cli.server.auth import Keys
 from moa_cli.server.errors import ApiError, bad_request
+from moa_cli.server.guard import Access, Guard, note
 from moa_cli.server.lifecycle import Drain, hook_signals
 from moa_cli.server.limits import Gate
 from moa_cli.server.models import Catalogue, Served
 from moa_cli.server.options import ServeOptions
+from moa_cli.server.report import AccessLog
+from moa_cli.server.retries import Retries, fingerprint, request_key
 from moa_cli.server.schema import ChatRequest, parse_chat, read_json
 from moa_cli.server.turns import Turn
 from moa_cli.settings import coerce
@@ -58,6 +61,7 @@ class ServerState:
         self.keys = Keys(options.api_keys)
         self.gate = Gate(options.max_concurrent, options.queue)
         self.drain = Drain(options.shutdown_timeout)
+        self.retries = Retries(options.retry_window, options.retry_entries)
         # A request queued when the drain begins is refused at once (503), not started later.
         self.drain.when_draining(lambda: self.gate.refuse_waiting(errors.draining()))
 
@@ -152,7 +156,36 @@ def settings_for(state: ServerState, served: Served, request: ChatRequest) -> Se
     except ConfigError as exc:
         raise bad_request(f"moa: {exc}", "moa") from None
     _only_served_local_models(state, settings)
+    _within_caps(state.options, settings)
     return settings
+
+
+def upstream_calls(settings: Settings) -> int:
+    """The most calls one turn of `settings` makes: references x rounds, plus the aggregator's
+    (two with `select`, which may synthesize when the reply names no answer; none with consensus)."""
+    aggregator = {"consensus": 0, "select": 2}.get(settings.aggregation, 1)
+    return len(settings.references) * settings.rounds + aggregator
+
+
+def _within_caps(options: ServeOptions, settings: Settings) -> None:
+    """A request's line-up may not fan out past --max-references or --max-upstream-calls."""
+    count = len(settings.references)
+    if count > options.max_references:
+        raise bad_request(
+            f"moa.references: {count} references is more than this server's cap of {options.max_references} "
+            "per request (moa serve --max-references)",
+            "moa.references",
+            "too_many_references",
+        )
+    calls = upstream_calls(settings)
+    if calls > options.max_upstream_calls:
+        raise bad_request(
+            f"moa: this line-up makes up to {calls} upstream calls per turn ({count} references x "
+            f"{settings.rounds} rounds + the aggregator), more than this server's cap of "
+            f"{options.max_upstream_calls} (moa serve --max-upstream-calls)",
+            "moa",
+            "too_many_upstream_calls",
+        )
 
 
 def _only_served_local_models(state: ServerState, settings: Settings) -> None:
@@ -250,9 +283,14 @@ async def chat_completions(request: Request) -> Response:
     state.keys.check(request.headers)
     if state.drain.draining:
         raise errors.draining()
-    chat = parse_chat(read_json(await read_body(request, state.options.max_body)))
+    raw = await read_body(request, state.options.max_body)
+    chat = parse_chat(read_json(raw))
+    note(request.scope, model=chat.model)
     served = state.catalogue.get(chat.model)
     settings = settings_for(state, served, chat)
+    key = request_key(request.headers, raw)
+    print_ = fingerprint(served.id, chat.messages, chat.overrides)
+    reuse = state.retries.take(key, print_) if settings is not None else None
     try:
         await unless_disconnected(request, state.gate.enter())
     except ClientGone:
@@ -268,6 +306,7 @@ async def chat_completions(request: Request) -> Response:
         turn_timeout=state.options.turn_timeout,
         heartbeat=state.options.heartbeat if chat.stream else None,
         reasoning=chat.stream and state.options.progress == "reasoning",
+        reuse=reuse,
     )
     untrack = state.drain.track(turn.end_by_shutdown)
     started = time.perf_counter()
@@ -278,8 +317,12 @@ async def chat_completions(request: Request) -> Response:
         finally:
             untrack()
             state.gate.leave()
+            note(request.scope, calls=turn.upstream_calls)
+            kept = turn.kept_proposals()
+            if kept is not None:
+                state.retries.keep(key, print_, kept)
             status = turn.error.status if turn.error else 200
-            logger.info(
+            logger.debug(
                 "{} {} {} in {:.3f}s",
                 served.id,
                 "stream" if chat.stream else "json",
@@ -321,6 +364,9 @@ def create_app(settings: Settings, options: ServeOptions | None = None) -> Starl
     """The app for these settings. ConfigError (exit 2) if a passthrough model cannot be used."""
     state = ServerState(settings, options or ServeOptions())
     state.preload()
+    from moa_cli.server.connections import Protocol
+
+    Protocol.header_timeout = state.options.header_timeout  # each --workers process builds its app
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -340,7 +386,17 @@ def create_app(settings: Settings, options: ServeOptions | None = None) -> Starl
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
     ]
-    middleware = []
+    options = state.options
+    middleware = [
+        Middleware(Access, log=AccessLog(options.quiet)),
+        Middleware(
+            Guard,
+            allowed_hosts=options.allowed_hosts,
+            cors_origins=options.cors_origins,
+            max_body=options.max_body,
+            body_timeout=options.body_timeout,
+        ),
+    ]
     if state.options.cors_origins:
         middleware.append(
             Middleware(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moa_cli.config import Settings, load_settings
-from moa_cli.errors import ConfigError
+from moa_cli.errors import ConfigError, MissingKeyError
 from moa_cli.logs import logger
 from moa_cli.providers.registry import check_lineup, split
 from moa_cli.server.errors import not_found
@@ -64,6 +64,12 @@ class Catalogue:
             try:
                 lineup = load_settings({**shared, "lineup": name}, settings.env)
                 check_lineup(lineup)
+            except MissingKeyError as exc:
+                # The key's own hint says "or use --local", which is what runs `moa` when it
+                # is the offline line-up: only the key to set is news.
+                reason = str(exc).split(" (or use --local")[0] if settings.lineup == "local" else str(exc)
+                logger.warning("line-up {} is not served: {}", name, reason)
+                continue
             except ConfigError as exc:
                 logger.warning("line-up {} is not served: {}", name, exc)
                 continue

@@ -3,7 +3,7 @@
 Lenient where clients are strict by habit: the fields they always send (`user`, `n: 1`,
 `logit_bias: {}`, `metadata`, `store`, `parallel_tool_calls`,
 `stream_options`, ...) are accepted, and unknown fields are ignored. Strict where an
-answer would not be what the client asked for: `n > 1`, `logprobs`, a required tool call,
+answer would not be what the client asked for: `n > 1`, `logprobs`, any tools (tool calling is not supported yet),
 a JSON response format, non-text content. Every 400 names the field (`param`).
 
 Sampling fields apply to the aggregator only: stop sequences would cut the proposals
@@ -86,11 +86,14 @@ def _reject_what_changes_the_answer(body: dict[str, Any]) -> None:
         )
     if body.get("top_logprobs") is not None:
         raise bad_request("top_logprobs are not available", "top_logprobs", "unsupported_value")
-    tools, choice = body.get("tools"), body.get("tool_choice")
-    if tools and (choice == "required" or isinstance(choice, dict)):
-        raise bad_request(
-            "tool calls are not supported: tool_choice cannot require one", "tool_choice", "unsupported_value"
-        )
+    for name in ("tools", "functions"):
+        if body.get(name):
+            # Agents would answer in prose and never call one: say so rather than drop them.
+            raise bad_request(
+                f"{name}: tool calling is not supported yet; send the request without {name}",
+                name,
+                "unsupported_value",
+            )
     response_format = body.get("response_format")
     if response_format is not None:
         kind = response_format.get("type") if isinstance(response_format, dict) else None

@@ -39,7 +39,7 @@ from moa_cli.server.models import Served
 from moa_cli.server.schema import ChatRequest
 from moa_cli.settings import Settings
 from moa_cli.stops import StopMatcher
-from moa_cli.types import CallInfo, CompletionRequest, Finish, TurnResult, Usage
+from moa_cli.types import CallInfo, CompletionRequest, Finish, Proposal, TurnResult, Usage
 
 _END = object()
 _CLOSE_SECONDS = 5.0  # how long close() waits for a cancelled turn to close its streams
@@ -56,6 +56,7 @@ class Turn:
         turn_timeout: float | None = None,
         heartbeat: float | None = None,
         reasoning: bool = False,
+        reuse: tuple[Proposal, ...] | None = None,
     ) -> None:
         self.served = served
         self.request = request
@@ -76,6 +77,20 @@ class Turn:
         self._timer: asyncio.TimerHandle | None = None
         self._calls: dict[CallInfo, dict[str, Any]] = {}  # each call as the events told it
         self._layer = (1, 0, 0)  # (layer, done, total) for the heartbeat comment
+        # A retry's proposals, kept by its failed try (retries.py): only the aggregator runs.
+        self.reuse = reuse
+        self._proposals: dict[CallInfo, Proposal] = {}  # each reference's outcome, for a retry
+        self._aggregating = False  # the references' layers are done
+        self.upstream_calls = 0
+        for i, proposal in enumerate(reuse or ()):
+            entry = self._blank(CallInfo(proposal.model, proposal.layer, i))
+            entry.update(
+                status="ok" if proposal.text is not None else "failed", seconds=round(proposal.seconds, 3),
+                usage=proposal.usage.to_dict() if proposal.usage and proposal.usage.known else None,
+                finish_reason=proposal.finish_reason, error_kind=proposal.error_kind, http_status=proposal.status,
+                error=proposal.error, reused=True,
+            )  # fmt: skip
+            self._calls[CallInfo(proposal.model, proposal.layer, i)] = entry
 
     # ------------------------------------------------------------------ running
 
@@ -108,6 +123,9 @@ class Turn:
         # The server's one pool, shared by every request: the engine's per-provider caps hold.
         moa = MoA(settings=settings, router=self.pool)
         moa.source = "serve"
+        if self.reuse:
+            self._aggregating = True
+            return await moa.aaggregate(r.messages, self.reuse, on_event=self._on_event, aggregator_sampling=aggregator)
         return await moa.arun(r.messages, on_event=self._on_event, aggregator_sampling=aggregator)
 
     async def _passthrough(self, spec: str) -> TurnResult:
@@ -168,6 +186,8 @@ class Turn:
         if call is None:
             return
         if isinstance(event, CallStarted):
+            self.upstream_calls += 1
+            self._aggregating |= call.is_aggregator
             self._calls[call] = self._blank(call)
             layer, done, total = self._layer
             self._layer = (call.layer, 0, 1) if call.layer != layer else (layer, done, total + 1)
@@ -178,6 +198,11 @@ class Turn:
                 status="ok", seconds=round(event.seconds, 3), finish_reason=event.finish_reason,
                 usage=event.usage.to_dict() if event.usage and event.usage.known else None,
             )  # fmt: skip
+            if not call.is_aggregator:
+                self._proposals[call] = Proposal(
+                    call.model, call.layer, text=event.text, seconds=event.seconds, usage=event.usage,
+                    finish_reason=event.finish_reason,
+                )  # fmt: skip
             self._layer_done(call)
             if self.reasoning and not call.is_aggregator:
                 self._put(("reasoning", f"{call.model} (layer {call.layer}) answered in {event.seconds:.1f}s.\n"))
@@ -185,6 +210,11 @@ class Turn:
             # A call cut by the quorum or a deadline while it waited for a slot never started.
             self._calls.setdefault(call, self._blank(call)).update(status="failed", seconds=round(event.seconds, 3), error_kind=event.kind,
                                      http_status=event.status, error=event.error)  # fmt: skip
+            if not call.is_aggregator:
+                self._proposals[call] = Proposal(
+                    call.model, call.layer, error=event.error, seconds=event.seconds, timed_out=event.timed_out,
+                    error_kind=event.kind, status=event.status,
+                )  # fmt: skip
             self._layer_done(call)
             if self.reasoning and not call.is_aggregator:
                 word = KIND_WORDS.get(event.kind, "failed")
@@ -292,6 +322,16 @@ class Turn:
             task.exception()  # retrieved: no "exception was never retrieved" at exit
 
     # ------------------------------------------------------------------ reporting
+
+    def kept_proposals(self) -> tuple[Proposal, ...] | None:
+        """What a retry may reuse: every reference's outcome, once the aggregator step began
+        (its layers are done) and the turn did not end with an answer; else None."""
+        if self.result is not None or not self._aggregating or self.served.spec is not None:
+            return None
+        if self.reuse:
+            return self.reuse
+        kept = tuple(self._proposals[c] for c in sorted(self._proposals, key=lambda c: (c.layer, c.index)))
+        return kept if any(p.text is not None for p in kept) else None
 
     def usage(self) -> dict[str, int | None] | None:
         """The turn's total usage as the providers reported it; None when any call did not say."""
