@@ -28,8 +28,11 @@ most the items in flight. Its first line holds a fingerprint of what decides the
 same fingerprint skips the answered items and retries the failed ones; a different one is
 refused (exit 2) unless `restart`. The output file itself is written once, atomically
 (temporary file, fsync, rename), when every selected item has an answer, or with
-`allow_failures`; a short file would silently skew a judge. `OUTPUT.moa-manifest.json`
-records the run. Neither side file ends in `.jsonl`: FastChat loads every `*.jsonl` in its
+`allow_failures`; a short file would silently skew a judge. An item answered without the
+whole line-up (a reference failed, `select` fell back: `Outcome.degraded`) counts as
+answered, but the output waits for `allow_degraded` as well: a judge would score a mixture
+that was not one; a rerun asks those items again. `OUTPUT.moa-manifest.json` records the
+run, with the degraded items counted per member. Neither side file ends in `.jsonl`: FastChat loads every `*.jsonl` in its
 answer directory as a model.
 
 Re-aggregating (`reuse_proposals`, what the original MoA's `--reference-paths` did): the
@@ -342,6 +345,14 @@ class Outcome:
     seconds: float = 0.0
     answer_id: str = ""
     tstamp: float = 0.0
+    # Who took part: each member of the line-up that answered, and what went otherwise
+    # ("alpha failed", "judge: select fell back"); computed from `results` (members()).
+    answered_by: list[str] = field(default_factory=list)
+    degraded: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.results and not (self.answered_by or self.degraded):
+            self.answered_by, self.degraded = members(self.results)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -357,6 +368,8 @@ class Outcome:
             "seconds": round(self.seconds, 3),
             "answer_id": self.answer_id,
             "tstamp": self.tstamp,
+            "answered_by": self.answered_by,
+            "degraded": self.degraded,
         }
 
     @classmethod
@@ -374,7 +387,47 @@ class Outcome:
             seconds=float(data.get("seconds") or 0.0),
             answer_id=str(data.get("answer_id") or ""),
             tstamp=float(data.get("tstamp") or 0.0),
+            answered_by=[str(m) for m in data.get("answered_by") or []],
+            degraded=[str(d) for d in data.get("degraded") or []],
         )
+
+
+FAILED, FELL_BACK = "failed", "fell back"
+
+
+def members(results: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+    """Who answered in `results` (TurnResult.to_dict() per turn), and the degradations.
+
+    A degradation is a member of the line-up that did not take part as configured, as
+    "MODEL failed" (a reference call that failed or timed out, in any layer or turn; one cut
+    by --quorum is the quorum at work, not a failure) or "MODEL: select fell back" (the
+    aggregator named no answer and synthesized one). Each is listed once per item.
+    """
+    answered: dict[str, None] = {}
+    degraded: dict[str, None] = {}
+    for result in results:
+        for proposal in result.get("proposals") or []:
+            model = str(proposal.get("model"))
+            if proposal.get("text") is not None:
+                answered[model] = None
+            elif proposal.get("error_kind") != "quorum":
+                degraded[f"{model} {FAILED}"] = None
+        aggregator = result.get("aggregator")
+        if aggregator is not None and result.get("answer") is not None:
+            answered[str(aggregator)] = None
+        aggregation = result.get("aggregation") or {}
+        if aggregation.get("warnings") and aggregation.get("selected") is None:
+            degraded[f"{aggregator}: {aggregation.get('strategy', 'aggregation')} {FELL_BACK}"] = None
+    return list(answered), list(degraded)
+
+
+def degraded_by_member(outcomes: Iterable[Outcome]) -> dict[str, int]:
+    """How many items each degradation touched ("alpha failed" -> 11), most first."""
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        for what in outcome.degraded:
+            counts[what] = counts.get(what, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 _UUID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"  # shortuuid's 57 characters
@@ -831,6 +884,7 @@ class Job:
     ids: tuple[str, ...] = ()
     generator: str | None = None
     allow_failures: bool = False
+    allow_degraded: bool = False  # write (and exit 0) even if members of the line-up failed on items
     restart: bool = False
     fastchat_temperatures: bool = False
     reuse_proposals: Path | None = None  # run only the aggregator, over the proposals this file kept
@@ -847,6 +901,8 @@ class Summary:
     resumed: int  # answered by an earlier run
     done: int = 0  # answered, in all
     failed: list[Outcome] = field(default_factory=list)
+    degraded: list[Outcome] = field(default_factory=list)  # answered, but not by the whole line-up
+    allow_degraded: bool = False
     tokens: int | None = 0
     cost: float | None = 0.0  # USD; None once any answered item's cost is unknown
     written: bool = False
@@ -1038,10 +1094,15 @@ async def run_batch(prepared: Prepared, listener: Listener | None = None, *, rou
         worst_cases = {item.id: budget.worst_case(item, prepared.settings) for item in prepared.items}
     sidecar = Sidecar(sidecar_path(job.output), prepared.header)
     known = sidecar.open(restart=job.restart)
+
+    def kept(item: Item) -> bool:  # answered by an earlier run; a degraded answer is asked again unless allowed
+        outcome = known.get(item.id)
+        return outcome is not None and outcome.ok and (job.allow_degraded or not outcome.degraded)
+
     summary = Summary(
         format=prepared.input.format,
         total=len(prepared.items),
-        resumed=sum(1 for item in prepared.items if item.id in known and known[item.id].ok),
+        resumed=sum(1 for item in prepared.items if kept(item)),
         generator=prepared.generator,
         output=job.output,
         sidecar=sidecar.path,
@@ -1050,9 +1111,11 @@ async def run_batch(prepared: Prepared, listener: Listener | None = None, *, rou
         started=time.time(),
     )
     summary.done = summary.resumed
-    answered = [known[i.id] for i in prepared.items if i.id in known and known[i.id].ok]
+    answered = [known[i.id] for i in prepared.items if kept(i)]
     summary.tokens, summary.cost = _sum_tokens(answered), _sum_cost(answered)
-    todo = [item for item in prepared.items if not (item.id in known and known[item.id].ok)]
+    summary.degraded = [o for o in answered if o.degraded]
+    summary.allow_degraded = job.allow_degraded
+    todo = [item for item in prepared.items if not kept(item)]
     outcomes = dict(known)
     shared = router or _LimitedRouter(ProviderPool(prepared.settings), RateLimiter(job.rps) if job.rps else None)
     settings_at: dict[float, Settings] = {}
@@ -1090,6 +1153,8 @@ async def run_batch(prepared: Prepared, listener: Listener | None = None, *, rou
             outcomes[item.id] = outcome
             if outcome.ok:
                 summary.done += 1
+                if outcome.degraded:
+                    summary.degraded.append(outcome)
                 summary.tokens = _sum_tokens([outcome], summary.tokens)
                 summary.cost = _sum_cost([outcome], summary.cost)
             else:
@@ -1102,7 +1167,7 @@ async def run_batch(prepared: Prepared, listener: Listener | None = None, *, rou
             for _ in range(min(job.parallel, len(todo))):
                 group.create_task(worker())
         complete = all(item.id in outcomes for item in prepared.items)
-        if complete and (not summary.failed or job.allow_failures):
+        if complete and (not summary.failed or job.allow_failures) and (not summary.degraded or job.allow_degraded):
             write_atomic(job.output, render(summary.format, prepared.items, outcomes, prepared.generator))
             summary.written = True
     except asyncio.CancelledError:
@@ -1189,6 +1254,8 @@ def manifest(prepared: Prepared, summary: Summary) -> bytes:
     """The run's record: line-up, settings, prompt hash, version, input hash, times, counts, failures."""
     s, job = prepared.settings, prepared.job
     status = "interrupted" if summary.interrupted else ("failed" if summary.failed else "done")
+    if status == "done" and summary.degraded:
+        status = "degraded"
     data = {
         "moa_version": __version__,
         "status": status,
@@ -1238,6 +1305,14 @@ def manifest(prepared: Prepared, summary: Summary) -> bytes:
         if job.budget is not None
         else None,
         "failures": [{"id": o.id, "error": o.error, "kind": o.error_kind, "status": o.status} for o in summary.failed],
+        # Items answered without the whole line-up: how many each member's failure touched,
+        # and which items (each with what went wrong).
+        "degraded": {
+            "items": len(summary.degraded),
+            "allowed": job.allow_degraded,
+            "by_member": degraded_by_member(summary.degraded),
+            "list": [{"id": o.id, "answered_by": o.answered_by, "degraded": o.degraded} for o in summary.degraded],
+        },
     }
     return (json.dumps(data, indent=2) + "\n").encode("ascii")
 
