@@ -63,6 +63,7 @@ from typing import Any, Protocol
 from moa_cli import __version__
 from moa_cli.api import MoA
 from moa_cli.errors import ConfigError, MoaError, TurnFailed
+from moa_cli.files import check_output, read_file
 from moa_cli.providers.base import Gated, Provider
 from moa_cli.providers.registry import split
 from moa_cli.redact import mask_url, redact
@@ -121,10 +122,7 @@ class Input:
 
 def read_input(path: Path, fmt: str | None = None) -> Input:
     """Parse a benchmark file; `fmt` None detects it. BatchInputError (exit 2) if unusable."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BatchInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    data = _read(path, "input file")
     sha = hashlib.sha256(data).hexdigest()
     try:
         text = data.decode("utf-8-sig")
@@ -150,6 +148,16 @@ def read_input(path: Path, fmt: str | None = None) -> Input:
             raise BatchInputError(f"{path}:{where}: id {item.id} appears twice (first at {seen[item.id]})")
         seen[item.id] = where
     return Input(fmt, items, sha)
+
+
+def _read(path: Path, what: str) -> bytes:
+    """A file moa batch reads (files.read_file: regular, bounded); BatchInputError if not."""
+    try:
+        data = read_file(path, what)
+    except ConfigError as exc:
+        raise BatchInputError(str(exc)) from None
+    assert data is not None
+    return data
 
 
 def _parse_records(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
@@ -480,10 +488,7 @@ def read_stored(path: Path) -> Stored:
     BatchInputError (exit 2) if `path` is neither (an alpaca, MT-Bench or FLASK output holds
     only answers) or is damaged.
     """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BatchInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    data = _read(path, "--reuse-proposals file")
     sha = hashlib.sha256(data).hexdigest()
     lines = data.decode("utf-8", "replace").split("\n")
     numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
@@ -530,8 +535,8 @@ def read_stored(path: Path) -> Stored:
         if answer is not None:  # a failed item (written with --allow-failures) has none to reuse
             turns[str(key)] = [one]
     input_sha = None
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        input_sha = json.loads(manifest_path(path).read_text()).get("input_sha256")
+    with contextlib.suppress(OSError, ValueError, AttributeError, ConfigError, RecursionError):
+        input_sha = json.loads(read_file(manifest_path(path), "manifest") or b"{}").get("input_sha256")
     return Stored(path, sha, "jsonl output", input_sha if isinstance(input_sha, str) else None, turns)
 
 
@@ -701,7 +706,10 @@ def _lock(file: Any, path: Path) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` all at once: a temporary file, fsync, rename."""
+    """Replace `path` with `data` all at once: a temporary file, fsync, rename.
+
+    ConfigError if `path` is there and is not a regular file (files.check_output)."""
+    check_output(path, "output file")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -958,6 +966,9 @@ def prepare(job: Job, settings: Settings) -> Prepared:
         raise BatchInputError("--budget must be a number of USD more than 0")
     if job.limit is not None and job.limit < 1:
         raise BatchInputError("--limit must be at least 1")
+    for path, what in ((job.output, "--output"), (sidecar_path(job.output), "the progress file"),
+                       (manifest_path(job.output), "the manifest")):  # fmt: skip
+        check_output(path, what)  # a FIFO, link or device is never replaced (exit 2)
     if job.output.resolve() == job.input.resolve():
         raise BatchInputError("the output file must not be the input file")
     data = read_input(job.input, job.format)
