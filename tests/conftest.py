@@ -175,7 +175,9 @@ def llama_oracle() -> Callable[..., dict[str, Any]]:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(llama_cpp.llama_cpp, "llama_model_default_params", model_params)
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=local.MAX_CONTEXT, n_batch=local.PROMPT_BATCH, verbose=False)
+        llm = llama_cpp.Llama(
+            model_path=str(path), n_ctx=local.MAX_CONTEXT, n_batch=local.PROMPT_BATCH, verbose=False
+        )
     assert bool(llm.model_params.use_extra_bufts) == choice.enabled
 
     def complete(messages: list[Any], **options: Any) -> dict[str, Any]:
