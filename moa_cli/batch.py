@@ -167,6 +167,8 @@ def _parse_records(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
             value = json.loads(text)
         except ValueError as exc:
             raise BatchInputError(f"{path}: not valid JSON ({exc})") from None
+        except RecursionError:
+            raise BatchInputError(f"{path}: not valid JSON (nested too deeply)") from None
         pairs = [(f"item {i}", v) for i, v in enumerate(value)]
     else:
         pairs = []
@@ -177,9 +179,16 @@ def _parse_records(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
                 pairs.append((f"line {number}", json.loads(line)))
             except ValueError as exc:
                 raise BatchInputError(f"{path}:line {number}: not valid JSON ({exc})") from None
+            except RecursionError:
+                raise BatchInputError(f"{path}:line {number}: not valid JSON (nested too deeply)") from None
     for where, value in pairs:
         if not isinstance(value, dict):
             raise BatchInputError(f"{path}:{where}: expected a JSON object, got {type(value).__name__}")
+        try:  # a \ud800 escape alone is valid JSON but no text: no model could be sent it
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            char = exc.object[exc.start : exc.end].encode("unicode_escape").decode("ascii")
+            raise BatchInputError(f"{path}:{where}: {char} is a lone surrogate, not a character") from None
     return pairs
 
 

@@ -125,6 +125,8 @@ def check_base_url(url: str, where: str) -> str:
         raise ConfigError(f"{where}: {shown!r} is not a usable URL (no host)")
     if any(ch.isspace() for ch in url):
         raise ConfigError(f"{where}: {shown!r} is not a usable URL (it contains spaces)")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise ConfigError(f"{where}: {shown!r} is not a usable URL (it contains a control character)")
     return url
 
 

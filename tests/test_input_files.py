@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -59,22 +60,28 @@ def test_batch_output_that_is_not_a_regular_file_is_refused(
     moa, llm_server: FakeLLMServer, tmp_path: Path, kind: str
 ) -> None:
     source = prompts(tmp_path)
+    out = tmp_path / "out.jsonl"
     if kind == "device":
-        out = Path("/dev/null")
+        # A node of its own, like /dev/full: never a system device, which a moa without the
+        # check would replace with a regular file (as root).
+        try:
+            os.mknod(out, stat.S_IFCHR | 0o666, os.makedev(1, 7))
+        except PermissionError:
+            pytest.skip("making a device node needs root")
+    elif kind == "fifo":
+        os.mkfifo(out)
     else:
-        out = tmp_path / "out.jsonl"
-        if kind == "fifo":
-            os.mkfifo(out)
-        else:
-            (tmp_path / "elsewhere.jsonl").write_text("kept\n")
-            out.symlink_to(tmp_path / "elsewhere.jsonl")
+        (tmp_path / "elsewhere.jsonl").write_text("kept\n")
+        out.symlink_to(tmp_path / "elsewhere.jsonl")
     proc = moa(["batch", str(source), "-o", str(out), *LINEUP])
     one_error_line(proc, "--output", str(out), "not a regular file")
     assert llm_server.requests == []
     if kind == "symlink":
         assert out.is_symlink() and (tmp_path / "elsewhere.jsonl").read_text() == "kept\n"
     if kind == "fifo":
-        assert not out.is_file() and out.exists()
+        assert stat.S_ISFIFO(out.lstat().st_mode)
+    if kind == "device":
+        assert stat.S_ISCHR(out.lstat().st_mode)
 
 
 def test_deeply_nested_toml_is_exit_2(moa, moa_home: Path, llm_server: FakeLLMServer) -> None:

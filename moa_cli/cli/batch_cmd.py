@@ -164,6 +164,11 @@ def batch(
         from moa_cli.cli.runtime import load
 
         core.read_input(input_file, input_format)  # a bad input file is the first thing said (exit 2)
+        chosen = tuple(part.strip() for part in (ids or "").split(",") if part.strip())
+        if ids is not None and not chosen:  # `--ids ,` or `--ids "$UNSET"` must not mean every item
+            from moa_cli.errors import ConfigError
+
+            raise ConfigError(f"--ids {ids!r} names no item: give ids separated by commas")
         settings = load(opt.flag_overrides(flags, verbose=verbose), local=local)
         job = core.Job(
             input=input_file,
@@ -172,7 +177,7 @@ def batch(
             parallel=parallel,
             rps=rps,
             limit=limit,
-            ids=tuple(part.strip() for part in (ids or "").split(",") if part.strip()),
+            ids=chosen,
             generator=generator,
             allow_failures=allow_failures,
             allow_degraded=allow_degraded,
