@@ -20,7 +20,9 @@ def say_interrupted(argv: list[str], code: int = 130, reason: str = "interrupted
     """The interruption as the command reports it: a line on stderr, with --json an object on stdout."""
     try:
         if json_requested(argv):
-            sys.stdout.write('{"error": "%s", "exit_code": %d}\n' % (reason, code))
+            import json
+
+            sys.stdout.write(json.dumps({"error": reason, "exit_code": code}) + "\n")
             sys.stdout.flush()
         sys.stderr.write(f"\nmoa: {reason}\n")
         sys.stderr.flush()
