@@ -322,3 +322,16 @@ def test_json_says_interrupted_when_sigint_lands_at_start(
     assert json.loads(proc.stdout) == {"error": "interrupted", "exit_code": 130}
     assert "Traceback" not in proc.stderr and "interrupted" in proc.stderr
     assert llm_server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "calls"), [("consensus", "2 calls"), ("select", "3 calls"), ("synthesize", "3 calls")]
+)
+def test_the_footer_counts_the_calls_made_upstream(
+    moa, llm_server: FakeLLMServer, aggregation: str, calls: str
+) -> None:
+    llm_server.set_default("judge", Reply(text="1"))
+    proc = moa(["ask", "hi", "-r", "alpha,beta", "-a", "judge", "--aggregation", aggregation])
+    assert proc.returncode == 0, proc.stderr
+    made = len(llm_server.requests)
+    assert f"{made} calls" == calls and f" · {calls}" in proc.stderr, proc.stderr
