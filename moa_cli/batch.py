@@ -28,8 +28,11 @@ most the items in flight. Its first line holds a fingerprint of what decides the
 same fingerprint skips the answered items and retries the failed ones; a different one is
 refused (exit 2) unless `restart`. The output file itself is written once, atomically
 (temporary file, fsync, rename), when every selected item has an answer, or with
-`allow_failures`; a short file would silently skew a judge. `OUTPUT.moa-manifest.json`
-records the run. Neither side file ends in `.jsonl`: FastChat loads every `*.jsonl` in its
+`allow_failures`; a short file would silently skew a judge. An item answered without the
+whole line-up (a reference failed, `select` fell back: `Outcome.degraded`) counts as
+answered, but the output waits for `allow_degraded` as well: a judge would score a mixture
+that was not one; a rerun asks those items again. `OUTPUT.moa-manifest.json` records the
+run, with the degraded items counted per member. Neither side file ends in `.jsonl`: FastChat loads every `*.jsonl` in its
 answer directory as a model.
 
 Re-aggregating (`reuse_proposals`, what the original MoA's `--reference-paths` did): the
@@ -60,6 +63,7 @@ from typing import Any, Protocol
 from moa_cli import __version__
 from moa_cli.api import MoA
 from moa_cli.errors import ConfigError, MoaError, TurnFailed
+from moa_cli.files import check_output, read_file
 from moa_cli.providers.base import Gated, Provider
 from moa_cli.providers.registry import split
 from moa_cli.redact import mask_url, redact
@@ -118,10 +122,7 @@ class Input:
 
 def read_input(path: Path, fmt: str | None = None) -> Input:
     """Parse a benchmark file; `fmt` None detects it. BatchInputError (exit 2) if unusable."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BatchInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    data = _read(path, "input file")
     sha = hashlib.sha256(data).hexdigest()
     try:
         text = data.decode("utf-8-sig")
@@ -149,6 +150,16 @@ def read_input(path: Path, fmt: str | None = None) -> Input:
     return Input(fmt, items, sha)
 
 
+def _read(path: Path, what: str) -> bytes:
+    """A file moa batch reads (files.read_file: regular, bounded); BatchInputError if not."""
+    try:
+        data = read_file(path, what)
+    except ConfigError as exc:
+        raise BatchInputError(str(exc)) from None
+    assert data is not None
+    return data
+
+
 def _parse_records(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
     """(where, object) for each item: a JSON list, or one object per non-blank line."""
     if text.lstrip().startswith("["):
@@ -156,6 +167,8 @@ def _parse_records(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
             value = json.loads(text)
         except ValueError as exc:
             raise BatchInputError(f"{path}: not valid JSON ({exc})") from None
+        except RecursionError:
+            raise BatchInputError(f"{path}: not valid JSON (nested too deeply)") from None
         pairs = [(f"item {i}", v) for i, v in enumerate(value)]
     else:
         pairs = []
@@ -166,9 +179,16 @@ def _parse_records(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
                 pairs.append((f"line {number}", json.loads(line)))
             except ValueError as exc:
                 raise BatchInputError(f"{path}:line {number}: not valid JSON ({exc})") from None
+            except RecursionError:
+                raise BatchInputError(f"{path}:line {number}: not valid JSON (nested too deeply)") from None
     for where, value in pairs:
         if not isinstance(value, dict):
             raise BatchInputError(f"{path}:{where}: expected a JSON object, got {type(value).__name__}")
+        try:  # a \ud800 escape alone is valid JSON but no text: no model could be sent it
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            char = exc.object[exc.start : exc.end].encode("unicode_escape").decode("ascii")
+            raise BatchInputError(f"{path}:{where}: {char} is a lone surrogate, not a character") from None
     return pairs
 
 
@@ -342,6 +362,14 @@ class Outcome:
     seconds: float = 0.0
     answer_id: str = ""
     tstamp: float = 0.0
+    # Who took part: each member of the line-up that answered, and what went otherwise
+    # ("alpha failed", "judge: select fell back"); computed from `results` (members()).
+    answered_by: list[str] = field(default_factory=list)
+    degraded: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.results and not (self.answered_by or self.degraded):
+            self.answered_by, self.degraded = members(self.results)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -357,6 +385,8 @@ class Outcome:
             "seconds": round(self.seconds, 3),
             "answer_id": self.answer_id,
             "tstamp": self.tstamp,
+            "answered_by": self.answered_by,
+            "degraded": self.degraded,
         }
 
     @classmethod
@@ -374,7 +404,47 @@ class Outcome:
             seconds=float(data.get("seconds") or 0.0),
             answer_id=str(data.get("answer_id") or ""),
             tstamp=float(data.get("tstamp") or 0.0),
+            answered_by=[str(m) for m in data.get("answered_by") or []],
+            degraded=[str(d) for d in data.get("degraded") or []],
         )
+
+
+FAILED, FELL_BACK = "failed", "fell back"
+
+
+def members(results: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+    """Who answered in `results` (TurnResult.to_dict() per turn), and the degradations.
+
+    A degradation is a member of the line-up that did not take part as configured, as
+    "MODEL failed" (a reference call that failed or timed out, in any layer or turn; one cut
+    by --quorum is the quorum at work, not a failure) or "MODEL: select fell back" (the
+    aggregator named no answer and synthesized one). Each is listed once per item.
+    """
+    answered: dict[str, None] = {}
+    degraded: dict[str, None] = {}
+    for result in results:
+        for proposal in result.get("proposals") or []:
+            model = str(proposal.get("model"))
+            if proposal.get("text") is not None:
+                answered[model] = None
+            elif proposal.get("error_kind") != "quorum":
+                degraded[f"{model} {FAILED}"] = None
+        aggregator = result.get("aggregator")
+        if aggregator is not None and result.get("answer") is not None:
+            answered[str(aggregator)] = None
+        aggregation = result.get("aggregation") or {}
+        if aggregation.get("warnings") and aggregation.get("selected") is None:
+            degraded[f"{aggregator}: {aggregation.get('strategy', 'aggregation')} {FELL_BACK}"] = None
+    return list(answered), list(degraded)
+
+
+def degraded_by_member(outcomes: Iterable[Outcome]) -> dict[str, int]:
+    """How many items each degradation touched ("alpha failed" -> 11), most first."""
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        for what in outcome.degraded:
+            counts[what] = counts.get(what, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 _UUID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"  # shortuuid's 57 characters
@@ -427,10 +497,7 @@ def read_stored(path: Path) -> Stored:
     BatchInputError (exit 2) if `path` is neither (an alpaca, MT-Bench or FLASK output holds
     only answers) or is damaged.
     """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BatchInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    data = _read(path, "--reuse-proposals file")
     sha = hashlib.sha256(data).hexdigest()
     lines = data.decode("utf-8", "replace").split("\n")
     numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
@@ -477,8 +544,8 @@ def read_stored(path: Path) -> Stored:
         if answer is not None:  # a failed item (written with --allow-failures) has none to reuse
             turns[str(key)] = [one]
     input_sha = None
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        input_sha = json.loads(manifest_path(path).read_text()).get("input_sha256")
+    with contextlib.suppress(OSError, ValueError, AttributeError, ConfigError, RecursionError):
+        input_sha = json.loads(read_file(manifest_path(path), "manifest") or b"{}").get("input_sha256")
     return Stored(path, sha, "jsonl output", input_sha if isinstance(input_sha, str) else None, turns)
 
 
@@ -648,7 +715,10 @@ def _lock(file: Any, path: Path) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` all at once: a temporary file, fsync, rename."""
+    """Replace `path` with `data` all at once: a temporary file, fsync, rename.
+
+    ConfigError if `path` is there and is not a regular file (files.check_output)."""
+    check_output(path, "output file")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -831,6 +901,7 @@ class Job:
     ids: tuple[str, ...] = ()
     generator: str | None = None
     allow_failures: bool = False
+    allow_degraded: bool = False  # write (and exit 0) even if members of the line-up failed on items
     restart: bool = False
     fastchat_temperatures: bool = False
     reuse_proposals: Path | None = None  # run only the aggregator, over the proposals this file kept
@@ -847,6 +918,8 @@ class Summary:
     resumed: int  # answered by an earlier run
     done: int = 0  # answered, in all
     failed: list[Outcome] = field(default_factory=list)
+    degraded: list[Outcome] = field(default_factory=list)  # answered, but not by the whole line-up
+    allow_degraded: bool = False
     tokens: int | None = 0
     cost: float | None = 0.0  # USD; None once any answered item's cost is unknown
     written: bool = False
@@ -902,6 +975,9 @@ def prepare(job: Job, settings: Settings) -> Prepared:
         raise BatchInputError("--budget must be a number of USD more than 0")
     if job.limit is not None and job.limit < 1:
         raise BatchInputError("--limit must be at least 1")
+    for path, what in ((job.output, "--output"), (sidecar_path(job.output), "the progress file"),
+                       (manifest_path(job.output), "the manifest")):  # fmt: skip
+        check_output(path, what)  # a FIFO, link or device is never replaced (exit 2)
     if job.output.resolve() == job.input.resolve():
         raise BatchInputError("the output file must not be the input file")
     data = read_input(job.input, job.format)
@@ -1038,10 +1114,15 @@ async def run_batch(prepared: Prepared, listener: Listener | None = None, *, rou
         worst_cases = {item.id: budget.worst_case(item, prepared.settings) for item in prepared.items}
     sidecar = Sidecar(sidecar_path(job.output), prepared.header)
     known = sidecar.open(restart=job.restart)
+
+    def kept(item: Item) -> bool:  # answered by an earlier run; a degraded answer is asked again unless allowed
+        outcome = known.get(item.id)
+        return outcome is not None and outcome.ok and (job.allow_degraded or not outcome.degraded)
+
     summary = Summary(
         format=prepared.input.format,
         total=len(prepared.items),
-        resumed=sum(1 for item in prepared.items if item.id in known and known[item.id].ok),
+        resumed=sum(1 for item in prepared.items if kept(item)),
         generator=prepared.generator,
         output=job.output,
         sidecar=sidecar.path,
@@ -1050,9 +1131,11 @@ async def run_batch(prepared: Prepared, listener: Listener | None = None, *, rou
         started=time.time(),
     )
     summary.done = summary.resumed
-    answered = [known[i.id] for i in prepared.items if i.id in known and known[i.id].ok]
+    answered = [known[i.id] for i in prepared.items if kept(i)]
     summary.tokens, summary.cost = _sum_tokens(answered), _sum_cost(answered)
-    todo = [item for item in prepared.items if not (item.id in known and known[item.id].ok)]
+    summary.degraded = [o for o in answered if o.degraded]
+    summary.allow_degraded = job.allow_degraded
+    todo = [item for item in prepared.items if not kept(item)]
     outcomes = dict(known)
     shared = router or _LimitedRouter(ProviderPool(prepared.settings), RateLimiter(job.rps) if job.rps else None)
     settings_at: dict[float, Settings] = {}
@@ -1090,6 +1173,8 @@ async def run_batch(prepared: Prepared, listener: Listener | None = None, *, rou
             outcomes[item.id] = outcome
             if outcome.ok:
                 summary.done += 1
+                if outcome.degraded:
+                    summary.degraded.append(outcome)
                 summary.tokens = _sum_tokens([outcome], summary.tokens)
                 summary.cost = _sum_cost([outcome], summary.cost)
             else:
@@ -1102,7 +1187,7 @@ async def run_batch(prepared: Prepared, listener: Listener | None = None, *, rou
             for _ in range(min(job.parallel, len(todo))):
                 group.create_task(worker())
         complete = all(item.id in outcomes for item in prepared.items)
-        if complete and (not summary.failed or job.allow_failures):
+        if complete and (not summary.failed or job.allow_failures) and (not summary.degraded or job.allow_degraded):
             write_atomic(job.output, render(summary.format, prepared.items, outcomes, prepared.generator))
             summary.written = True
     except asyncio.CancelledError:
@@ -1189,6 +1274,8 @@ def manifest(prepared: Prepared, summary: Summary) -> bytes:
     """The run's record: line-up, settings, prompt hash, version, input hash, times, counts, failures."""
     s, job = prepared.settings, prepared.job
     status = "interrupted" if summary.interrupted else ("failed" if summary.failed else "done")
+    if status == "done" and summary.degraded:
+        status = "degraded"
     data = {
         "moa_version": __version__,
         "status": status,
@@ -1238,6 +1325,14 @@ def manifest(prepared: Prepared, summary: Summary) -> bytes:
         if job.budget is not None
         else None,
         "failures": [{"id": o.id, "error": o.error, "kind": o.error_kind, "status": o.status} for o in summary.failed],
+        # Items answered without the whole line-up: how many each member's failure touched,
+        # and which items (each with what went wrong).
+        "degraded": {
+            "items": len(summary.degraded),
+            "allowed": job.allow_degraded,
+            "by_member": degraded_by_member(summary.degraded),
+            "list": [{"id": o.id, "answered_by": o.answered_by, "degraded": o.degraded} for o in summary.degraded],
+        },
     }
     return (json.dumps(data, indent=2) + "\n").encode("ascii")
 

@@ -125,6 +125,8 @@ def check_base_url(url: str, where: str) -> str:
         raise ConfigError(f"{where}: {shown!r} is not a usable URL (no host)")
     if any(ch.isspace() for ch in url):
         raise ConfigError(f"{where}: {shown!r} is not a usable URL (it contains spaces)")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise ConfigError(f"{where}: {shown!r} is not a usable URL (it contains a control character)")
     return url
 
 
@@ -138,18 +140,21 @@ class _File:
         self.path = path
         self.text = ""
         self.data: dict[str, Any] = {}
-        try:
-            self.text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        from moa_cli.files import MAX_TEXT_BYTES, read_file
+
+        data = read_file(path, "config file", limit=MAX_TEXT_BYTES, missing_ok=True)
+        if data is None:
             return
-        except IsADirectoryError:
-            raise ConfigError(f"{path}: cannot read config file: it is a directory") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+        try:
+            self.text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"cannot read config file {path}: not UTF-8 text (byte {exc.start})") from None
         try:
             self.data = tomllib.loads(self.text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
 
     def error(self, key: str, problem: str) -> ConfigError:
         match = re.search(rf"^\s*{re.escape(key)}\s*=", self.text, re.MULTILINE)

@@ -474,13 +474,27 @@ class AnswerView:
 # ---------------------------------------------------------------------------- a turn
 
 
+def aggregator_calls(result: TurnResult) -> int:
+    """The calls the aggregator step made upstream: none for consensus (or select over one
+    answer), two when select fell back to synthesizing, else one."""
+    if result.aggregation == "consensus":
+        return 0
+    if result.aggregation == "select":
+        if result.warnings:
+            return 2
+        last = max((p.layer for p in result.proposals), default=0)
+        answered = [p for p in result.proposals if p.layer == last and p.text is not None]
+        return 0 if result.selected is not None and len(answered) <= 1 else 1
+    return 1
+
+
 def footer_text(result: TurnResult) -> str:
     """`3.2s · 1,234 tokens · 5 calls · left out: model-b (failed) · answer cut at the token limit (max_tokens 512)`"""
     parts = [f"{result.seconds:.1f}s"]
     total = result.usage.total_tokens
     parts.append(f"{total:,} tokens" if total is not None else "tokens unknown")
-    calls = len(result.proposals) + 1
-    parts.append(f"{calls} calls")
+    calls = len(result.proposals) + aggregator_calls(result)
+    parts.append(f"{calls} call{'s' * (calls != 1)}")
     if result.cost_usd is not None or result.unpriced_calls:  # priced by pricing.py (None: not priced)
         from moa_cli.pricing import cost_text
 

@@ -534,12 +534,9 @@ def parse_text(name: str, text: str) -> Any:
 
 def read_prompt_file(path: Path) -> str:
     """The text of an aggregator prompt file; ConfigError (exit 2) if it cannot be used."""
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read aggregator prompt {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"cannot read aggregator prompt {path}: not UTF-8 text") from None
+    from moa_cli.files import read_text
+
+    text = read_text(path, "aggregator prompt").strip()
     if not text:
         raise ConfigError(f"aggregator prompt {path} is empty")
     return text

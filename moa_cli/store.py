@@ -422,6 +422,8 @@ class Store:
     def resolve_conversation(self, ref: str) -> str:
         """A conversation id from the id or a unique prefix of it (case-insensitive)."""
         ref = ref.strip().upper()
+        if not ref:  # "" is a prefix of every id: never "the only one" (a script's unset variable)
+            raise StoreError("an empty id names no conversation: give a conversation's id or a prefix of it")
         rows = self._query("SELECT id FROM conversations WHERE id >= ? AND id < ? LIMIT 2", (ref, ref + "\U0010ffff"))
         if not rows:
             raise StoreError(f"no conversation {ref!r} in the log")

@@ -605,3 +605,59 @@ def test_budget_needs_a_price_for_every_model(moa, llm_server: FakeLLMServer, tm
     assert llm_server.requests == []
     proc = moa(["batch", str(source), "-o", str(out), *LINEUP, "--budget", "0"])
     assert proc.returncode == 2 and "--budget must be a number of USD more than 0" in proc.stderr
+
+
+# ---------------------------------------------------------------------------- a degraded line-up
+
+
+def test_a_reference_failing_on_every_item_is_degraded_exit_1(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    source, out = prompts_file(tmp_path, 3), tmp_path / "out.jsonl"
+    llm_server.set_default("beta", Reply(status=500, error_message="beta is down"))
+    proc = moa(["batch", str(source), "-o", str(out), "-r", "alpha", "-r", "beta", "-a", "judge"])
+    assert proc.returncode == 1, proc.stderr
+    assert "3 of 3 items were answered without the whole line-up (beta failed on 3)" in proc.stderr
+    assert "--allow-degraded" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+    manifest = json.loads(batch.manifest_path(out).read_text())
+    assert manifest["status"] == "degraded" and manifest["output_written"] is False
+    assert manifest["degraded"]["items"] == 3 and manifest["degraded"]["by_member"] == {"beta failed": 3}
+    assert manifest["degraded"]["list"][0]["answered_by"] == ["alpha", "judge"]
+    assert manifest["failures"] == []
+    # Each item records who answered, in the progress file.
+    records = [json.loads(line) for line in batch.sidecar_path(out).read_text().splitlines()[1:]]
+    assert all(r["answered_by"] == ["alpha", "judge"] and r["degraded"] == ["beta failed"] for r in records)
+
+
+def test_allow_degraded_writes_the_output_and_still_reports(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    source, out = prompts_file(tmp_path, 3), tmp_path / "out.jsonl"
+    llm_server.set_default("beta", Reply(status=500))
+    args = ["batch", str(source), "-o", str(out), "-r", "alpha", "-r", "beta", "-a", "judge"]
+    proc = moa([*args, "--allow-degraded"])
+    assert proc.returncode == 0, proc.stderr
+    assert "moa: warning: 3 of 3 items were answered without the whole line-up (beta failed on 3)" in proc.stderr
+    assert len(out.read_text().splitlines()) == 3
+    manifest = json.loads(batch.manifest_path(out).read_text())
+    assert manifest["degraded"]["by_member"] == {"beta failed": 3} and manifest["degraded"]["allowed"] is True
+
+
+def test_a_rerun_asks_degraded_items_again_and_allow_degraded_keeps_them(
+    moa, llm_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    source, out = prompts_file(tmp_path, 2), tmp_path / "out.jsonl"
+    args = ["batch", str(source), "-o", str(out), "-r", "alpha", "-r", "beta", "-a", "judge", "-p", "1"]
+    llm_server.script("beta", Reply(), Reply(status=500))  # item 1 is degraded
+    assert moa(args).returncode == 1
+    llm_server.requests.clear()
+    proc = moa([*args, "--allow-degraded"])  # kept as they are: nothing asked again
+    assert proc.returncode == 0, proc.stderr
+    assert llm_server.requests == [] and "1 of 2 items were answered without" in proc.stderr
+
+
+def test_select_falling_back_is_degraded(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    source, out = prompts_file(tmp_path, 2), tmp_path / "out.jsonl"
+    llm_server.set_default("judge", Reply(text="I like neither."))
+    args = ["batch", str(source), "-o", str(out), "-r", "alpha", "-r", "beta", "-a", "judge", "--aggregation", "select"]
+    proc = moa(args)
+    assert proc.returncode == 1, proc.stderr
+    manifest = json.loads(batch.manifest_path(out).read_text())
+    assert manifest["degraded"]["by_member"] == {"judge: select fell back": 2}

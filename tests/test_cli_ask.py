@@ -293,3 +293,45 @@ def test_a_closed_pipe_ends_quietly(moa_env: dict[str, str], llm_server: FakeLLM
     assert proc.stdout == "line\nline\n"
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
     assert llm_server.requests_for("judge")  # it was the reader that stopped, not the model
+
+
+# A SIGINT while the command line loads (the first ~40 ms): raised for real at a fixed point
+# of the start-up, as an import hook sees that module asked for.
+_EARLY_SIGINT = """
+import signal, sys
+
+target = sys.argv[1]
+sys.meta_path.insert(0, type("H", (), {"find_spec": staticmethod(
+    lambda name, path=None, t=None: signal.raise_signal(signal.SIGINT) if name == target else None)})())
+del sys.argv[1]
+sys.argv[0] = "moa"
+from moa_cli.cli.entry import main
+main()
+"""
+
+
+@pytest.mark.parametrize("module", ["moa_cli.cli.app", "moa_cli.cli.stdio"])
+def test_json_says_interrupted_when_sigint_lands_at_start(
+    moa_env: dict[str, str], llm_server: FakeLLMServer, module: str
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _EARLY_SIGINT, module, "ask", "--json", "hi", "-r", "alpha", "-a", "judge"],
+        env=moa_env, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 130, proc.stderr
+    assert json.loads(proc.stdout) == {"error": "interrupted", "exit_code": 130}
+    assert "Traceback" not in proc.stderr and "interrupted" in proc.stderr
+    assert llm_server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "calls"), [("consensus", "2 calls"), ("select", "3 calls"), ("synthesize", "3 calls")]
+)
+def test_the_footer_counts_the_calls_made_upstream(
+    moa, llm_server: FakeLLMServer, aggregation: str, calls: str
+) -> None:
+    llm_server.set_default("judge", Reply(text="1"))
+    proc = moa(["ask", "hi", "-r", "alpha,beta", "-a", "judge", "--aggregation", aggregation])
+    assert proc.returncode == 0, proc.stderr
+    made = len(llm_server.requests)
+    assert f"{made} calls" == calls and f" · {calls}" in proc.stderr, proc.stderr

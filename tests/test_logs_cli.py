@@ -316,3 +316,42 @@ def test_a_signal_while_the_turn_is_being_logged_finishes_the_write(
     assert "Traceback" not in err and "Exception ignored" not in err, err
     found = moa(["logs", "-q", "signalled", "--json"])
     assert found.returncode == 0 and "signalled while logging" in found.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["logs", "rm", ""],
+        ["logs", "rm", "  "],
+        ["logs", "show", ""],
+        ["logs", "export", ""],
+        ["logs", "--cid", ""],
+        ["ask", "--cid", "", "again"],
+    ],
+)
+def test_an_empty_id_is_refused_and_deletes_nothing(moa, llm_server: FakeLLMServer, args: list[str]) -> None:
+    assert moa(["ask", *LINEUP, "the only conversation"]).returncode == 0
+    ran = moa([*args, *LINEUP] if args[0] == "ask" else args)
+    assert ran.returncode == 2, ran.stderr
+    assert "empty id" in ran.stderr and ran.stderr.count("\n") == 1
+    assert len(json.loads(moa(["logs", "--json"]).stdout)["turns"]) == 1
+
+
+def test_an_ambiguous_prefix_is_refused(moa, llm_server: FakeLLMServer, moa_home: Path) -> None:
+    assert moa(["ask", *LINEUP, "one"]).returncode == 0
+    assert moa(["ask", *LINEUP, "two"]).returncode == 0
+    ids = [t["conversation_id"] for t in json.loads(moa(["logs", "--json"]).stdout)["turns"]]
+    common = next(i for i in range(len(ids[0])) if ids[0][i] != ids[1][i])
+    if common == 0:
+        pytest.skip("the two ids share no prefix")
+    ran = moa(["logs", "rm", ids[0][:common]])
+    assert ran.returncode == 2 and "more than one conversation" in ran.stderr
+    assert len(json.loads(moa(["logs", "--json"]).stdout)["turns"]) == 2
+
+
+@pytest.mark.parametrize("count", ["-5", "0", "99999999999999999999999"])
+def test_logs_count_out_of_range_is_a_usage_error(moa, llm_server: FakeLLMServer, count: str) -> None:
+    assert moa(["ask", *LINEUP, "hello"]).returncode == 0
+    ran = moa(["logs", "-n", count])
+    assert ran.returncode == 2, ran.stderr
+    assert ran.stdout == "" and "Traceback" not in ran.stderr and "unexpected" not in ran.stderr

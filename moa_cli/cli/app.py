@@ -142,15 +142,21 @@ def main() -> None:
     Usage errors exit 2, a reader that goes away (`| head`) exits 141 quietly, a failed
     write of the answer exits 1, signals exit 128 + signum; never a box or a traceback.
     """
-    from moa_cli import signals
-    from moa_cli.cli import stdio
-    from moa_cli.cli.errors import EXIT_PIPE, EXIT_WRITE, interrupted
+    try:  # a signal before the command runs still gets its answer (with --json, the object)
+        from moa_cli import signals
+        from moa_cli.cli import stdio
+        from moa_cli.cli.errors import EXIT_PIPE, EXIT_WRITE, interrupted
 
-    if not stdio.prepare():
-        sys.stderr.write("moa: error: cannot write the output: stdout is closed\n")
-        sys.exit(EXIT_WRITE)
-    signals.install()
-    argv = normalise_argv(sys.argv[1:])
+        if not stdio.prepare():
+            sys.stderr.write("moa: error: cannot write the output: stdout is closed\n")
+            sys.exit(EXIT_WRITE)
+        signals.install()
+        argv = normalise_argv(sys.argv[1:])
+    except KeyboardInterrupt as exc:
+        from moa_cli.cli.entry import say_interrupted
+        from moa_cli.signals import exit_code_of, reason_of
+
+        sys.exit(say_interrupted(sys.argv[1:], exit_code_of(exc), reason_of(exc)))
     json_mode = "--json" in argv
     try:
         try:

@@ -1,7 +1,8 @@
 """`moa batch INPUT -o OUTPUT`: answer a benchmark file; the work is in moa_cli/batch.py.
 
-Exit codes: 0 every item answered (or --allow-failures), 1 items failed (no output
-written), 2 bad input, options or a sidecar made with other settings, 130/143/129
+Exit codes: 0 every item answered by the whole line-up (or --allow-failures,
+--allow-degraded), 1 items failed or were answered without a member of the line-up (no
+output written), 2 bad input, options or a sidecar made with other settings, 130/143/129
 interrupted (the finished items are kept: rerun the same command to resume).
 """
 
@@ -109,6 +110,14 @@ def batch(
             "--allow-failures", help="Write the output even if items failed (empty answer; $ERROR$ for MT-Bench)."
         ),
     ] = False,
+    allow_degraded: Annotated[
+        bool,
+        typer.Option(
+            "--allow-degraded",
+            help="Write the output even if items were answered without the whole line-up "
+            "(a reference failed, select fell back); they are still counted in the manifest.",
+        ),
+    ] = False,
     restart: Annotated[
         bool, typer.Option("--restart", help="Discard the answers kept from an earlier run and start over.")
     ] = False,
@@ -155,6 +164,11 @@ def batch(
         from moa_cli.cli.runtime import load
 
         core.read_input(input_file, input_format)  # a bad input file is the first thing said (exit 2)
+        chosen = tuple(part.strip() for part in (ids or "").split(",") if part.strip())
+        if ids is not None and not chosen:  # `--ids ,` or `--ids "$UNSET"` must not mean every item
+            from moa_cli.errors import ConfigError
+
+            raise ConfigError(f"--ids {ids!r} names no item: give ids separated by commas")
         settings = load(opt.flag_overrides(flags, verbose=verbose), local=local)
         job = core.Job(
             input=input_file,
@@ -163,9 +177,10 @@ def batch(
             parallel=parallel,
             rps=rps,
             limit=limit,
-            ids=tuple(part.strip() for part in (ids or "").split(",") if part.strip()),
+            ids=chosen,
             generator=generator,
             allow_failures=allow_failures,
+            allow_degraded=allow_degraded,
             restart=restart,
             fastchat_temperatures=fastchat_temperatures,
             reuse_proposals=reuse_proposals,
@@ -224,6 +239,7 @@ def resume_command(job: Job, flags: dict[str, Any], *, local: bool = False) -> s
         spelling
         for spelling, on in (
             ("--allow-failures", job.allow_failures),
+            ("--allow-degraded", job.allow_degraded),
             ("--fastchat-temperatures", job.fastchat_temperatures),
         )
         if on
@@ -352,6 +368,16 @@ def _say_kept(summary: Summary, command: str) -> None:
     )
 
 
+def _degraded(summary: Summary) -> str:
+    """'2 of 3 items were answered without the whole line-up (alpha failed on 2, ...)', or ''."""
+    if not summary.degraded:
+        return ""
+    from moa_cli.batch import degraded_by_member
+
+    what = ", ".join(f"{member} on {count}" for member, count in degraded_by_member(summary.degraded).items())
+    return f"{len(summary.degraded)} of {summary.total} items were answered without the whole line-up ({what})"
+
+
 def _report(summary: Summary, command: str, *, quiet: bool) -> int:
     """The closing lines on stderr; the exit code."""
     tokens = f"{summary.tokens:,} tokens" if summary.tokens is not None else "tokens unknown"
@@ -368,8 +394,20 @@ def _report(summary: Summary, command: str, *, quiet: bool) -> int:
             f"moa: run the same command to go on, with a new --budget for what is left: {command}\n"
         )
         return EXIT_FAILED
+    degraded = _degraded(summary)
+    if degraded and not summary.allow_degraded:
+        failed = f"{len(summary.failed)} items failed and " if summary.failed else ""
+        sys.stderr.write(
+            f"moa: error: {failed}{degraded}, so {summary.output} was not written (a judge would score a mixture that "
+            f"was not one); listed in {summary.manifest}\n"
+            f"moa: run the same command to ask them again ({summary.done - len(summary.degraded)} full answers "
+            f"are kept): {command}; or add --allow-degraded to write them as they are\n"
+        )
+        return EXIT_FAILED
+    if degraded:
+        sys.stderr.write(f"moa: warning: {degraded}, listed in {summary.manifest}\n")
     if not summary.failed:
-        if not quiet:
+        if not quiet and summary.written:
             sys.stderr.write(
                 f"moa: wrote {summary.total} answers to {summary.output}{resumed}, {tokens}, {seconds:.1f}s\n"
             )

@@ -56,7 +56,10 @@ def ifeval(
         ),
     ] = None,
     restart: Annotated[bool, typer.Option("--restart", help="Discard the answers kept from an earlier run.")] = False,
-    json_output: opt.JsonOutput = False,
+    json_output: Annotated[
+        bool,
+        typer.Option("--json", help="Print the report as one JSON object: accuracy per row, intervals, wins, tokens."),
+    ] = False,
     local: opt.Local = False,
     verbose: opt.Verbose = False,
     quiet: opt.Quiet = False,
@@ -165,7 +168,9 @@ def print_report(report: Report, settings: Any) -> None:
     notes.append(f"in all: {total}{cost}, {report.seconds:.0f}s of turns")
     if report.selected or report.fallbacks:
         picks = ", ".join(f"reference {k + 1}: {v}" for k, v in sorted(report.selected.items()))
-        notes.append(f"select picked {picks or 'none'}; fell back to synthesize {report.fallbacks} times")
+        strategy = settings.aggregation  # consensus gives an answer verbatim too: not "select"
+        fell_back = f"; fell back to synthesize {report.fallbacks} times" if strategy == "select" else ""
+        notes.append(f"{strategy} picked {picks or 'none'}{fell_back}")
     notes.append(f"per-prompt results: {Path(report.work_dir) / 'scores.jsonl'}")
     for note in notes:
         console.print(note, style="dim", soft_wrap=True, highlight=False)

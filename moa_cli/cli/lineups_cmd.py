@@ -38,12 +38,19 @@ class LineupRow:
 
 def rows(settings: Settings) -> list[LineupRow]:
     """One row per line-up, with what it sets and the usual values for what it leaves out."""
-    from moa_cli.config import builtin_lineups
+    from moa_cli.config import builtin_lineups, with_lineup
+    from moa_cli.errors import ConfigError
     from moa_cli.settings import DEFAULTS
 
     builtin = builtin_lineups()
     out: list[LineupRow] = []
     for name, values in settings.lineups.items():
+        # What it runs with: what it sets, and for the rest what it inherits (the config
+        # file's top level, the environment, flags), not the declared defaults.
+        try:
+            effective = with_lineup(settings, name)
+        except ConfigError:
+            effective = None
         source = "built-in" if name in builtin and builtin[name] == values else "config file"
         extra = {k: v for k, v in values.items() if k not in ("references", "aggregator", "rounds", "description")}
         out.append(
@@ -52,9 +59,11 @@ def rows(settings: Settings) -> list[LineupRow]:
                 default=name == settings.lineup,
                 source=source,
                 description=values.get("description"),
-                references=list(values.get("references", DEFAULTS["references"])),
-                aggregator=values.get("aggregator", DEFAULTS["aggregator"]),
-                rounds=values.get("rounds", DEFAULTS["rounds"]),
+                references=list(
+                    effective.references if effective else values.get("references", DEFAULTS["references"])
+                ),
+                aggregator=effective.aggregator if effective else values.get("aggregator", DEFAULTS["aggregator"]),
+                rounds=effective.rounds if effective else values.get("rounds", DEFAULTS["rounds"]),
                 settings={k: v for k, v in extra.items() if k != "aggregator_prompt"}
                 | (
                     {"aggregator_prompt": f"{len(extra['aggregator_prompt'])} chars"}

@@ -103,6 +103,9 @@ def turn_json(turn: TurnRecord) -> dict[str, Any]:
     return data
 
 
+MAX_COUNT = 1_000_000  # `logs -n`: more turns than anyone reads, and far from SQLite's integer limit
+
+
 def _write_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
 
@@ -112,7 +115,7 @@ def _resolve(store: Store, ref: str) -> tuple[str, Any]:
     from moa_cli.store import StoreError
 
     try:
-        if ref.strip().isdigit():
+        if ref.strip().isdigit() and ref.strip().isascii():
             return "turn", store.turn(int(ref)).id
         return "conversation", store.resolve_conversation(ref)
     except StoreError as exc:
@@ -125,7 +128,10 @@ def _resolve(store: Store, ref: str) -> tuple[str, Any]:
 @app.callback(invoke_without_command=True)
 def logs(
     ctx: typer.Context,
-    count: Annotated[int, typer.Option("-n", "--count", metavar="N", help="How many turns (default 10).")] = 10,
+    count: Annotated[
+        int,
+        typer.Option("-n", "--count", metavar="N", min=1, max=MAX_COUNT, help="How many turns (default 10)."),
+    ] = 10,
     cid: Annotated[str | None, typer.Option("--cid", metavar="ID", help="Only this conversation.")] = None,
     since: Since = None,
     model: Annotated[
@@ -152,7 +158,7 @@ def logs(
                 sys.stderr.write("moa: nothing logged yet\n")
             return
         with _open() as store:
-            conversation = _resolve(store, cid)[1] if cid else None
+            conversation = _resolve(store, cid)[1] if cid is not None else None
             turns = store.turns(
                 limit=count,
                 conversation_id=conversation,

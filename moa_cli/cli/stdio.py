@@ -82,6 +82,9 @@ def prepare() -> bool:
         if not _fd_is_open(1):
             _point_at_devnull(1)
         return False
+    if isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.errors == "strict":
+        # PYTHONIOENCODING=ascii (or a C locale): an answer's é is written as \xe9, not a crash.
+        sys.stdout.reconfigure(errors="backslashreplace")
     return True
 
 
