@@ -37,6 +37,7 @@ def test_every_command_parameter_is_a_setting_or_a_front_end_option(command: obj
 BATCH_OPTIONS = {"input_file", "output", "input_format", "parallel", "rps", "limit", "ids", "generator"}
 BATCH_OPTIONS |= {"allow_failures", "restart", "fastchat_temperatures"}
 BATCH_OPTIONS |= {"reuse_proposals", "budget"}  # budget: the whole run's, where max_cost is a turn's
+BATCH_OPTIONS |= {"allow_degraded"}  # what a run may write, not how a turn runs
 
 
 def test_every_batch_parameter_is_a_setting_or_a_front_end_option() -> None:
@@ -51,6 +52,9 @@ def test_every_batch_parameter_is_a_setting_or_a_front_end_option() -> None:
 # `moa serve`'s own options: where to listen, who may call, how much load, how to stop.
 SERVE_OPTIONS = {"host", "port", "api_key", "cors_origin", "max_concurrent", "queue", "turn_timeout"}
 SERVE_OPTIONS |= {"shutdown_timeout", "workers", "passthrough", "allow_overrides", "progress"}
+# The server's own limits (issue 19): connections, deadlines, fan-out caps and the retry window.
+SERVE_OPTIONS |= {"allowed_host", "max_connections", "header_timeout", "body_timeout", "keep_alive_timeout"}
+SERVE_OPTIONS |= {"max_header_bytes", "max_references", "max_upstream_calls", "retry_window"}
 
 
 def test_every_serve_parameter_is_a_setting_or_a_front_end_option() -> None:
