@@ -9,7 +9,6 @@ proposals, `tools` refused, and what the operator sees on stderr.
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,7 +17,7 @@ import openai
 import pytest
 
 from tests.fakes.llm_server import FakeLLMServer, Reply
-from tests.fakes.serve_process import ServeProcess
+from tests.fakes.serve_process import ServeProcess, wait_for
 
 LINEUP = ["-r", "alpha,beta", "-a", "judge"]
 HI = [{"role": "user", "content": "Why is the sky blue?"}]
@@ -38,15 +37,6 @@ def serve(moa_env: dict[str, str]) -> Iterator[Callable[..., ServeProcess]]:
     for served in started:
         served.stop()
         assert "Traceback" not in served.log, served.log
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def post(served: ServeProcess, body: Any = BODY, **kwargs: Any) -> httpx.Response:

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import run_moa
 from tests.fakes.llm_server import FakeLLMServer, Reply, split_pieces
-from tests.fakes.serve_process import ServeProcess
+from tests.fakes.serve_process import ServeProcess, wait_for
 
 LINEUP = ["-r", "alpha,beta", "-a", "judge"]
 HI = [{"role": "user", "content": "Why is the sky blue?"}]
@@ -53,15 +53,6 @@ def serve(moa_env: dict[str, str]) -> Iterator[Callable[..., Served]]:
     for served in started:
         served.stop()
         assert "Traceback" not in served.log, served.log
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def test_answers_streams_before_the_aggregator_is_done_and_sums_usage(serve, llm_server: FakeLLMServer) -> None:
