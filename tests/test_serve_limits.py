@@ -109,6 +109,7 @@ def test_half_sent_requests_are_cut_and_the_server_recovers(serve, llm_server: F
     assert wait_for(lambda: httpx.get(f"http://127.0.0.1:{served.port}/health").status_code == 200)
     for sock in held:
         sock.close()
+    assert wait_for(lambda: any("sent no complete request" in line for line in served.lines)), served.log
     cut = [line for line in served.lines if "sent no complete request" in line]
     assert 1 <= len(cut) < 30  # one line a second at most, with the count of the rest
     assert llm_server.requests == []
@@ -121,7 +122,7 @@ def test_over_max_connections_gets_503_and_one_line(serve, llm_server: FakeLLMSe
     for sock in held:
         sock.close()
     assert wait_for(lambda: httpx.get(f"http://127.0.0.1:{served.port}/health").status_code == 200)
-    assert any("--max-connections" in line for line in served.lines), served.log
+    assert wait_for(lambda: any("--max-connections" in line for line in served.lines)), served.log
 
 
 def test_a_body_sent_too_slowly_gets_408_and_the_connection_is_closed(serve, llm_server: FakeLLMServer) -> None:
@@ -215,7 +216,9 @@ def test_the_openai_clients_retry_pays_only_for_the_aggregator(serve, llm_server
         ("alpha", "ok", True),
         ("beta", "ok", True),
     ]
-    assert any("upstream=3" in line for line in served.lines) and any("upstream=1" in line for line in served.lines)
+    # The access line is written after the response is sent: wait for it rather than race it.
+    assert wait_for(lambda: any("upstream=1" in line for line in served.lines)), served.log
+    assert any("upstream=3" in line for line in served.lines), served.log
 
 
 def test_a_retried_body_reruns_only_what_failed(serve, llm_server: FakeLLMServer) -> None:
