@@ -34,13 +34,14 @@ from moa_cli.events import (
     CallFailed,
     CallFinished,
     CallFirstToken,
+    CallRetrying,
     CallStarted,
     Event,
     TurnDone,
 )
 from moa_cli.logs import logger  # disabled until the CLI configures it
 from moa_cli.prompts import inject_references
-from moa_cli.providers.base import Provider, StreamItem
+from moa_cli.providers.base import RETRY_NOTICE, Provider, StreamItem
 from moa_cli.settings import DEFAULTS, SPECS
 from moa_cli.types import CallInfo, CompletionRequest, Finish, Message, Proposal, TurnResult, Usage
 
@@ -158,6 +159,10 @@ class _Turn:
             self.emit(CallStarted(call))
             # Every provider's stream is an async generator: aclose() ends it where it stands.
             stream = cast(AsyncGenerator[StreamItem, None], provider.stream(request))
+            # The generator runs in this task's context: its client's retries are told here.
+            notice = RETRY_NOTICE.set(
+                lambda status, wait, attempt: self.emit(CallRetrying(call, status, wait, attempt))
+            )
             try:
                 while True:
                     # Only the provider's errors are this model's failure; an error raised by
@@ -191,6 +196,7 @@ class _Turn:
                         return self._failed(call, BadResponse(call.model, reason), started)
                     self.emit(delta(call, item))
             finally:
+                RETRY_NOTICE.reset(notice)
                 self._leave(provider.name, call)
                 await stream.aclose()  # closes the HTTP stream if we stopped early
         text = "".join(parts)

@@ -36,6 +36,7 @@ from moa_cli.events import (
     CallFailed,
     CallFinished,
     CallFirstToken,
+    CallRetrying,
     CallStarted,
     Event,
     TurnDone,
@@ -80,6 +81,13 @@ def kind_word(kind: str | None, timed_out: bool = False) -> str:
     if timed_out and kind in (None, "other"):  # made by a caller that set only `timed_out`
         return "timed out"
     return KIND_WORDS.get(kind or "other", "failed")
+
+
+def retry_word(event: CallRetrying) -> str:
+    """A row waiting to retry: "HTTP 429, waiting to retry (2s)" rather than "running ~0 tok"."""
+    wait = f" ({event.wait:.0f}s)" if event.wait is not None else ""
+    again = f", retry {event.attempt}" if event.attempt > 1 else ""
+    return f"HTTP {event.status}, waiting to retry{wait}{again}"
 
 
 def left_out_warning(event: CallFailed) -> Text:
@@ -150,6 +158,8 @@ class ProgressView:
                     row.parts.append(event.text)
             elif isinstance(event, CallFirstToken):
                 row.state = "streaming"
+            elif isinstance(event, CallRetrying):
+                row.state = retry_word(event)
             elif isinstance(event, CallFinished):
                 row.state, row.seconds = "done", event.seconds
                 if event.usage and event.usage.completion_tokens is not None:
@@ -166,6 +176,10 @@ class ProgressView:
                 )
         elif isinstance(event, CallFailed) and not event.call.is_aggregator:
             self.console.print(left_out_warning(event), soft_wrap=True)
+        elif isinstance(event, CallRetrying) and not self.animated:
+            self.console.print(
+                f"moa: {event.call.model} ({_label(event.call)}) {retry_word(event)}", markup=False, soft_wrap=True
+            )
         elif isinstance(event, CallFinished) and not self.animated and not event.call.is_aggregator:
             self.console.print(
                 f"moa: {event.call.model} ({_label(event.call)}) done in {event.seconds:.1f}s, {row.token_text('tokens')}",
@@ -186,7 +200,7 @@ class ProgressView:
             rows = list(self.rows.values())
         for row in rows:
             seconds = row.seconds if row.seconds is not None else now - row.started
-            if row.state in ("running", "streaming"):
+            if row.state in ("running", "streaming") or row.state.startswith("HTTP "):
                 icon: Any = Spinner("dots", style="cyan")
                 state = Text(row.state, style="cyan")
             elif row.state == "done":

@@ -284,6 +284,23 @@ def test_progress_shows_one_row_per_call_with_state_seconds_and_tokens() -> None
     assert re.search(r"agg\s+aggregator\s+running", rows[3])
 
 
+def test_a_row_waiting_to_retry_says_so_until_its_first_token() -> None:
+    from moa_cli.events import CallRetrying
+
+    console = plain_console()
+    view = ProgressView(console)
+    view.handle(CallStarted(A))
+    view.handle(CallRetrying(A, 429, 2.0, 1))
+    console.print(view)
+    row = lines_of(console.file.getvalue())[-1]  # type: ignore[attr-defined]
+    assert re.search(r"model-a\s+layer 1\s+HTTP 429, waiting to retry \(2s\)", row) and "running" not in row
+    view.handle(CallFirstToken(A, 2.1))
+    console.file.truncate(0)  # type: ignore[attr-defined]
+    console.file.seek(0)  # type: ignore[attr-defined]
+    console.print(view)
+    assert "streaming" in lines_of(console.file.getvalue())[-1]  # type: ignore[attr-defined]
+
+
 def test_progress_without_a_terminal_prints_plain_lines_and_warnings() -> None:
     console = plain_console()
     view = ProgressView(console)
