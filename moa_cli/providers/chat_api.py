@@ -216,7 +216,7 @@ async def watch_response(response: httpx.Response) -> None:
 def sdk_retries(response: httpx.Response) -> bool:
     """Whether the SDK retries this error response: its own rule (openai's and together's
     `_should_retry`): the server's `x-should-retry` first, then 408, 409, 429 and 5xx."""
-    should = response.headers.get("x-should-retry")
+    should: str = response.headers.get("x-should-retry") or ""
     if should in ("true", "false"):
         return should == "true"
     return response.status_code in (408, 409, 429) or response.status_code >= 500
