@@ -443,3 +443,18 @@ def test_warnings_and_footers_never_show_a_key() -> None:
         assert "sk-live" not in footer_text(result)
     finally:
         redact.forget_secrets()
+
+
+def test_warnings_wrap_at_words_on_a_terminal_and_stay_one_line_in_a_file() -> None:
+    from moa_cli.events import TurnWarning
+    from moa_cli.render import TurnView
+
+    message = "select fell back to synthesizing because the selection call answered with no usable number at all"
+    terminal = Console(file=StringIO(), width=40, color_system=None, force_terminal=True)
+    TurnView(terminal, plain_console(), progress=False).handle(TurnWarning(message))
+    wrapped = [line.rstrip() for line in terminal.file.getvalue().splitlines()]  # type: ignore[attr-defined]
+    assert len(wrapped) > 2 and all(len(line) <= 40 for line in wrapped)
+    assert " ".join(wrapped) == f"moa: warning: {message}"  # broken between words only
+    piped = Console(file=StringIO(), width=40, color_system=None)  # not a terminal
+    TurnView(piped, plain_console(), progress=False).handle(TurnWarning(message))
+    assert piped.file.getvalue() == f"moa: warning: {message}\n"  # type: ignore[attr-defined]
