@@ -157,8 +157,12 @@ class MoA:
         on_event: EventSink | None = None,
         system: str | None = None,
         aggregator_sampling: Mapping[str, Any] | None = None,
+        rerun_failed: bool = False,
     ) -> TurnResult:
         """Run only the aggregator over `proposals` made earlier (a stored turn's), calling no reference.
+
+        With `rerun_failed`, the last layer's references that failed (not those a quorum cut)
+        are called again first, over the same input: a retry that pays only for what failed.
 
         The aggregator answers `prompt` with the answered proposals of the last layer, as
         `arun` would have after its layers (engine.run_aggregation): a cheap way to compare
@@ -171,7 +175,7 @@ class MoA:
         def aggregate_only(
             messages: list[Message], plan: Plan, router: Router, sink: EventSink | None
         ) -> Awaitable[TurnResult]:
-            return run_aggregation(messages, plan, router, stored, sink)
+            return run_aggregation(messages, plan, router, stored, sink, rerun_failed=rerun_failed)
 
         return await self._turn(prompt, aggregate_only, on_event, system, aggregator_sampling)
 

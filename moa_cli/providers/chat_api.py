@@ -44,6 +44,7 @@ from moa_cli.errors import (
     kind_for_status,
 )
 from moa_cli.logs import logger  # disabled until the CLI configures it
+from moa_cli.providers.base import RETRY_NOTICE
 from moa_cli.providers.sse import EventTooLarge, SSEDecoder
 from moa_cli.redact import clean_server_text, mask_url, register_secret, register_url_secrets
 from moa_cli.types import CompletionRequest, Finish, Usage
@@ -161,6 +162,8 @@ class CallState:
     """What the response hook needs to know about the call in flight (and tells back)."""
 
     deadline: float  # loop time
+    retries: int = 0  # how many times the SDK retries (its max_retries)
+    errors: int = 0  # error responses seen so far
     last_status: int | None = None
     refused_wait: float | None = None  # the Retry-After that was longer than the time left
     refused_left: float = 0.0
@@ -203,6 +206,20 @@ async def watch_response(response: httpx.Response) -> None:
     if wait is not None and wait > left:
         state.refused_wait, state.refused_left = wait, left
         response.headers["x-should-retry"] = "false"
+        return
+    state.errors += 1
+    notice = RETRY_NOTICE.get()
+    if notice is not None and state.errors <= state.retries and sdk_retries(response):
+        notice(response.status_code, wait, state.errors)
+
+
+def sdk_retries(response: httpx.Response) -> bool:
+    """Whether the SDK retries this error response: its own rule (openai's and together's
+    `_should_retry`): the server's `x-should-retry` first, then 408, 409, 429 and 5xx."""
+    should: str = response.headers.get("x-should-retry") or ""
+    if should in ("true", "false"):
+        return should == "true"
+    return response.status_code in (408, 409, 429) or response.status_code >= 500
 
 
 def parse_chunk(model: str, data: str) -> list[str | Finish | Usage]:
@@ -341,7 +358,7 @@ class ChatAPIProvider:
         loop = asyncio.get_running_loop()
         started = loop.time()
         # One deadline for the whole call: every attempt, the SDK's sleeps between them, the body.
-        state = CallState(deadline=started + self._timeout)
+        state = CallState(deadline=started + self._timeout, retries=self._retries)
         budget = byte_budget(request.max_tokens)
         decoder = SSEDecoder(max_event=budget + EVENT_SLACK)
         text_bytes = wire_bytes = events = 0

@@ -77,20 +77,30 @@ class Turn:
         self._timer: asyncio.TimerHandle | None = None
         self._calls: dict[CallInfo, dict[str, Any]] = {}  # each call as the events told it
         self._layer = (1, 0, 0)  # (layer, done, total) for the heartbeat comment
-        # A retry's proposals, kept by its failed try (retries.py): only the aggregator runs.
+        # A retry's proposals, kept by its failed try (retries.py): the references that failed
+        # in it run again, then the aggregator; those that answered are not paid for twice.
         self.reuse = reuse
         self._proposals: dict[CallInfo, Proposal] = {}  # each reference's outcome, for a retry
-        self._aggregating = False  # the references' layers are done
+        self._aggregating = bool(reuse)  # the references' layers are done (a retry's: in its first try)
         self.upstream_calls = 0
-        for i, proposal in enumerate(reuse or ()):
-            entry = self._blank(CallInfo(proposal.model, proposal.layer, i))
+        for proposal, call in zip(reuse or (), self._reused_calls(), strict=True):
+            entry = self._blank(call)
             entry.update(
                 status="ok" if proposal.text is not None else "failed", seconds=round(proposal.seconds, 3),
                 usage=proposal.usage.to_dict() if proposal.usage and proposal.usage.known else None,
                 finish_reason=proposal.finish_reason, error_kind=proposal.error_kind, http_status=proposal.status,
                 error=proposal.error, reused=True,
             )  # fmt: skip
-            self._calls[CallInfo(proposal.model, proposal.layer, i)] = entry
+            self._calls[call] = entry
+            self._proposals[call] = proposal
+
+    def _reused_calls(self) -> list[CallInfo]:
+        """The kept proposals' calls, indexed within their layer as the engine does."""
+        calls: list[CallInfo] = []
+        for proposal in self.reuse or ():
+            index = sum(c.layer == proposal.layer for c in calls)
+            calls.append(CallInfo(proposal.model, proposal.layer, index))
+        return calls
 
     # ------------------------------------------------------------------ running
 
@@ -124,8 +134,9 @@ class Turn:
         moa = MoA(settings=settings, router=self.pool)
         moa.source = "serve"
         if self.reuse:
-            self._aggregating = True
-            return await moa.aaggregate(r.messages, self.reuse, on_event=self._on_event, aggregator_sampling=aggregator)
+            return await moa.aaggregate(
+                r.messages, self.reuse, on_event=self._on_event, aggregator_sampling=aggregator, rerun_failed=True
+            )
         return await moa.arun(r.messages, on_event=self._on_event, aggregator_sampling=aggregator)
 
     async def _passthrough(self, spec: str) -> TurnResult:
@@ -328,8 +339,6 @@ class Turn:
         (its layers are done) and the turn did not end with an answer; else None."""
         if self.result is not None or not self._aggregating or self.served.spec is not None:
             return None
-        if self.reuse:
-            return self.reuse
         kept = tuple(self._proposals[c] for c in sorted(self._proposals, key=lambda c: (c.layer, c.index)))
         return kept if any(p.text is not None for p in kept) else None
 
