@@ -289,11 +289,6 @@ def not_a_stream(content_type: str, head: bytes) -> str:
     return f"bad response from server: not an event stream ({kind})"
 
 
-#: Connections per provider client. The together SDK's default (100, 20 kept alive) makes a
-#: server's 50 concurrent turns of 4 references queue for a connection before any request is
-#: sent (the openai SDK's own default is already 1000 / 100).
-CONNECTION_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30.0)
-
 #: After `[DONE]`, how long to wait for the body's end (normally already there).
 DRAIN_SECONDS = 0.5
 
