@@ -78,6 +78,13 @@ def _error_chunk(model: str, error: Any) -> ProviderError:
     return error_for(model, f"error mid-stream: {text}", kind=kind, status=status)
 
 
+def is_httpx_error(exc: BaseException, name: str) -> bool:
+    """Whether `exc` is an httpx error class called `name` (or a subclass), from httpx or from
+    httpx2, the fork the openai SDK 3.x uses (together's still uses httpx): an isinstance check
+    against one library misses the other's errors, and a reset became "unexpected error"."""
+    return any(c.__name__ == name and c.__module__.partition(".")[0] in ("httpx", "httpx2") for c in type(exc).__mro__)
+
+
 def _transport_reason(exc: BaseException) -> str:
     """Why a connection failed, in words, from the exception and its causes."""
     chain: list[BaseException] = []
@@ -92,10 +99,10 @@ def _transport_reason(exc: BaseException) -> str:
         if isinstance(error, ConnectionRefusedError) or "connection refused" in text:
             return "connection refused"
     for error in chain:
-        if isinstance(error, httpx.RemoteProtocolError):
+        if is_httpx_error(error, "RemoteProtocolError"):
             return "connection lost mid-stream"
     for error in chain:
-        if isinstance(error, httpx.ReadError):
+        if is_httpx_error(error, "ReadError"):
             return "the connection was reset by the server"  # a read failed with no reason: reset
     cause = chain[-1]
     detail = str(cause).strip() or "no reason given"
@@ -117,9 +124,9 @@ def map_error(model: str, exc: BaseException, timeout: float) -> ProviderError |
         return error_for(model, f"{said}: {detail}", status=status)
     name = type(exc).__name__
     # A read timeout mid-stream surfaces as raw httpx.ReadTimeout, not an SDK error.
-    if isinstance(exc, (httpx.TimeoutException, TimeoutError)) or name == "APITimeoutError":
+    if isinstance(exc, TimeoutError) or is_httpx_error(exc, "TimeoutException") or name == "APITimeoutError":
         return ProviderTimeout(model, f"timed out (timeout {timeout:g}s)")
-    if isinstance(exc, httpx.TransportError) or name == "APIConnectionError":
+    if is_httpx_error(exc, "TransportError") or name == "APIConnectionError":
         return ProviderConnectionError(model, clean_server_text(_transport_reason(exc)))
     if name in ("APIResponseValidationError", "JSONDecodeError", "APIError"):
         return BadResponse(model, clean_server_text(f"bad response from server: {exc}"))
@@ -282,11 +289,6 @@ def not_a_stream(content_type: str, head: bytes) -> str:
     return f"bad response from server: not an event stream ({kind})"
 
 
-#: Connections per provider client. The together SDK's default (100, 20 kept alive) makes a
-#: server's 50 concurrent turns of 4 references queue for a connection before any request is
-#: sent (the openai SDK's own default is already 1000 / 100).
-CONNECTION_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30.0)
-
 #: After `[DONE]`, how long to wait for the body's end (normally already there).
 DRAIN_SECONDS = 0.5
 
@@ -299,8 +301,9 @@ async def _drain(lines: AsyncIterator[bytes]) -> None:
         async with asyncio.timeout(DRAIN_SECONDS):
             async for _ in lines:
                 pass
-    except (TimeoutError, httpx.HTTPError):
-        pass
+    except Exception as exc:  # httpx's or httpx2's HTTPError: the body is lost; anything else is raised
+        if not (isinstance(exc, TimeoutError) or is_httpx_error(exc, "HTTPError")):
+            raise
 
 
 class ChatAPIProvider:

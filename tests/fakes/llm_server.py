@@ -48,7 +48,7 @@ Faults of a stream that the SDKs do not see, only moa's reading of it:
 * ``Reply(finish_reason="length")`` -> the final chunk's finish reason.
 * ``Reply(endless=True)`` -> the text's pieces repeated forever (``token_delay`` apart).
 * ``Reply(status=..., html=True)`` -> the error body is an HTML page (``text/html``).
-* ``Reply(raw=[b"...", ...], raw_content_type=...)`` -> a 200 whose body is those bytes,
+* ``Reply(raw=[b"...", ...], raw_content_type=...)`` -> a body of those bytes (status 200 unless given),
   each sent as it is (``token_delay`` apart): SSE split oddly, HTML, JSON, nothing.
 * ``Reply(reset_after=n)`` -> after n content chunks the connection is reset (RST).
 * ``error_message`` may hold ``{api_key}``: replaced by the key the request was sent
@@ -74,7 +74,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -135,7 +135,7 @@ class Reply:
     finish_reason: str = "stop"  # the final chunk's finish_reason
     endless: bool = False  # streaming: repeat the pieces forever
     html: bool = False  # an error status answers with an HTML page
-    raw: list[bytes] | None = None  # a 200 whose body is these bytes, sent as they are, one chunk each
+    raw: Sequence[bytes] | None = None  # a body of these bytes (with `status`), sent as they are, one chunk each
     raw_content_type: str = "text/event-stream"  # the content type of a `raw` body
     reset_after: int | None = None  # streaming: after n content chunks a TCP reset (RST), not a close
 
@@ -162,6 +162,7 @@ class RecordedRequest:
     received_at: float = 0.0  # time.monotonic() at arrival
     client: tuple[str, int] | None = None  # the client's address: one port per TCP connection
     finished_at: float | None = None  # time.monotonic() when the handler returned
+    raw_parts_sent: int = 0  # parts of a `raw` body handed to the server before the client left
 
     @property
     def system(self) -> str | None:
@@ -522,6 +523,20 @@ class FakeLLMServer:
             await ex.abandon()
             return
         extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]
+        if reply.raw is not None:
+            record.status = reply.status
+            await ex.start(reply.status, [(b"content-type", reply.raw_content_type.encode("latin-1")), *extra])
+            for n, part in enumerate(reply.raw):
+                if ex.wake.is_set() or (n and reply.token_delay > 0 and await ex.sleep(reply.token_delay)):
+                    await ex.abandon()
+                    return
+                await ex.body(part)
+                record.raw_parts_sent += 1
+                # uvicorn drops a body for a closed connection without yielding: let the
+                # disconnect watcher run, or the loop "sends" every part into the void.
+                await asyncio.sleep(0)
+            await ex.body(b"", more_body=False)
+            return
         if reply.status != 200:
             record.status = reply.status
             message = _message_for(reply, record)
@@ -534,17 +549,6 @@ class FakeLLMServer:
                 await ex.send_bytes(reply.status, page, html_headers + extra, content_type=None)
                 return
             await ex.send_bytes(reply.status, _error_body(reply.status, message), extra)
-            return
-
-        if reply.raw is not None:
-            record.status = 200
-            await ex.start(200, [(b"content-type", reply.raw_content_type.encode("latin-1")), *extra])
-            for n, part in enumerate(reply.raw):
-                if ex.wake.is_set() or (n and reply.token_delay > 0 and await ex.sleep(reply.token_delay)):
-                    await ex.abandon()
-                    return
-                await ex.body(part)
-            await ex.body(b"", more_body=False)
             return
 
         text = reply.text_for(model)
