@@ -3,6 +3,8 @@
 `stream(request)` turns a `CompletionRequest` into an async stream of
 
     str       the answer's text pieces, in order, as they arrive
+    ToolCallDelta   pieces of tool calls, among the text, when the request had `tools`
+                    (providers that cannot call tools never yield one)
     Finish    at most one, after the text: why the model stopped ("stop", "length", ...),
               when the server said
     Usage     at most one, last: the token counts, when the server reported them
@@ -29,9 +31,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, cast, runtime_checkable
 
-from moa_cli.types import CompletionRequest, Finish, Usage
+from moa_cli.types import CompletionRequest, Finish, ToolCallDelta, Usage
 
-StreamItem = str | Finish | Usage
+StreamItem = str | ToolCallDelta | Finish | Usage
 
 
 @runtime_checkable

@@ -3,7 +3,8 @@
     GET  /health                200 {"status": "ok"}
     GET  /health/ready          200, or 503 while draining
     GET  /v1/models             every served model (models.py); /v1/models/{id} one of them
-    POST /v1/chat/completions   one MoA turn (or one passthrough call), JSON or SSE
+    POST /v1/chat/completions   one MoA turn (or one passthrough call), JSON or SSE; tools, JSON formats
+    POST /v1/responses          404 pointing to chat completions (the Responses API is not served)
 
     app = create_app(settings, ServeOptions(...))     # `moa serve`, tests
     app_from_environment()                            # uvicorn's factory in each --workers process
@@ -160,6 +161,18 @@ def settings_for(state: ServerState, served: Served, request: ChatRequest) -> Se
     return settings
 
 
+def _aggregator_can_act(settings: Settings, chat: ChatRequest) -> None:
+    """A local aggregator cannot call tools or follow a JSON format: a 400 before the turn starts."""
+    if split(settings, settings.aggregator)[0].kind == "local":
+        field = "tools" if chat.tools else "response_format" if chat.response_format else "messages"
+        raise bad_request(
+            f"{field}: the aggregator {settings.aggregator} is a local (llama.cpp) model, and moa's local models "
+            "do not call tools or follow a JSON response format; serve a line-up with a hosted aggregator",
+            field,
+            "unsupported_value",
+        )
+
+
 def upstream_calls(settings: Settings) -> int:
     """The most calls one turn of `settings` makes: references x rounds, plus the aggregator's
     (two with `select`, which may synthesize when the reply names no answer; none with consensus)."""
@@ -223,6 +236,8 @@ class TurnStream(StreamingResponse):
         if turn.error is not None:
             yield sse.event(turn.error.body())  # the openai client raises it as an APIError
             return
+        for chunk in completion.tool_calls(turn.tool_calls()):
+            yield chunk
         yield completion.finish(turn.finish_reason)
         if completion.include_usage:
             yield completion.usage(turn.usage(), turn.moa())
@@ -278,6 +293,15 @@ async def completions(request: Request) -> Response:
 
 
 @guarded
+async def responses(request: Request) -> Response:
+    raise errors.not_found(
+        "the Responses API is not served: use POST /v1/chat/completions (tools and response_format work there; "
+        "with openai-agents, OpenAIChatCompletionsModel or set_default_openai_api('chat_completions'))",
+        "unsupported_endpoint",
+    )
+
+
+@guarded
 async def chat_completions(request: Request) -> Response:
     state = _state(request)
     state.keys.check(request.headers)
@@ -288,9 +312,12 @@ async def chat_completions(request: Request) -> Response:
     note(request.scope, model=chat.model)
     served = state.catalogue.get(chat.model)
     settings = settings_for(state, served, chat)
+    if chat.agentic and settings is not None:
+        _aggregator_can_act(settings, chat)
     key = request_key(request.headers, raw)
     print_ = fingerprint(served.id, chat.messages, chat.overrides)
-    reuse = state.retries.take(key, print_) if settings is not None else None
+    # An agent's turn is not rebuilt from kept proposals: its repair round needs the whole turn.
+    reuse = state.retries.take(key, print_) if settings is not None and not chat.agentic else None
     try:
         await unless_disconnected(request, state.gate.enter())
     except ClientGone:
@@ -342,7 +369,7 @@ async def chat_completions(request: Request) -> Response:
         await finish()
     if turn.error is not None:
         raise turn.error
-    return JSONResponse(completion.whole(text, turn.finish_reason, turn.usage(), turn.moa()))
+    return JSONResponse(completion.whole(text, turn.finish_reason, turn.usage(), turn.moa(), turn.tool_calls()))
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -385,6 +412,7 @@ def create_app(settings: Settings, options: ServeOptions | None = None) -> Starl
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/responses", responses, methods=["POST"]),
     ]
     options = state.options
     middleware = [
