@@ -30,7 +30,7 @@ def _body(llm_server: FakeLLMServer, model: str, n: int = 0) -> dict[str, Any]:
     return llm_server.requests_for(model)[n].body
 
 
-def test_a_tool_call_and_the_round_trip_with_the_openai_client(serve, llm_server: FakeLLMServer) -> None:  # noqa: F811
+def test_a_tool_call_and_the_round_trip_with_the_openai_client(serve, llm_server: FakeLLMServer) -> None:
     llm_server.script("judge", CALL, Reply(text="It is 21 °C and sunny in Paris."))
     client = serve().client(max_retries=0)
     first = client.chat.completions.create(
@@ -70,7 +70,7 @@ def test_a_tool_call_and_the_round_trip_with_the_openai_client(serve, llm_server
     llm_server.assert_complete()
 
 
-def test_a_streamed_tool_call_comes_as_openai_streams_it(serve, llm_server: FakeLLMServer) -> None:  # noqa: F811
+def test_a_streamed_tool_call_comes_as_openai_streams_it(serve, llm_server: FakeLLMServer) -> None:
     arguments = '{"city": "Paris", "units": "metric", "detail": "full"}'
     llm_server.script("judge", Reply(tool_calls=[{"name": "get_weather", "arguments": arguments}]))
     client = serve().client(max_retries=0)
@@ -98,10 +98,10 @@ def test_a_streamed_tool_call_comes_as_openai_streams_it(serve, llm_server: Fake
         final = helper.get_final_completion()
     (call,) = final.choices[0].message.tool_calls or []
     assert call.function.arguments == arguments and final.choices[0].finish_reason == "tool_calls"  # type: ignore[union-attr]
-    assert ARGUMENT_PIECE < len(arguments)  # the upstream streamed it in pieces too
+    assert len(arguments) > ARGUMENT_PIECE  # the upstream streamed it in pieces too
 
 
-def test_bad_tool_arguments_get_one_repair_round_then_a_502(serve, llm_server: FakeLLMServer) -> None:  # noqa: F811
+def test_bad_tool_arguments_get_one_repair_round_then_a_502(serve, llm_server: FakeLLMServer) -> None:
     bad = Reply(tool_calls=[{"name": "get_weather", "arguments": '{"city": "Paris"'}])
     llm_server.script("judge", bad, CALL)
     client = serve().client(max_retries=0)
@@ -131,7 +131,7 @@ PERSON = {
 SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
 
 
-def test_json_schema_output_validates_and_an_invalid_one_is_a_502(serve, llm_server: FakeLLMServer) -> None:  # noqa: F811
+def test_json_schema_output_validates_and_an_invalid_one_is_a_502(serve, llm_server: FakeLLMServer) -> None:
     import jsonschema
 
     llm_server.script("judge", Reply(text='{"name": "Ada", "age": 36}'))
@@ -169,7 +169,7 @@ def test_json_schema_output_validates_and_an_invalid_one_is_a_502(serve, llm_ser
     llm_server.assert_complete()
 
 
-def test_json_object_and_the_refusals(serve, llm_server: FakeLLMServer) -> None:  # noqa: F811
+def test_json_object_and_the_refusals(serve, llm_server: FakeLLMServer) -> None:
     llm_server.script("judge", Reply(text='{"ok": true}'))
     served = serve()
     client = served.client(max_retries=0)
@@ -187,7 +187,7 @@ def test_json_object_and_the_refusals(serve, llm_server: FakeLLMServer) -> None:
     assert len(llm_server.requests) == 3  # only the first request reached the upstream
 
 
-def test_a_passthrough_model_passes_tools_on(serve, llm_server: FakeLLMServer) -> None:  # noqa: F811
+def test_a_passthrough_model_passes_tools_on(serve, llm_server: FakeLLMServer) -> None:
     llm_server.script("cheap", CALL)
     client = serve("--passthrough", "cheap").client(max_retries=0)
     answer = client.chat.completions.create(model="cheap", messages=ASK, tools=[WEATHER])  # type: ignore[arg-type, list-item]
