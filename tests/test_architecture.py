@@ -53,6 +53,7 @@ FORBIDDEN: dict[str, set[str]] = {
             "models.py",
             "options.py",
             "report.py",
+            "responses.py",
             "retries.py",
             "schema.py",
             "sse.py",

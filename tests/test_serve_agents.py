@@ -12,6 +12,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from tests.fakes.llm_server import FakeLLMServer, Reply
+from tests.fakes.serve_process import wait_for
 from tests.test_serve_openai import serve  # noqa: F401  (the fixture)
 
 CALL = Reply(tool_calls=[{"id": "call_w1", "name": "get_weather", "arguments": '{"city": "Paris"}'}])
@@ -32,8 +33,10 @@ def _tool_result_reached_the_aggregator(llm_server: FakeLLMServer) -> dict[str, 
     return second
 
 
+@pytest.mark.parametrize("api", ["responses", "chat_completions"])
 @pytest.mark.parametrize("streamed", [False, True], ids=["run", "run_streamed"])
-def test_openai_agents_runs_an_agent_with_a_tool(serve, llm_server: FakeLLMServer, streamed: bool) -> None:
+def test_openai_agents_runs_an_agent_with_a_tool(serve, llm_server: FakeLLMServer, streamed: bool, api: str) -> None:
+    """The SDK's default model speaks the Responses API; OpenAIChatCompletionsModel chat completions."""
     agents = pytest.importorskip("agents")
 
     agents.set_tracing_disabled(True)
@@ -50,7 +53,8 @@ def test_openai_agents_runs_an_agent_with_a_tool(serve, llm_server: FakeLLMServe
     async def run() -> Any:
         client = AsyncOpenAI(base_url=served.base_url, api_key="none", max_retries=0)
         try:
-            model = agents.OpenAIChatCompletionsModel(model="moa", openai_client=client)
+            kind = agents.OpenAIResponsesModel if api == "responses" else agents.OpenAIChatCompletionsModel
+            model = kind(model="moa", openai_client=client)
             agent = agents.Agent(
                 name="weather", instructions="Answer weather questions.", tools=[get_weather], model=model
             )
@@ -66,6 +70,8 @@ def test_openai_agents_runs_an_agent_with_a_tool(serve, llm_server: FakeLLMServe
     result = asyncio.run(run())
     assert seen == ["Paris"]
     assert result.final_output == "It is 21 C and sunny in Paris."
+    path = "/v1/responses" if api == "responses" else "/v1/chat/completions"
+    assert wait_for(lambda: served.log.count(f"POST {path} 200") == 2), served.log
     assert _tool_result_reached_the_aggregator(llm_server)["messages"][0]["role"] == "system"
     llm_server.assert_complete()
 

@@ -182,9 +182,49 @@ def test_json_object_and_the_refusals(serve, llm_server: FakeLLMServer) -> None:
     with pytest.raises(openai.BadRequestError, match="not valid JSON Schema"):
         bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}}
         client.chat.completions.create(model="moa", messages=HI, response_format=bad)  # type: ignore[arg-type]
-    responses = httpx.post(served.base_url + "/responses", json={"model": "moa", "input": "hi"}, timeout=10)
-    assert responses.status_code == 404 and "/v1/chat/completions" in responses.json()["error"]["message"]
+    stored = httpx.post(served.base_url + "/responses", json={"model": "moa", "input": "hi", "previous_response_id": "r1"}, timeout=10)  # fmt: skip
+    assert stored.status_code == 400 and "send the whole conversation" in stored.json()["error"]["message"]
+    hosted = httpx.post(served.base_url + "/responses", json={"model": "moa", "input": "hi", "tools": [{"type": "web_search"}]}, timeout=10)  # fmt: skip
+    assert hosted.status_code == 400 and hosted.json()["error"]["param"] == "tools[0]"
     assert len(llm_server.requests) == 3  # only the first request reached the upstream
+
+
+def test_the_responses_api_with_the_openai_client(serve, llm_server: FakeLLMServer) -> None:
+    """`client.responses.create`: text, a function call and its output, a schema, streamed and not."""
+    tool = {"type": "function", "name": "get_weather", "parameters": WEATHER["function"]["parameters"], "strict": False}  # type: ignore[index]
+    llm_server.script("judge", CALL, Reply(text="Sunny, 21 C."), Reply(text='{"name": "Ada", "age": 36}'))
+    client = serve().client(max_retries=0)
+    first = client.responses.create(model="moa", instructions="Be brief.", input=ASK[0]["content"], tools=[tool])  # type: ignore[list-item]
+    (call,) = first.output
+    assert call.type == "function_call" and call.name == "get_weather" and call.arguments == PARIS
+    assert first.status == "completed" and first.usage is not None and first.usage.total_tokens > 0
+    judge = _body(llm_server, "judge")
+    assert judge["tools"][0]["function"] == {
+        "name": "get_weather",
+        "parameters": WEATHER["function"]["parameters"],
+        "strict": False,
+    }  # type: ignore[index]
+    assert judge["messages"][0]["content"].startswith("Be brief.")
+
+    items = [
+        {"role": "user", "content": ASK[0]["content"]},
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "21 C, sunny"},
+    ]
+    events = list(client.responses.create(model="moa", input=items, tools=[tool], stream=True))  # type: ignore[arg-type, list-item]
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "Sunny, 21 C."  # type: ignore[union-attr]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].response.output_text == "Sunny, 21 C."  # type: ignore[union-attr]
+    tool_message = llm_server.requests_for("judge")[1].messages[-1]
+    assert tool_message == {"role": "tool", "tool_call_id": call.call_id, "content": "21 C, sunny"}
+
+    fmt = {"format": {"type": "json_schema", "name": "person", "schema": PERSON, "strict": True}}
+    person = client.responses.create(model="moa", input="A person?", text=fmt)  # type: ignore[arg-type]
+    assert json.loads(person.output_text) == {"name": "Ada", "age": 36}
+    assert _body(llm_server, "judge", 2)["response_format"]["json_schema"]["schema"] == PERSON
+    llm_server.assert_complete()
 
 
 def test_a_passthrough_model_passes_tools_on(serve, llm_server: FakeLLMServer) -> None:

@@ -4,7 +4,7 @@
     GET  /health/ready          200, or 503 while draining
     GET  /v1/models             every served model (models.py); /v1/models/{id} one of them
     POST /v1/chat/completions   one MoA turn (or one passthrough call), JSON or SSE; tools, JSON formats
-    POST /v1/responses          404 pointing to chat completions (the Responses API is not served)
+    POST /v1/responses          the Responses API subset agents use (responses.py), as a chat turn
 
     app = create_app(settings, ServeOptions(...))     # `moa serve`, tests
     app_from_environment()                            # uvicorn's factory in each --workers process
@@ -34,7 +34,7 @@ from moa_cli.config import Settings
 from moa_cli.errors import ConfigError
 from moa_cli.logs import logger
 from moa_cli.providers.registry import ProviderPool, check_lineup, lineup_specs, split
-from moa_cli.server import errors, sse
+from moa_cli.server import errors, responses, sse
 from moa_cli.server.auth import Keys
 from moa_cli.server.errors import ApiError, bad_request
 from moa_cli.server.guard import Access, Guard, note
@@ -292,13 +292,52 @@ async def completions(request: Request) -> Response:
     raise errors.not_found("only chat completions are served: POST /v1/chat/completions", "unsupported_endpoint")
 
 
+class ResponsesStream(TurnStream):
+    """The SSE response of one turn asked through the Responses API (responses.py)."""
+
+    def __init__(self, turn: Turn, reply: responses.Reply, on_close: Callable[[], Awaitable[None]]) -> None:
+        StreamingResponse.__init__(
+            self, self._reply_events(turn, reply), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS
+        )
+        self._on_close = on_close
+
+    @staticmethod
+    async def _reply_events(turn: Turn, reply: responses.Reply) -> AsyncIterator[bytes]:
+        for chunk in reply.start():
+            yield chunk
+        async for kind, text in turn.pieces():
+            if kind == "text":
+                for chunk in reply.text(text):
+                    yield chunk
+            elif kind == "heartbeat":
+                yield sse.comment(text)
+        if turn.error is not None:
+            for chunk in reply.failed(turn.error):
+                yield chunk
+            return
+        for chunk in reply.finish(turn.tool_calls(), turn.usage(), turn.moa()):
+            yield chunk
+
+
 @guarded
-async def responses(request: Request) -> Response:
-    raise errors.not_found(
-        "the Responses API is not served: use POST /v1/chat/completions (tools and response_format work there; "
-        "with openai-agents, OpenAIChatCompletionsModel or set_default_openai_api('chat_completions'))",
-        "unsupported_endpoint",
-    )
+async def create_response(request: Request) -> Response:
+    """`POST /v1/responses`: the subset agents use, as a chat-completions turn (responses.py)."""
+    state = _state(request)
+    state.keys.check(request.headers)
+    if state.drain.draining:
+        raise errors.draining()
+    raw = await read_body(request, state.options.max_body)
+    body = read_json(raw)
+    chat = parse_chat(responses.to_chat(body))
+
+    def stream(model: str, turn: Turn, finish: Callable[[], Awaitable[None]]) -> Response:
+        return ResponsesStream(turn, responses.Reply(model, body), finish)
+
+    def whole(model: str, turn: Turn, text: str) -> Response:
+        reply = responses.Reply(model, body)
+        return JSONResponse(reply.response("completed", text, turn.tool_calls(), turn.usage(), turn.moa()))
+
+    return await _serve_turn(request, state, chat, raw, stream, whole)
 
 
 @guarded
@@ -309,6 +348,27 @@ async def chat_completions(request: Request) -> Response:
         raise errors.draining()
     raw = await read_body(request, state.options.max_body)
     chat = parse_chat(read_json(raw))
+
+    def stream(model: str, turn: Turn, finish: Callable[[], Awaitable[None]]) -> Response:
+        return TurnStream(turn, sse.Completion(model, include_usage=chat.include_usage), finish)
+
+    def whole(model: str, turn: Turn, text: str) -> Response:
+        completion = sse.Completion(model)
+        return JSONResponse(completion.whole(text, turn.finish_reason, turn.usage(), turn.moa(), turn.tool_calls()))
+
+    return await _serve_turn(request, state, chat, raw, stream, whole)
+
+
+async def _serve_turn(
+    request: Request,
+    state: ServerState,
+    chat: ChatRequest,
+    raw: bytes,
+    stream: Callable[[str, Turn, Callable[[], Awaitable[None]]], Response],
+    whole: Callable[[str, Turn, str], Response],
+) -> Response:
+    """Run a parsed request's turn; `stream` or `whole` writes its response (chat or Responses),
+    given the served model's id."""
     note(request.scope, model=chat.model)
     served = state.catalogue.get(chat.model)
     settings = settings_for(state, served, chat)
@@ -358,9 +418,8 @@ async def chat_completions(request: Request) -> Response:
             )
 
     turn.start()
-    completion = sse.Completion(served.id, include_usage=chat.include_usage)
     if chat.stream:
-        return TurnStream(turn, completion, finish)
+        return stream(served.id, turn, finish)
     try:
         text = await unless_disconnected(request, turn.collect())
     except ClientGone:
@@ -369,7 +428,7 @@ async def chat_completions(request: Request) -> Response:
         await finish()
     if turn.error is not None:
         raise turn.error
-    return JSONResponse(completion.whole(text, turn.finish_reason, turn.usage(), turn.moa(), turn.tool_calls()))
+    return whole(served.id, turn, text)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -412,7 +471,7 @@ def create_app(settings: Settings, options: ServeOptions | None = None) -> Starl
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
-        Route("/v1/responses", responses, methods=["POST"]),
+        Route("/v1/responses", create_response, methods=["POST"]),
     ]
     options = state.options
     middleware = [
