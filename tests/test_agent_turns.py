@@ -145,3 +145,11 @@ def test_moa_ask_schema_refuses_a_bad_schema(cli: Any, llm_server: FakeLLMServer
     assert proc.returncode == 2 and needle in proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert llm_server.requests == []
+
+
+def test_moa_ask_schema_with_a_local_aggregator_is_exit_2(cli: Any, llm_server: FakeLLMServer) -> None:
+    proc = cli(["ask", "-r", "alpha", "-a", "local:smollm2", "--schema", '{"type": "object"}', "Hi"])
+    assert proc.returncode == 2, proc.stderr
+    assert "local (llama.cpp) model" in proc.stderr and "follow a JSON response format" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stdout == ""
+    assert llm_server.requests == []
