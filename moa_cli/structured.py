@@ -17,6 +17,7 @@ carrying the validation error.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from typing import Any
 
 from moa_cli.engine import EventSink, Plan, Router, run_aggregation, run_turn
 from moa_cli.errors import BadResponse, TurnFailed
-from moa_cli.events import AnswerDelta, Event
+from moa_cli.events import AnswerDelta, Event, TurnDone
 from moa_cli.tools import check_tool_calls
 from moa_cli.types import CallInfo, Message, TurnResult, Usage
 
@@ -124,6 +125,13 @@ async def run_checked(messages: list[Message], plan: Plan, router: Router, sink:
         if isinstance(event, AnswerDelta) and (formatted is not None or repairing):
             held.append(event.text)
             return
+        if isinstance(event, TurnDone):  # said once, below, of the checked result
+            return
+        call = getattr(event, "call", None)
+        if repairing and isinstance(call, CallInfo) and call.is_aggregator:
+            # The repair is the aggregator's second call (index 1, as select's fallback is),
+            # so the log and `moa serve`'s report keep both.
+            event = dataclasses.replace(event, call=dataclasses.replace(call, index=call.index + 1))  # type: ignore[arg-type]
         emit(event)
 
     first = await run_turn(messages, plan, router, filtered)
@@ -140,7 +148,7 @@ async def run_checked(messages: list[Message], plan: Plan, router: Router, sink:
         second = await run_aggregation(again, repair_plan, router, first.proposals, filtered)
         problem, text = _problem(second, agent.tools, formatted)
         if problem is not None:
-            what = "json" if formatted is not None else "tool_call"
+            what = "tool_call" if second.tool_calls or formatted is None else "json"
             reason = f"{problem} (after one repair round)"
             raise InvalidOutput(
                 f"the aggregator {plan.aggregator} gave an answer that cannot be used: {reason}",
@@ -159,6 +167,7 @@ async def run_checked(messages: list[Message], plan: Plan, router: Router, sink:
     if formatted is not None:
         result = replace(result, answer=text)
         emit(AnswerDelta(CallInfo(plan.aggregator, plan.rounds + 1, 0, "aggregator"), text))
+    emit(TurnDone(result))
     return result
 
 

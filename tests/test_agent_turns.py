@@ -51,11 +51,23 @@ def test_arun_with_a_schema_validates_and_repairs_once(moa_env: dict[str, str], 
     llm_server.script("judge", Reply(text='{"name": "Ada", "age": "old"}'), Reply(text='{"name": "Ada", "age": 36}'))
     moa = MoA(["alpha", "beta"], "judge", env=moa_env)
     deltas: list[str] = []
-    result = asyncio.run(moa.arun("A person?", response_format=fmt, on_event=lambda e: _answer(e, deltas)))
+    events: list[Any] = []
+
+    def sink(event: Any) -> None:
+        events.append(event)
+        _answer(event, deltas)
+
+    result = asyncio.run(moa.arun("A person?", response_format=fmt, on_event=sink))
     assert json.loads(result.answer) == {"name": "Ada", "age": 36}
     assert deltas == [result.answer]  # the rejected JSON never went out
     assert any(w.startswith("repaired: the answer does not match the schema at /age") for w in result.warnings)
     assert len(llm_server.requests_for("alpha")) == 1 and len(llm_server.requests_for("judge")) == 2
+    assert moa.last_recording is not None  # the log keeps both aggregator calls
+    assert sorted((c.slot, c.text) for c in moa.last_recording.calls.values() if c.role == "aggregator") == [
+        (0, '{"name": "Ada", "age": "old"}'),
+        (1, '{"name": "Ada", "age": 36}'),
+    ]
+    assert [e.result.answer for e in events if e.type == "turn_done"] == [result.answer]
 
     llm_server.script("judge", Reply(text="no"), Reply(text="[]"))
     with pytest.raises(InvalidOutput, match=r"\[\] is not of type 'object' \(after one repair round\)"):
