@@ -224,6 +224,11 @@ def test_the_responses_api_with_the_openai_client(serve, llm_server: FakeLLMServ
     person = client.responses.create(model="moa", input="A person?", text=fmt)  # type: ignore[arg-type]
     assert json.loads(person.output_text) == {"name": "Ada", "age": 36}
     assert _body(llm_server, "judge", 2)["response_format"]["json_schema"]["schema"] == PERSON
+
+    llm_server.script("judge", Reply(text="Once upon a", finish_reason="length"))
+    cut = client.responses.create(model="moa", input="A story?", max_output_tokens=3)
+    assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens"  # type: ignore[union-attr]
+    assert cut.output_text == "Once upon a" and _body(llm_server, "judge", 3)["max_tokens"] == 3
     llm_server.assert_complete()
 
 

@@ -315,7 +315,7 @@ class ResponsesStream(TurnStream):
             for chunk in reply.failed(turn.error):
                 yield chunk
             return
-        for chunk in reply.finish(turn.tool_calls(), turn.usage(), turn.moa()):
+        for chunk in reply.finish(responses.status_of(turn.finish_reason), turn.tool_calls(), turn.usage(), turn.moa()):
             yield chunk
 
 
@@ -335,7 +335,8 @@ async def create_response(request: Request) -> Response:
 
     def whole(model: str, turn: Turn, text: str) -> Response:
         reply = responses.Reply(model, body)
-        return JSONResponse(reply.response("completed", text, turn.tool_calls(), turn.usage(), turn.moa()))
+        status = responses.status_of(turn.finish_reason)
+        return JSONResponse(reply.response(status, text, turn.tool_calls(), turn.usage(), turn.moa()))
 
     return await _serve_turn(request, state, chat, raw, stream, whole)
 

@@ -15,7 +15,8 @@ checked by schema.py, and its outcome written back as a `response`. A stream is
 `response.created`, `response.in_progress`, the message item (`output_item.added`,
 `content_part.added`, `output_text.delta`s, `output_text.done`, `content_part.done`,
 `output_item.done`) as the aggregator writes, each function call item with its arguments,
-then `response.completed` holding the whole response. A failure after the start is one
+then `response.completed` holding the whole response (`response.incomplete`, with
+`incomplete_details.reason` "max_output_tokens", when the answer was cut at the limit). A failure after the start is one
 `error` event, then `response.failed`.
 """
 
@@ -204,6 +205,8 @@ class Reply:
             "max_output_tokens": b.get("max_output_tokens"), "text": b.get("text") or {"format": {"type": "text"}},
             "truncation": "disabled", "store": False, "usage": _usage(usage),
         }  # fmt: skip
+        if status == "incomplete":  # the aggregator stopped at max_output_tokens
+            obj["incomplete_details"] = {"reason": "max_output_tokens"}
         if error is not None:
             obj["error"] = {"code": error.code or "server_error", "message": error.message}
         if moa is not None:
@@ -232,7 +235,9 @@ class Reply:
         out.append(self.event("response.output_text.delta", item_id=self.message_id, output_index=0, content_index=0, delta=delta, logprobs=[]))  # fmt: skip
         return out
 
-    def finish(self, tool_calls: list[ToolCall], usage: dict[str, Any] | None, moa: dict[str, Any]) -> list[bytes]:
+    def finish(
+        self, status: str, tool_calls: list[ToolCall], usage: dict[str, Any] | None, moa: dict[str, Any]
+    ) -> list[bytes]:
         out: list[bytes] = []
         text = "".join(self._text)
         index = 0
@@ -248,8 +253,8 @@ class Reply:
             out.append(self.event("response.function_call_arguments.delta", item_id=item_id, output_index=n, delta=call.arguments))  # fmt: skip
             out.append(self.event("response.function_call_arguments.done", item_id=item_id, output_index=n, name=call.name, arguments=call.arguments))  # fmt: skip
             out.append(self.event("response.output_item.done", output_index=n, item=self._function_call(call, "completed")))  # fmt: skip
-        done = self.response("completed", text, tool_calls, usage, moa)
-        out.append(self.event("response.completed", response=done))
+        done = self.response(status, text, tool_calls, usage, moa)
+        out.append(self.event(f"response.{status}", response=done))
         return out
 
     def failed(self, error: ApiError) -> list[bytes]:
@@ -258,6 +263,11 @@ class Reply:
             self.event("error", code=error.code, message=error.message, param=error.param, error=error.body()["error"]),
             self.event("response.failed", response=self.response("failed", "".join(self._text), error=error)),
         ]
+
+
+def status_of(finish_reason: str) -> str:
+    """A response's status for the aggregator's finish reason."""
+    return "incomplete" if finish_reason == "length" else "completed"
 
 
 def _usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
