@@ -239,3 +239,30 @@ def test_a_passthrough_model_passes_tools_on(serve, llm_server: FakeLLMServer) -
     assert answer.choices[0].finish_reason == "tool_calls"
     assert (answer.choices[0].message.tool_calls or [])[0].function.arguments == PARIS  # type: ignore[union-attr]
     assert [r.model for r in llm_server.requests] == ["cheap"] and _body(llm_server, "cheap")["tools"] == [WEATHER]
+
+
+def test_text_then_two_tool_calls_stream_in_order(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
+    """In-process: the text streams first, then each call (index 0, 1) with its pieces, then the finish."""
+    from tests.test_serve import call, events
+
+    two = [{"id": "a1", "name": "get_weather", "arguments": PARIS}, {"id": "a2", "name": "get_weather", "arguments": '{"city": "Rome"}'}]  # fmt: skip
+    llm_server.script("judge", Reply(text="Checking both.", tool_calls=two))
+    body = {"model": "moa", "messages": ASK, "tools": [WEATHER], "stream": True}
+    (response,) = call(moa_env, ("POST", "/v1/chat/completions", body))
+    chunks = [e for e in events(response) if isinstance(e, dict)]
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    text = "".join(d.get("content") or "" for d in deltas)
+    assert text == "Checking both."
+    calls = [t for d in deltas for t in d.get("tool_calls", [])]
+    last_text = max(i for i, d in enumerate(deltas) if d.get("content"))
+    first_call = min(i for i, d in enumerate(deltas) if d.get("tool_calls"))
+    assert last_text < first_call
+    heads = [t for t in calls if "id" in t]
+    assert [(t["index"], t["id"], t["function"]["name"]) for t in heads] == [
+        (0, "a1", "get_weather"),
+        (1, "a2", "get_weather"),
+    ]
+    for index, arguments in ((0, PARIS), (1, '{"city": "Rome"}')):
+        assert "".join(t["function"]["arguments"] for t in calls if t["index"] == index) == arguments
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert events(response)[-1] == "[DONE]"
