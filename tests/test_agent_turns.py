@@ -165,3 +165,24 @@ def test_moa_ask_schema_with_a_local_aggregator_is_exit_2(cli: Any, llm_server: 
     assert "local (llama.cpp) model" in proc.stderr and "follow a JSON response format" in proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stdout == ""
     assert llm_server.requests == []
+
+
+def test_an_openai_compatible_aggregator_gets_the_tools_and_format(
+    moa_env: dict[str, str], llm_server: FakeLLMServer, moa_home: Path
+) -> None:
+    """The same through the `openai` SDK (an OpenAI-compatible provider), not only together's."""
+    (moa_home / "config.toml").write_text(
+        f'[providers.alt]\nkind = "openai"\nbase_url = "{llm_server.openai_base_url}"\n'
+    )
+    llm_server.script("judge", Reply(tool_calls=[{"id": "c1", "name": "get_weather", "arguments": '{"city": "Oslo"}'}]))
+    llm_server.script("judge", Reply(text='{"name": "Ada", "age": 36}'))
+    moa = MoA(["alpha"], "alt:judge", env=moa_env)
+    called = asyncio.run(moa.arun("Weather in Oslo?", tools=[WEATHER]))
+    assert [c.name for c in called.tool_calls] == ["get_weather"] and called.finish_reason == "tool_calls"
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    person = asyncio.run(moa.arun("A person?", response_format=fmt))
+    assert json.loads(person.answer) == {"name": "Ada", "age": 36}
+    first, second = (r.body for r in llm_server.requests_for("judge"))
+    assert first["tools"] == [WEATHER] and "response_format" not in first
+    assert second["response_format"] == fmt and "tools" not in second
+    assert all(r.path == "/v1/chat/completions" for r in llm_server.requests)
