@@ -43,7 +43,18 @@ from moa_cli.logs import logger  # disabled until the CLI configures it
 from moa_cli.prompts import inject_references
 from moa_cli.providers.base import RETRY_NOTICE, Provider, StreamItem
 from moa_cli.settings import DEFAULTS, SPECS
-from moa_cli.types import CallInfo, CompletionRequest, Finish, Message, Proposal, TurnResult, Usage
+from moa_cli.tools import for_aggregator, join_tool_calls
+from moa_cli.types import (
+    AgentSpec,
+    CallInfo,
+    CompletionRequest,
+    Finish,
+    Message,
+    Proposal,
+    ToolCallDelta,
+    TurnResult,
+    Usage,
+)
 
 EventSink = Callable[[Event], None]
 
@@ -86,6 +97,10 @@ class Plan:
     # Not a setting: CompletionRequest fields set for the aggregator's call alone, for one
     # turn (`moa serve` applies a request's temperature, max_tokens and seed this way).
     aggregator_sampling: Mapping[str, Any] = field(default_factory=dict)
+    # Not a setting: an agent's request (tools.py), for the aggregator's answering call alone;
+    # `agent_note` is the tool text the references' system message carries (left out for it).
+    agent: AgentSpec | None = None
+    agent_note: str = ""
 
     @classmethod
     def from_settings(cls, settings: Any) -> Plan:
@@ -147,9 +162,12 @@ class _Turn:
             request = replace(
                 request, **{k: v for k, v in self.plan.aggregator_sampling.items() if given.get(k) is None}
             )
+        if call.is_aggregator and answer and self.plan.agent is not None:
+            request = for_aggregator(request, self.plan.agent, self.plan.agent_note)
         delta = AnswerDelta if call.is_aggregator and answer else CallDelta
         limit = piece_limit(request.max_tokens)
         parts: list[str] = []
+        tool_pieces: list[ToolCallDelta] = []
         usage: Usage | None = None
         finish: str | None = None
         async with self.slots:
@@ -184,6 +202,10 @@ class _Turn:
                     if isinstance(item, Finish):
                         finish = item.reason
                         continue
+                    if isinstance(item, ToolCallDelta):  # an aggregator's tool call (tools.py)
+                        self.streamed.add(call)
+                        tool_pieces.append(item)
+                        item = ""
                     if not parts:
                         self.streamed.add(call)
                         self.emit(CallFirstToken(call, time.perf_counter() - started))
@@ -194,20 +216,24 @@ class _Turn:
                             f"{self.plan.max_tokens}): cut"
                         )
                         return self._failed(call, BadResponse(call.model, reason), started)
-                    self.emit(delta(call, item))
+                    if item:
+                        self.emit(delta(call, item))
             finally:
                 RETRY_NOTICE.reset(notice)
                 self._leave(provider.name, call)
                 await stream.aclose()  # closes the HTTP stream if we stopped early
         text = "".join(parts)
-        if not text.strip():
+        tool_calls = join_tool_calls(tool_pieces)
+        if not text.strip() and not tool_calls:
             return self._failed(call, self._empty(call, provider), started)
         seconds = time.perf_counter() - started
         logger.debug(
             "layer {} call {} finished in {:.3f}s ({}), usage {}", call.layer, call.model, seconds, finish, usage
         )
         self.emit(CallFinished(call, text, seconds, usage, finish))
-        return Proposal(call.model, call.layer, text=text, seconds=seconds, usage=usage, finish_reason=finish)
+        return Proposal(
+            call.model, call.layer, text=text, seconds=seconds, usage=usage, finish_reason=finish, tool_calls=tool_calls
+        )
 
     def _enter(self, provider: str, call: CallInfo) -> None:
         active = self.active.setdefault(provider, set())
@@ -403,6 +429,7 @@ class _Turn:
             aggregation=self.plan.aggregation,
             selected=step.selected,
             warnings=step.warnings,
+            tool_calls=final.tool_calls,
         )
         self.emit(TurnDone(result))
         return result

@@ -3,7 +3,7 @@ subprocess, raw sockets, httpx and the official `openai` client, the fake LLM se
 
 Browser safety (Host, Origin, Content-Type), slow and huge peers (header and body deadlines,
 --max-connections, h11's head limit), the caps on a request's fan-out, retries that reuse the
-proposals, `tools` refused, and what the operator sees on stderr.
+proposals, tools refused by a local aggregator, and what the operator sees on stderr.
 """
 
 from __future__ import annotations
@@ -184,16 +184,17 @@ def test_caps_on_references_and_upstream_calls_per_request(serve, llm_server: Fa
     assert fits.status_code == 200 and len(llm_server.requests) == 4
 
 
-def test_tools_are_refused_until_tool_calling_exists(serve, llm_server: FakeLLMServer) -> None:
-    served = serve()
+def test_a_local_aggregator_refuses_tools_and_json_formats_with_a_400(serve, llm_server: FakeLLMServer) -> None:
+    """The local (llama.cpp) line-up does not call tools or follow schemas: a 400 that says so, no model run."""
+    served = serve("-a", "local:smollm2")
+    tool = {"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}}
     with openai.OpenAI(base_url=served.base_url, api_key="none", max_retries=0) as client:
-        with pytest.raises(openai.BadRequestError) as refused:
-            client.chat.completions.create(
-                model="moa",
-                messages=HI,  # type: ignore[arg-type]
-                tools=[{"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}}],
-            )
-    assert "tool calling is not supported yet" in str(refused.value)
+        with pytest.raises(openai.BadRequestError) as tools:
+            client.chat.completions.create(model="moa", messages=HI, tools=[tool])  # type: ignore[arg-type, list-item]
+        with pytest.raises(openai.BadRequestError) as schema:
+            client.chat.completions.create(model="moa", messages=HI, response_format={"type": "json_object"})  # type: ignore[arg-type]
+    assert "local (llama.cpp) model" in str(tools.value) and tools.value.param == "tools"  # type: ignore[attr-defined]
+    assert "do not call tools or follow a JSON response format" in str(schema.value)
     assert llm_server.requests == []
 
 

@@ -3,6 +3,8 @@
 `stream(request)` turns a `CompletionRequest` into an async stream of
 
     str       the answer's text pieces, in order, as they arrive
+    ToolCallDelta   pieces of tool calls, among the text, when the request had `tools`
+                    (providers that cannot call tools never yield one)
     Finish    at most one, after the text: why the model stopped ("stop", "length", ...),
               when the server said
     Usage     at most one, last: the token counts, when the server reported them
@@ -30,9 +32,9 @@ from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from typing import Protocol, cast, runtime_checkable
 
-from moa_cli.types import CompletionRequest, Finish, Usage
+from moa_cli.types import CompletionRequest, Finish, ToolCallDelta, Usage
 
-StreamItem = str | Finish | Usage
+StreamItem = str | ToolCallDelta | Finish | Usage
 
 #: Set by whoever runs a call (the engine), around its stream: a provider whose client retries
 #: after an error calls it with (HTTP status, seconds it will wait or None, retry number) before

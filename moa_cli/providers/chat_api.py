@@ -47,7 +47,7 @@ from moa_cli.logs import logger  # disabled until the CLI configures it
 from moa_cli.providers.base import RETRY_NOTICE
 from moa_cli.providers.sse import EventTooLarge, SSEDecoder
 from moa_cli.redact import clean_server_text, mask_url, register_secret, register_url_secrets
-from moa_cli.types import CompletionRequest, Finish, Usage
+from moa_cli.types import CompletionRequest, Finish, ToolCallDelta, Usage
 
 CUT_OFF_REASON = "stream ended before the answer was complete (cut off)"
 
@@ -229,8 +229,33 @@ def sdk_retries(response: httpx.Response) -> bool:
     return response.status_code in (408, 409, 429) or response.status_code >= 500
 
 
-def parse_chunk(model: str, data: str) -> list[str | Finish | Usage]:
-    """One `chat.completion.chunk`: its text pieces, finish reason and usage, in that order.
+def _tool_call_pieces(model: str, raw: Any) -> list[ToolCallDelta]:
+    """`delta.tool_calls`: each entry's index, id, function name and piece of arguments."""
+    if not isinstance(raw, list):
+        raise BadResponse(model, f"bad response from server: delta.tool_calls is {_type_name(raw)}, not a list")
+    pieces: list[ToolCallDelta] = []
+    for position, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise BadResponse(model, "bad response from server: a tool call is not an object")
+        function = entry.get("function") or {}
+        index = entry.get("index", position)
+        name, arguments = function.get("name"), function.get("arguments")
+        if not isinstance(index, int) or (arguments is not None and not isinstance(arguments, str)):
+            raise BadResponse(model, "bad response from server: a tool call of the wrong shape")
+        call_id = entry.get("id")
+        pieces.append(
+            ToolCallDelta(
+                index,
+                call_id if isinstance(call_id, str) and call_id else None,
+                name if isinstance(name, str) and name else None,
+                arguments or "",
+            )
+        )
+    return pieces
+
+
+def parse_chunk(model: str, data: str) -> list[str | ToolCallDelta | Finish | Usage]:
+    """One `chat.completion.chunk`: its text and tool-call pieces, finish reason and usage, in that order.
 
     Anything of the wrong shape (a string `delta`, `content` that is not text) is a
     `BadResponse`; an `{"error": ...}` object is the server's error."""
@@ -239,7 +264,7 @@ def parse_chunk(model: str, data: str) -> list[str | Finish | Usage]:
         raise BadResponse(model, "bad response from server: a stream chunk is not an object")
     if chunk.get("error"):
         raise _error_chunk(model, chunk["error"])
-    items: list[str | Finish | Usage] = []
+    items: list[str | ToolCallDelta | Finish | Usage] = []
     choices = chunk.get("choices") or []
     if not isinstance(choices, list):
         raise BadResponse(model, "bad response from server: choices is not a list")
@@ -255,6 +280,8 @@ def parse_chunk(model: str, data: str) -> list[str | Finish | Usage]:
             raise BadResponse(model, f"bad response from server: delta.content is {_type_name(content)}, not text")
         if content:
             items.append(content)
+        if delta.get("tool_calls"):
+            items.extend(_tool_call_pieces(model, delta["tool_calls"]))
         if choice.get("finish_reason"):
             finish = str(choice["finish_reason"])
     if finish is not None:
@@ -339,11 +366,11 @@ class ChatAPIProvider:
             self._client = self._make_client()
         return self._client
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[str | Finish | Usage]:
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[str | ToolCallDelta | Finish | Usage]:
         client = self._get_client()
         kwargs: dict[str, Any] = {
             "model": request.model,
-            "messages": request.messages,
+            "messages": list(request.wire_messages) if request.wire_messages is not None else request.messages,
             "temperature": request.temperature,
             "max_tokens": request.max_tokens,
             "stream": True,
@@ -355,6 +382,12 @@ class ChatAPIProvider:
             value = getattr(request, name)
             if value is not None:
                 kwargs[name] = value
+        if request.tools:  # an agent's aggregator call (tools.py): passed on as the client sent them
+            kwargs["tools"] = list(request.tools)
+            if request.tool_choice is not None:
+                kwargs["tool_choice"] = request.tool_choice
+        if request.response_format is not None:
+            kwargs["response_format"] = request.response_format
         usage: Usage | None = None
         finish: str | None = None
         done = False
@@ -407,8 +440,9 @@ class ChatAPIProvider:
                             done = True
                             break
                         for item in parse_chunk(request.model, data):
-                            if isinstance(item, str):
-                                text_bytes += len(item.encode("utf-8", "replace"))
+                            if isinstance(item, (str, ToolCallDelta)):
+                                text = item if isinstance(item, str) else item.arguments
+                                text_bytes += len(text.encode("utf-8", "replace"))
                                 if text_bytes > budget:
                                     raise BadResponse(request.model, _over_budget(budget, request.max_tokens))
                                 yield item
