@@ -155,7 +155,7 @@ class _Turn:
             started = time.perf_counter()
             logger.debug("layer {} call {} -> {} ({} messages)", call.layer, call.model, provider.name, len(messages))
             self._enter(provider.name, call)
-            self.emit(CallStarted(call))
+            self.emit(CallStarted(call, request.sampling()))
             # Every provider's stream is an async generator: aclose() ends it where it stands.
             stream = cast(AsyncGenerator[StreamItem, None], provider.stream(request))
             try:

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moa_cli.engine import Plan
 from moa_cli.errors import ConfigError, TurnFailed
 from moa_cli.events import CallFailed, CallFinished, CallFirstToken, CallStarted, Event
 from moa_cli.logs import logger
@@ -213,7 +212,6 @@ class Recording:
         self.source = source
         self.started_at = time.time()
         self._t0 = time.perf_counter()
-        self._plan = Plan.from_settings(settings)
         self._split = splitter(settings)
         self.calls: dict[CallInfo, CallRecord] = {}
         self.reported: dict[CallInfo, float | None] = {}
@@ -233,15 +231,15 @@ class Recording:
         record = self.calls.get(call)
         if record is None:
             provider, model = self._split(call.model)
-            seed = self._plan.seed if call.is_aggregator else self._plan.seed_for(call.layer, call.index)
-            sent = {"temperature": self._plan.temperature, "max_tokens": self._plan.max_tokens, "seed": seed}
-            record = CallRecord(call.layer, call.index, call.role, call.model, provider, model, sent)
+            record = CallRecord(call.layer, call.index, call.role, call.model, provider, model)
             self.calls[call] = record
         return record
 
     def handle(self, event: Event) -> None:
         if isinstance(event, CallStarted):
-            self._call(event.call).started = time.perf_counter() - self._t0
+            record = self._call(event.call)
+            record.started = time.perf_counter() - self._t0
+            record.settings = dict(event.sent)  # what the request set, as sent (a call never sent: {})
         elif isinstance(event, CallFirstToken):
             record = self._call(event.call)
             record.first_token = event.seconds

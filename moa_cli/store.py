@@ -62,7 +62,7 @@ class CallRecord:
     spec: str  # as given to -r/-a ("ollama:llama3.2:1b")
     provider: str
     model: str  # the name sent to the provider
-    settings: dict[str, Any] = field(default_factory=dict)  # temperature, max_tokens, seed sent
+    settings: dict[str, Any] = field(default_factory=dict)  # what the request set, as sent (CallStarted.sent)
     text: str | None = None
     error: str | None = None
     error_kind: str | None = None

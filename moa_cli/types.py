@@ -68,6 +68,16 @@ class CompletionRequest:
     presence_penalty: float | None = None  # None: the server's own (likewise, from moa serve's request)
     frequency_penalty: float | None = None
 
+    def sampling(self) -> dict[str, Any]:
+        """What this request sets besides the model and messages, as it is sent: temperature,
+        max_tokens and seed always (seed may be None), each other field when it is set."""
+        sent: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed}
+        for name in ("top_p", "presence_penalty", "frequency_penalty", "repeat_penalty"):
+            value = getattr(self, name)
+            if value is not None:
+                sent[name] = value
+        return sent
+
 
 @dataclass(frozen=True, slots=True)
 class CallInfo:

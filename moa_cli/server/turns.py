@@ -145,7 +145,7 @@ class Turn:
             frequency_penalty=r.frequency_penalty,
         )
         call = CallInfo(spec, 1, 0, "aggregator")
-        self._on_event(CallStarted(call))
+        self._on_event(CallStarted(call, request.sampling()))
         started = time.perf_counter()
         parts: list[str] = []
         usage: Usage | None = None
