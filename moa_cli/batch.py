@@ -311,11 +311,19 @@ def answer_settings() -> list[str]:
     return [n for n, spec in SPECS.items() if (spec.lineup or n == "system") and n not in _NOT_FINGERPRINTED]
 
 
-def fingerprint_parts(settings: Settings, fmt: str, input_sha: str, fastchat_temperatures: bool) -> dict[str, Any]:
-    """Everything that decides the answers; two runs with equal parts may share a sidecar."""
+def settings_parts(settings: Settings) -> dict[str, Any]:
+    """The part of the fingerprint the settings make: every setting that decides an answer,
+    the aggregator prompt as its hash, and where each model is sent (`moa eval ifeval` names
+    its work directory after these)."""
     parts: dict[str, Any] = {name: _plain(getattr(settings, name)) for name in answer_settings()}
     parts["aggregator_prompt_sha256"] = _sha(settings.aggregator_prompt)
     parts["routes"] = routes(settings)
+    return parts
+
+
+def fingerprint_parts(settings: Settings, fmt: str, input_sha: str, fastchat_temperatures: bool) -> dict[str, Any]:
+    """Everything that decides the answers; two runs with equal parts may share a sidecar."""
+    parts = settings_parts(settings)
     parts.update(format=fmt, input_sha256=input_sha, fastchat_temperatures=fastchat_temperatures)
     return parts
 

@@ -206,6 +206,19 @@ def test_eval_through_the_cli(moa, llm_server: FakeLLMServer, tmp_path: Path) ->
     assert "final answer" in again.stdout and "best of references" in again.stdout
 
 
+def test_a_run_that_differs_only_in_quorum_gets_its_own_work_directory(
+    moa, llm_server: FakeLLMServer, moa_home: Path
+) -> None:
+    """The work directory is named after batch's own fingerprint: a setting that decides the
+    answers (here --quorum) and was missing from a hand list made the second run reuse the
+    first one's directory, where batch refused its sidecar (exit 2)."""
+    args = ["eval", "ifeval", "-r", "alpha,beta", "-a", "judge", "--limit", "1", "--json"]
+    assert moa(args).returncode == 0
+    proc = moa([*args, "--quorum", "1"])
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((moa_home / "eval").glob("ifeval-*"))) == 2
+
+
 def test_a_missing_extra_is_exit_2_naming_the_install_command(moa, monkeypatch: pytest.MonkeyPatch) -> None:
     real = ifeval.importlib.util.find_spec
     monkeypatch.setattr(

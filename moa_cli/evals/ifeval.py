@@ -50,11 +50,6 @@ SHUFFLE_SEED = 20231114
 LANGDETECT_SEED = 0
 #: A line this long that appears twice in an answer counts as a repeated line (a loop).
 REPEAT_MIN_CHARS = 16
-#: What decides the answers; the work directory is named after them.
-_DECIDING = (
-    "references", "aggregator", "rounds", "aggregator_prompt", "aggregation", "temperature", "max_tokens",
-    "seed", "repeat_penalty", "system", "layer_deadline",
-)  # fmt: skip
 
 
 class EvalSetupError(ConfigError):
@@ -502,13 +497,12 @@ def build_report(scored: Sequence[Scored], *, final_name: str = "final answer") 
 
 
 def settings_key(settings: Settings) -> dict[str, Any]:
-    """The settings that decide the answers, as JSON values."""
-    values: dict[str, Any] = {}
-    for name in _DECIDING:
-        value = getattr(settings, name)
-        values[name] = list(value) if isinstance(value, tuple) else value
-    values["aggregator_prompt"] = hashlib.sha256(settings.aggregator_prompt.encode()).hexdigest()[:16]
-    return values
+    """The settings that decide the answers, as JSON values: batch's own (`batch.settings_parts`,
+    the part of its fingerprint the settings make), so a setting that changes the answers
+    (`--quorum`, say) changes the work directory too."""
+    from moa_cli import batch
+
+    return batch.settings_parts(settings)
 
 
 def default_work_dir(settings: Settings) -> Path:
