@@ -87,10 +87,8 @@ FASTCHAT_ERROR = "$ERROR$"  # FastChat's API_ERROR_OUTPUT: what its judges expec
 SIDECAR_SUFFIX = ".moa-progress"
 MANIFEST_SUFFIX = ".moa-manifest.json"
 _SIDECAR_VERSION = 1
-# Line-up settings that do not change an answer (every other one, and the system prompt, does).
-_NOT_FINGERPRINTED = frozenset({"num_proc", "aggregator_prompt"})  # the prompt goes in as its hash
-# Settings only the references' calls use: a re-aggregation (--reuse-proposals) ignores them.
-_REFERENCES_ONLY = ("references", "rounds", "quorum", "layer_deadline")
+#: Settings only the references' calls use: a re-aggregation (--reuse-proposals) ignores them.
+_REFERENCES_ONLY = tuple(name for name, spec in SPECS.items() if spec.decides == "references")
 _REUSE_PART = "reuse_proposals_sha256"  # in the fingerprint of a re-aggregation only
 
 
@@ -306,9 +304,9 @@ def _sha(text: str) -> str:
 
 
 def answer_settings() -> list[str]:
-    """The settings that decide an answer: the system prompt and every line-up setting
-    (settings.py marks them) but the concurrency, so a setting added there is covered."""
-    return [n for n, spec in SPECS.items() if (spec.lineup or n == "system") and n not in _NOT_FINGERPRINTED]
+    """The settings that decide an answer (settings.py marks them: `Spec.decides`), so a
+    setting added there is covered; a text setting (the aggregator prompt) goes in as its hash."""
+    return [n for n, spec in SPECS.items() if spec.decides is not None and spec.kind != "text"]
 
 
 def settings_parts(settings: Settings) -> dict[str, Any]:
@@ -316,7 +314,9 @@ def settings_parts(settings: Settings) -> dict[str, Any]:
     the aggregator prompt as its hash, and where each model is sent (`moa eval ifeval` names
     its work directory after these)."""
     parts: dict[str, Any] = {name: _plain(getattr(settings, name)) for name in answer_settings()}
-    parts["aggregator_prompt_sha256"] = _sha(settings.aggregator_prompt)
+    for name, spec in SPECS.items():
+        if spec.decides is not None and spec.kind == "text":
+            parts[f"{name}_sha256"] = _sha(getattr(settings, name))
     parts["routes"] = routes(settings)
     return parts
 

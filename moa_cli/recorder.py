@@ -75,7 +75,7 @@ def settings_of(settings: Settings) -> dict[str, Any]:
     """The line-up settings a turn ran with (what `-c` reuses), plus its limits. No secrets."""
     values: dict[str, Any] = {}
     for name, spec in SPECS.items():
-        if spec.lineup or name in ("timeout", "retries", "lineup", "system", "max_cost"):
+        if spec.recorded:
             value = getattr(settings, name)
             if name == "aggregator_prompt" and value == DEFAULTS[name]:
                 continue  # the built-in prompt: not worth a copy per turn
@@ -369,7 +369,7 @@ def resume(settings: Settings, ref: str | None = None) -> Resumed:
     changes: dict[str, Any] = {}
     if "lineup" not in given:
         for name, value in stored.items():
-            if name in SPECS and (SPECS[name].lineup or name == "system") and name not in given:
+            if name in SPECS and (SPECS[name].lineup or SPECS[name].decides) and name not in given:
                 try:
                     changes[name] = coerce(name, value)
                 except ValueError:

@@ -1,9 +1,11 @@
-"""Plain value types shared by the engine, providers and front ends (stdlib only)."""
+"""Plain value types shared by the engine, providers and front ends (stdlib and defaults.py only)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
+
+from moa_cli import defaults
 
 
 class Message(TypedDict):
@@ -60,8 +62,8 @@ class CompletionRequest:
 
     model: str
     messages: list[Message]
-    temperature: float = 0.7
-    max_tokens: int = 512
+    temperature: float = defaults.TEMPERATURE
+    max_tokens: int = defaults.MAX_TOKENS
     seed: int | None = None
     repeat_penalty: float | None = None  # local (llama.cpp) models only; None: the provider's own
     top_p: float | None = None  # None: the server's own (moa serve passes a request's to the aggregator)
@@ -154,7 +156,7 @@ class TurnResult:
     unpriced_calls: int = 0
     # How the aggregator combined the answers (aggregation.py): the strategy asked for, the
     # proposal `select` gave verbatim (None: none was), and what went otherwise ("fell back ...").
-    aggregation: str = "synthesize"
+    aggregation: str = defaults.AGGREGATION
     selected: Proposal | None = None
     warnings: list[str] = field(default_factory=list)
 

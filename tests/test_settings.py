@@ -106,6 +106,37 @@ def test_the_plan_is_made_of_settings() -> None:
     assert (plan.references, plan.aggregator, plan.rounds, plan.seed) == (("a",), "b", 2, 5)
 
 
+def test_every_setting_classifies_itself() -> None:
+    """`decides` and `recorded` have no default: a setting that does not say is refused at import."""
+    from moa_cli.settings import Spec
+
+    with pytest.raises(TypeError, match="decides"):
+        Spec("str", "a setting that does not say what it is")  # type: ignore[call-arg]
+    for name, spec in SPECS.items():
+        assert spec.decides in ("answer", "references", None), name
+        assert isinstance(spec.recorded, bool) and isinstance(spec.overridable, bool), name
+        if spec.decides is not None:  # what decided a logged answer is logged with it
+            assert spec.recorded, name
+        if spec.overridable or spec.decides == "references":  # line-up settings only
+            assert spec.lineup and spec.decides is not None, name
+
+
+def test_what_is_derived_from_the_classification() -> None:
+    from moa_cli import batch
+    from moa_cli.engine import AGGREGATOR_SAMPLING
+    from moa_cli.recorder import settings_of
+    from moa_cli.server.schema import OVERRIDABLE
+
+    s = load_settings({"references": ["a"], "aggregator": "b"}, {"TOGETHER_API_KEY": "k"})
+    assert set(settings_of(s)) | {"aggregator_prompt"} == {n for n, spec in SPECS.items() if spec.recorded}
+    assert set(OVERRIDABLE) == {n for n, spec in SPECS.items() if spec.overridable}
+    parts = batch.settings_parts(s)
+    assert {n for n, spec in SPECS.items() if spec.decides} <= {n.removesuffix("_sha256") for n in parts}
+    assert not {n for n, spec in SPECS.items() if not spec.decides} & set(parts)
+    # A turn's own sampling for the answer (moa serve) only changes what decides the answer.
+    assert {n for n in AGGREGATOR_SAMPLING if n in SPECS} <= {n for n, spec in SPECS.items() if spec.decides}
+
+
 def test_the_python_api_takes_every_setting_by_name(tmp_path: Path) -> None:
     env = {"MOA_HOME": str(tmp_path), "TOGETHER_API_KEY": "k"}
     moa = MoA(["a", "b"], "c", temperature=0.3, max_tokens=9, layer_deadline=2.5, env=env)
