@@ -24,7 +24,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "engine.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"},
     "api.py": {"rich", "prompt_toolkit", "typer", "together", "openai"},
     # batch: formats, sidecar and manifest only; its progress bar is cli/batch_cmd.py's business.
-    "batch.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp"},
+    "batch/run.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp"},
     "render.py": {"prompt_toolkit", "typer", "together", "openai", "httpx"},
     "conversation.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"},
     # The conversation log: the store is sqlite3 and plain records; pricing fetches catalogues

@@ -86,7 +86,7 @@ FASTCHAT_TEMPERATURES: dict[str, float] = {
 FASTCHAT_ERROR = "$ERROR$"  # FastChat's API_ERROR_OUTPUT: what its judges expect for a failed answer
 SIDECAR_SUFFIX = ".moa-progress"
 MANIFEST_SUFFIX = ".moa-manifest.json"
-_SIDECAR_VERSION = 1
+SIDECAR_VERSION = 1
 #: Settings only the references' calls use: a re-aggregation (--reuse-proposals) ignores them.
 _REFERENCES_ONLY = tuple(name for name, spec in SPECS.items() if spec.decides == "references")
 _REUSE_PART = "reuse_proposals_sha256"  # in the fingerprint of a re-aggregation only
@@ -526,7 +526,7 @@ def read_stored(path: Path) -> Stored:
     first = records[0][1]
     turns: dict[str, list[list[Proposal]]] = {}
     if "moa_batch" in first:
-        if first.get("moa_batch") != _SIDECAR_VERSION:
+        if first.get("moa_batch") != SIDECAR_VERSION:
             raise BatchInputError(f"{path} is a moa batch progress file this version cannot read")
         parts = first.get("parts")
         input_sha = parts.get("input_sha256") if isinstance(parts, dict) else None
@@ -628,7 +628,7 @@ class Sidecar:
             header = json.loads(complete[0]) if complete else None
         except ValueError:
             header = None
-        if not isinstance(header, dict) or header.get("moa_batch") != _SIDECAR_VERSION:
+        if not isinstance(header, dict) or header.get("moa_batch") != SIDECAR_VERSION:
             raise BatchInputError(
                 f"{self.path} is not a moa batch progress file this version can read; move it away or use --restart"
             )
@@ -1008,7 +1008,7 @@ def prepare(job: Job, settings: Settings) -> Prepared:
         parts["routes"] = {settings.aggregator: parts["routes"][settings.aggregator]}
         parts[_REUSE_PART] = reuse.sha256
     header = {
-        "moa_batch": _SIDECAR_VERSION,
+        "moa_batch": SIDECAR_VERSION,
         "fingerprint": fingerprint(parts),
         "parts": parts,
         "input": str(job.input),
