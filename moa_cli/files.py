@@ -13,6 +13,7 @@ Stdlib only (and moa's error tree).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -101,3 +102,28 @@ def check_output(path: Path, what: str) -> None:
         raise ConfigError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(info.st_mode):
         raise ConfigError(f"cannot write {what} {path}: it is {_kind(info.st_mode)}, not a regular file")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` all at once: a temporary file, fsync, rename.
+
+    ConfigError if `path` is there and is not a regular file (files.check_output)."""
+    check_output(path, "output file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -24,7 +24,21 @@ FORBIDDEN: dict[str, set[str]] = {
     "engine.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"},
     "api.py": {"rich", "prompt_toolkit", "typer", "together", "openai"},
     # batch: formats, sidecar and manifest only; its progress bar is cli/batch_cmd.py's business.
-    "batch/run.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp"},
+    **{
+        f"batch/{name}": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp"}
+        for name in (
+            "__init__.py",
+            "fingerprint.py",
+            "formats.py",
+            "job.py",
+            "manifest.py",
+            "outcome.py",
+            "pacing.py",
+            "reuse.py",
+            "run.py",
+            "sidecar.py",
+        )
+    },
     "render.py": {"prompt_toolkit", "typer", "together", "openai", "httpx"},
     "conversation.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"},
     # The conversation log: the store is sqlite3 and plain records; pricing fetches catalogues
@@ -99,6 +113,10 @@ def moa_imports(path: Path) -> set[str]:
 
 def test_every_repl_module_has_rules() -> None:
     assert {f"repl/{p.name}" for p in (PKG / "repl").glob("*.py")} <= set(FORBIDDEN)
+
+
+def test_every_batch_module_has_rules() -> None:
+    assert {f"batch/{p.name}" for p in (PKG / "batch").glob("*.py")} <= set(FORBIDDEN)
 
 
 def test_every_server_module_has_rules() -> None:
