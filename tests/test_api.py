@@ -75,3 +75,23 @@ def test_max_cost_counts_the_answers_own_budget(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="could cost"):
         asyncio.run(moa.arun("hi", aggregator_sampling={"max_tokens": 1_000_000}))  # $1 of output
     assert [c.model for c in provider.calls] == ["a", "judge"]  # the refused turn sent nothing
+
+
+def test_source_and_continue_conversation_are_arguments(tmp_path: Path) -> None:
+    """What batch asks of each item's MoA: its turns logged as one conversation, from "batch"."""
+    from moa_cli.store import Store, flush_all
+
+    logged = {**env(tmp_path), "MOA_LOG": "true"}
+    router = ScriptedRouter(ScriptedProvider("fake"))
+    moa = MoA(["a"], "judge", env=logged, router=router, source="batch", continue_conversation=True)
+    asyncio.run(moa.arun("one"))
+    asyncio.run(moa.arun([{"role": "user", "content": "one"}, {"role": "assistant", "content": "x"},
+                          {"role": "user", "content": "two"}]))  # fmt: skip
+    alone = MoA(["a"], "judge", env=logged, router=router)
+    asyncio.run(alone.arun("three"))
+    flush_all()
+    with Store(tmp_path / "logs.db") as store:
+        turns = store.turns(limit=10)
+    by_prompt = {t.prompt: t for t in turns}
+    assert by_prompt["one"].conversation_id == by_prompt["two"].conversation_id != by_prompt["three"].conversation_id
+    assert (by_prompt["one"].source, by_prompt["three"].source) == ("batch", "api")

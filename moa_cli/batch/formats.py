@@ -1,6 +1,7 @@
 """The benchmark formats: reading an input file into items, and writing the output its judge reads.
 
-One class per judge format (`ALPACA`, `MTBENCH`, `FLASK`, `JSONL`) holds both its parse and its write.
+One class per judge format (`Alpaca`, `MtBench`, `Flask`, `Jsonl`) holds its detection, its parse
+and its write; `FORMAT_CLASSES` names them.
 """
 
 from __future__ import annotations
@@ -9,18 +10,15 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from moa_cli.batch.outcome import Outcome
 from moa_cli.errors import ConfigError
 from moa_cli.files import read_file
 from moa_cli.types import Message
-
-FORMATS = ("alpaca", "mtbench", "flask", "jsonl")
-
 
 #: FastChat's llm_judge/common.py `temperature_config`: per MT-Bench category.
 FASTCHAT_TEMPERATURES: dict[str, float] = {
@@ -83,7 +81,8 @@ def read_input(path: Path, fmt: str | None = None) -> Input:
             )
     elif fmt not in FORMATS:
         raise BatchInputError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
-    items = [_item(fmt, path, where, index, record) for index, (where, record) in enumerate(records)]
+    parser = FORMAT_CLASSES[fmt]
+    items = [parser.parse(path, where, index, record) for index, (where, record) in enumerate(records)]
     seen: dict[str, str] = {}
     for (where, _), item in zip(records, items, strict=True):
         if item.id in seen:
@@ -136,15 +135,7 @@ def _parse_records(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
 
 def detect_format(record: Mapping[str, Any]) -> str | None:
     """The format an input object belongs to, from its fields; None if unclear."""
-    if "turns" in record and "question_id" in record:
-        return "mtbench"
-    if "prompt" in record or "messages" in record:
-        return "jsonl"
-    if ("idx" in record or "question_id" in record) and ("text" in record or "instruction" in record):
-        return "flask"
-    if "instruction" in record:
-        return "alpaca"
-    return None
+    return next((fmt.name for fmt in _DETECTION_ORDER if fmt.claims(record)), None)
 
 
 def _text(path: Path, where: str, record: Mapping[str, Any], *names: str) -> str:
@@ -169,44 +160,156 @@ def _key(path: Path, where: str, record: Mapping[str, Any], *names: str) -> Any:
     raise BatchInputError(f"{path}:{where}: no {' or '.join(repr(n) for n in names)} field")
 
 
-def _item(fmt: str, path: Path, where: str, index: int, record: dict[str, Any]) -> Item:
-    if fmt == "alpaca":
+class Format:
+    """One judge's format: how an input object becomes an `Item`, and how the answered items
+    are written for that judge. Subclasses set `name` and implement all three."""
+
+    name: ClassVar[str]
+
+    @staticmethod
+    def claims(record: Mapping[str, Any]) -> bool:
+        """Whether an input object looks like this format's (detection, when --format is not given)."""
+        raise NotImplementedError
+
+    def parse(self, path: Path, where: str, index: int, record: dict[str, Any]) -> Item:
+        raise NotImplementedError
+
+    def write(self, items: Sequence[Item], outcomes: Mapping[str, Outcome], generator: str) -> bytes:
+        """The output file for `items`, each with its outcome (a failed one gets the judge's placeholder)."""
+        raise NotImplementedError
+
+
+def _lines(records: Iterable[Any]) -> bytes:
+    return "".join(_dumps(record) + "\n" for record in records).encode("ascii")
+
+
+class Alpaca(Format):
+    """alpaca_eval: a JSON list of the input objects plus "output" and "generator", in input order."""
+
+    name = "alpaca"
+
+    @staticmethod
+    def claims(record: Mapping[str, Any]) -> bool:
+        return "instruction" in record
+
+    def parse(self, path: Path, where: str, index: int, record: dict[str, Any]) -> Item:
         prompt = _text(path, where, record, "instruction")
         extra = record.get("input")
         if isinstance(extra, str) and extra.strip():  # alpaca_eval's optional "input"
             prompt = f"{prompt}\n\n{extra}"
         return Item(str(index), index, (prompt,), record)
-    if fmt == "mtbench":
+
+    def write(self, items: Sequence[Item], outcomes: Mapping[str, Outcome], generator: str) -> bytes:
+        records = []
+        for item in items:
+            outcome = outcomes[item.id]
+            answer = outcome.answers[0] if outcome.ok else None
+            records.append({**item.record, "output": answer if answer is not None else "", "generator": generator})
+        return (_dumps(records, indent=2) + "\n").encode("ascii")
+
+
+class MtBench(Format):
+    """FastChat's MT-Bench: question.jsonl in, its answer JSONL out, sorted by question_id."""
+
+    name = "mtbench"
+
+    @staticmethod
+    def claims(record: Mapping[str, Any]) -> bool:
+        return "turns" in record and "question_id" in record
+
+    def parse(self, path: Path, where: str, index: int, record: dict[str, Any]) -> Item:
         key = _key(path, where, record, "question_id")
         turns = record.get("turns")
         if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
             raise BatchInputError(f"{path}:{where}: 'turns' must be a list of non-empty strings")
         category = record.get("category")
         return Item(str(key), key, tuple(turns), record, category=category if isinstance(category, str) else None)
-    if fmt == "flask":
+
+    def write(self, items: Sequence[Item], outcomes: Mapping[str, Outcome], generator: str) -> bytes:
+        records = []
+        for item in sorted(items, key=lambda i: (isinstance(i.key, str), i.key)):  # FastChat sorts by question_id
+            outcome = outcomes[item.id]
+            turns = [a if a is not None else FASTCHAT_ERROR for a in _padded(outcome, item)]
+            records.append(
+                {
+                    "question_id": item.key,
+                    "answer_id": outcome.answer_id or answer_id(),
+                    "model_id": generator,
+                    "choices": [{"index": 0, "turns": turns}],
+                    "tstamp": outcome.tstamp or time.time(),
+                }
+            )
+        return _lines(records)
+
+
+class Flask(Format):
+    """FLASK: its evaluation JSONL in, one {"question_id", "text", "model_id"} per item out."""
+
+    name = "flask"
+
+    @staticmethod
+    def claims(record: Mapping[str, Any]) -> bool:
+        return ("idx" in record or "question_id" in record) and ("text" in record or "instruction" in record)
+
+    def parse(self, path: Path, where: str, index: int, record: dict[str, Any]) -> Item:
         key = _key(path, where, record, "question_id", "idx")
         return Item(str(key), key, (_text(path, where, record, "text", "instruction"),), record)
-    # jsonl
-    key = _key(path, where, record, "id") if "id" in record else index
-    if "messages" in record:
-        messages = record["messages"]
-        ok = (
-            isinstance(messages, list)
-            and messages
-            and all(
-                isinstance(m, dict)
-                and m.get("role") in ("system", "user", "assistant")
-                and isinstance(m.get("content"), str)
-                for m in messages
+
+    def write(self, items: Sequence[Item], outcomes: Mapping[str, Outcome], generator: str) -> bytes:
+        records = []
+        for item in items:
+            answer = outcomes[item.id].answers[0] if outcomes[item.id].ok else None
+            records.append(
+                {"question_id": item.key, "text": answer if answer is not None else "", "model_id": generator}
             )
-        )
-        if not ok or messages[-1]["role"] != "user" or not messages[-1]["content"].strip():
-            raise BatchInputError(
-                f"{path}:{where}: 'messages' must be a list of {{role, content}} ending with a non-empty user message"
+        return _lines(records)
+
+
+class Jsonl(Format):
+    """moa's own: {"id"?, "prompt"} or {"id"?, "messages"} in, answers with proposals and usage out."""
+
+    name = "jsonl"
+
+    @staticmethod
+    def claims(record: Mapping[str, Any]) -> bool:
+        return "prompt" in record or "messages" in record
+
+    def parse(self, path: Path, where: str, index: int, record: dict[str, Any]) -> Item:
+        key = _key(path, where, record, "id") if "id" in record else index
+        if "messages" in record:
+            messages = record["messages"]
+            ok = (
+                isinstance(messages, list)
+                and messages
+                and all(
+                    isinstance(m, dict)
+                    and m.get("role") in ("system", "user", "assistant")
+                    and isinstance(m.get("content"), str)
+                    for m in messages
+                )
             )
-        prefix = tuple({"role": m["role"], "content": m["content"]} for m in messages[:-1])
-        return Item(str(key), key, (messages[-1]["content"],), record, prefix=prefix)  # type: ignore[arg-type]
-    return Item(str(key), key, (_text(path, where, record, "prompt"),), record)
+            if not ok or messages[-1]["role"] != "user" or not messages[-1]["content"].strip():
+                raise BatchInputError(
+                    f"{path}:{where}: 'messages' must be a list of {{role, content}} ending with a non-empty user message"
+                )
+            prefix = tuple({"role": m["role"], "content": m["content"]} for m in messages[:-1])
+            return Item(str(key), key, (messages[-1]["content"],), record, prefix=prefix)  # type: ignore[arg-type]
+        return Item(str(key), key, (_text(path, where, record, "prompt"),), record)
+
+    def write(self, items: Sequence[Item], outcomes: Mapping[str, Outcome], generator: str) -> bytes:
+        return _lines(jsonl_record(item, outcomes[item.id], generator) for item in items)
+
+
+#: Every format by name, in the order `--format` lists them.
+FORMAT_CLASSES: dict[str, Format] = {fmt.name: fmt for fmt in (Alpaca(), MtBench(), Flask(), Jsonl())}
+FORMATS = tuple(FORMAT_CLASSES)
+#: Detection tries the most specific fields first: MT-Bench's turns, then a prompt or messages, then FLASK's ids.
+_DETECTION_ORDER = (
+    FORMAT_CLASSES["mtbench"],
+    FORMAT_CLASSES["jsonl"],
+    FORMAT_CLASSES["flask"],
+    FORMAT_CLASSES["alpaca"],
+)
 
 
 def select(items: Sequence[Item], *, ids: Sequence[str] = (), limit: int | None = None) -> list[Item]:
@@ -246,39 +349,7 @@ def _dumps(value: Any, **kwargs: Any) -> str:
 
 def render(fmt: str, items: Sequence[Item], outcomes: Mapping[str, Outcome], generator: str) -> bytes:
     """The output file for `items`, each with its outcome (a failed one gets the judge's placeholder)."""
-    if fmt == "alpaca":
-        records = []
-        for item in items:
-            outcome = outcomes[item.id]
-            answer = outcome.answers[0] if outcome.ok else None
-            records.append({**item.record, "output": answer if answer is not None else "", "generator": generator})
-        return (_dumps(records, indent=2) + "\n").encode("ascii")
-    lines: list[str] = []
-    if fmt == "mtbench":
-        for item in sorted(items, key=lambda i: (isinstance(i.key, str), i.key)):  # FastChat sorts by question_id
-            outcome = outcomes[item.id]
-            turns = [a if a is not None else FASTCHAT_ERROR for a in _padded(outcome, item)]
-            lines.append(
-                _dumps(
-                    {
-                        "question_id": item.key,
-                        "answer_id": outcome.answer_id or answer_id(),
-                        "model_id": generator,
-                        "choices": [{"index": 0, "turns": turns}],
-                        "tstamp": outcome.tstamp or time.time(),
-                    }
-                )
-            )
-    elif fmt == "flask":
-        for item in items:
-            answer = outcomes[item.id].answers[0] if outcomes[item.id].ok else None
-            lines.append(
-                _dumps({"question_id": item.key, "text": answer if answer is not None else "", "model_id": generator})
-            )
-    else:
-        for item in items:
-            lines.append(_dumps(jsonl_record(item, outcomes[item.id], generator)))
-    return "".join(line + "\n" for line in lines).encode("ascii")
+    return FORMAT_CLASSES[fmt].write(items, outcomes, generator)
 
 
 def _padded(outcome: Outcome, item: Item) -> list[str | None]:

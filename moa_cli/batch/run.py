@@ -37,33 +37,6 @@ from moa_cli.types import Message, Proposal
 _REFERENCES_ONLY = tuple(name for name, spec in SPECS.items() if spec.decides == "references")
 
 
-class _SharedPoolMoA(MoA):
-    """One item's MoA: its turns go through the batch's router (shared by every item) and
-    are logged as one conversation from source "batch" (when the log is on)."""
-
-    source = "batch"
-
-    def __init__(self, settings: Settings, router: Any) -> None:
-        super().__init__(settings=settings, router=router)
-
-    async def arun(self, prompt: Any, **kwargs: Any) -> Any:
-        try:
-            return await super().arun(prompt, **kwargs)
-        finally:
-            self._continue()
-
-    async def aaggregate(self, prompt: Any, proposals: Any, **kwargs: Any) -> Any:
-        try:
-            return await super().aaggregate(prompt, proposals, **kwargs)
-        finally:
-            self._continue()
-
-    def _continue(self) -> None:
-        recording = getattr(self, "last_recording", None)
-        if recording is not None and getattr(recording, "conversation_id", None):
-            self.conversation_id = recording.conversation_id  # the next turn continues it
-
-
 class _Quiet:
     def started(self, summary: Summary) -> None:
         pass
@@ -254,7 +227,9 @@ async def run_batch(prepared: Prepared, listener: Listener | None = None, *, rou
             if temperature != settings.temperature:
                 settings = settings.with_changes(temperature=temperature)
             settings_at[temperature] = settings
-        return _SharedPoolMoA(settings_at[temperature], shared)
+        # Every item's turns go through the batch's router (shared by every item) and are
+        # logged as one conversation from source "batch" (when the log is on).
+        return MoA(settings=settings_at[temperature], router=shared, source="batch", continue_conversation=True)
 
     pending = iter(todo)
 
