@@ -39,14 +39,14 @@ FORBIDDEN: dict[str, set[str]] = {
             "sidecar.py",
         )
     },
-    "render.py": {"prompt_toolkit", "typer", "together", "openai", "httpx"},
+    "render/answer.py": {"prompt_toolkit", "typer", "together", "openai", "httpx"},
     "conversation.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"},
     # The conversation log: the store is sqlite3 and plain records; pricing fetches catalogues
     # with httpx only in `refresh`; the trace is data, drawn by render_trace.py with rich.
     "store.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"},
     "pricing.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "loguru", "llama_cpp"},
     "trace.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp", "sqlite3"},
-    "render_trace.py": {"prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"},
+    "render/trace.py": {"prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"},
     "recorder.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"},
     # The server (ASGI, Starlette) may use the engine, the API and the settings, but no terminal
     # code, no Typer and no SDK: `moa serve` itself is cli/serve.py.
@@ -200,5 +200,5 @@ def test_the_store_imports_only_plain_values_and_errors() -> None:
         "moa_cli.errors",
         "moa_cli.types",
     }
-    for module in ("engine.py", "api.py", "render.py"):
+    for module in ("engine.py", "api.py", "render/answer.py"):
         assert not {n for n in moa_imports(PKG / module) if n.startswith("moa_cli.store")}, module
