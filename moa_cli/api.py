@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Any, cast
 
 from moa_cli import (
-    logs,  # noqa: F401  (importing it keeps the library quiet by default)
+    diagnostics,  # noqa: F401  (importing it keeps the library quiet by default)
     recorder,
 )
 from moa_cli.config import Settings, load_settings

@@ -1,6 +1,6 @@
 """moa's logger: silent as a library, switched on by the CLI (`--verbose`, MOA_LOG_LEVEL).
 
-Every module that logs takes its logger from here, `from moa_cli.logs import logger`, never
+Every module that logs takes its logger from here, `from moa_cli.diagnostics import logger`, never
 from loguru directly: importing this module is what disables moa's records, so no import
 order can let an engine or provider log reach a program's stderr uninvited. A program that
 wants them calls `logger.enable("moa_cli")` (after importing moa) or `configure()`.

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol, cast
 
 from moa_cli.aggregation import aggregate
+from moa_cli.diagnostics import logger  # disabled until the CLI configures it
 from moa_cli.errors import BadResponse, DeadlineExceeded, EmptyAnswer, ProviderError, TurnFailed
 from moa_cli.events import (
     AnswerDelta,
@@ -38,7 +39,6 @@ from moa_cli.events import (
     Event,
     TurnDone,
 )
-from moa_cli.logs import logger  # disabled until the CLI configures it
 from moa_cli.prompts import inject_references
 from moa_cli.providers.base import Provider, StreamItem
 from moa_cli.settings import DEFAULTS, SPECS

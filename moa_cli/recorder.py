@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from moa_cli.diagnostics import logger
 from moa_cli.errors import ConfigError, TurnFailed
 from moa_cli.events import CallFailed, CallFinished, CallFirstToken, CallStarted, Event
-from moa_cli.logs import logger
 from moa_cli.pricing import Estimate, PriceBook, load_book, total, worst_case
 from moa_cli.providers.registry import split_spec
 from moa_cli.redact import redact, redact_value

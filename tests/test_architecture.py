@@ -39,7 +39,11 @@ FORBIDDEN: dict[str, set[str]] = {
             "sidecar.py",
         )
     },
-    "render/answer.py": {"prompt_toolkit", "typer", "together", "openai", "httpx"},
+    # render/: rich views; no prompt_toolkit, Typer, SDK or HTTP (trace.py: no sqlite3 either).
+    **{
+        f"render/{name}": {"prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"}
+        for name in ("__init__.py", "answer.py", "blocks.py", "console.py", "progress.py", "turn.py")
+    },
     "conversation.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"},
     # The conversation log: the store is sqlite3 and plain records; pricing fetches catalogues
     # with httpx only in `refresh`; the trace is data, drawn by render_trace.py with rich.
@@ -113,6 +117,10 @@ def moa_imports(path: Path) -> set[str]:
 
 def test_every_repl_module_has_rules() -> None:
     assert {f"repl/{p.name}" for p in (PKG / "repl").glob("*.py")} <= set(FORBIDDEN)
+
+
+def test_every_render_module_has_rules() -> None:
+    assert {f"render/{p.name}" for p in (PKG / "render").glob("*.py")} <= set(FORBIDDEN)
 
 
 def test_every_batch_module_has_rules() -> None:
@@ -200,5 +208,5 @@ def test_the_store_imports_only_plain_values_and_errors() -> None:
         "moa_cli.errors",
         "moa_cli.types",
     }
-    for module in ("engine.py", "api.py", "render/answer.py"):
+    for module in ("engine.py", "api.py", *(f"render/{p.name}" for p in (PKG / "render").glob("*.py"))):
         assert not {n for n in moa_imports(PKG / module) if n.startswith("moa_cli.store")}, module

@@ -86,7 +86,7 @@ def test_a_program_can_switch_the_logs_on() -> None:
 
 
 def test_modules_take_their_logger_from_moa_cli_logs() -> None:
-    """Only logs.py imports loguru, so importing any module that logs disables moa's records.
+    """Only diagnostics.py imports loguru, so importing any module that logs disables moa's records.
 
     The front ends (cli/, repl/) may import it too: they run after `logs.configure()`.
     """
@@ -100,7 +100,7 @@ def test_modules_take_their_logger_from_moa_cli_logs() -> None:
                 isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "loguru"
             ):
                 offenders.append(rel.as_posix())
-    assert offenders == [], "use `from moa_cli.logs import logger`"
+    assert offenders == [], "use `from moa_cli.diagnostics import logger`"
 
 
 def test_the_help_path_still_does_not_import_loguru() -> None:

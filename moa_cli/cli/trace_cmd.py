@@ -43,7 +43,7 @@ def trace(
                 raise ConfigError(str(exc)) from None
         picture = timeline(turn)
         if svg is not None:
-            from moa_cli.render_trace import save_svg
+            from moa_cli.render.trace import save_svg
 
             try:
                 save_svg(picture, svg.expanduser())
@@ -56,7 +56,7 @@ def trace(
             sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
             return
         from moa_cli.render import make_console
-        from moa_cli.render_trace import TraceView
+        from moa_cli.render.trace import TraceView
 
         make_console().print(TraceView(picture))
         if svg is not None:

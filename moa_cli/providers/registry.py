@@ -16,8 +16,8 @@ import difflib
 from collections.abc import Iterable
 
 from moa_cli.config import ProviderConfig, Settings
+from moa_cli.diagnostics import logger  # disabled until the CLI configures it
 from moa_cli.errors import ConfigError, MissingKeyError
-from moa_cli.logs import logger  # disabled until the CLI configures it
 from moa_cli.providers.base import Gated, Provider
 from moa_cli.redact import mask_url
 

@@ -271,7 +271,7 @@ class Repl:
         if isinstance(exc, MoaError):
             message = str(exc)
         else:  # a bug must not end the session; --verbose shows the traceback
-            from moa_cli.logs import logger
+            from moa_cli.diagnostics import logger
 
             logger.opt(exception=exc).debug("turn failed")
             message = f"unexpected error: {type(exc).__name__}: {exc}"

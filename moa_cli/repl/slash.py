@@ -397,7 +397,7 @@ def _trace(state: ChatState, arg: str, console: Console) -> Outcome:
     if not turns:
         note(console, "no logged turn in this conversation yet (/trace draws the last one from the log)")
         return Outcome.CONTINUE
-    from moa_cli.render_trace import TraceView
+    from moa_cli.render.trace import TraceView
     from moa_cli.trace import timeline
 
     console.print(TraceView(timeline(turns[-1])))

@@ -28,10 +28,10 @@ from typing import Any
 import anyio
 
 from moa_cli.api import MoA, build_messages
+from moa_cli.diagnostics import logger
 from moa_cli.engine import piece_limit
 from moa_cli.errors import KIND_WORDS, ConfigError, EmptyAnswer, ProviderError, TurnFailed
 from moa_cli.events import AnswerDelta, CallFailed, CallFinished, CallStarted, Event
-from moa_cli.logs import logger
 from moa_cli.providers.registry import ProviderPool
 from moa_cli.server import errors
 from moa_cli.server.errors import ApiError
