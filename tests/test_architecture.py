@@ -210,3 +210,26 @@ def test_the_store_imports_only_plain_values_and_errors() -> None:
     }
     for module in ("engine.py", "api.py", *(f"render/{p.name}" for p in (PKG / "render").glob("*.py"))):
         assert not {n for n in moa_imports(PKG / module) if n.startswith("moa_cli.store")}, module
+
+
+def env_reads(path: Path) -> set[str]:
+    """The environment variables `path` reads by name: `env.get("X")`, `os.environ["X"]`, `os.getenv("X")`."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        key: ast.expr | None = None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+            owner = ast.unparse(node.func.value)
+            if (node.func.attr == "get" and owner.endswith(("env", "environ"))) or node.func.attr == "getenv":
+                key = node.args[0]
+        elif isinstance(node, ast.Subscript) and ast.unparse(node.value).endswith(("env", "environ")):
+            key = node.slice
+        if isinstance(key, ast.Constant) and isinstance(key.value, str):
+            names.add(key.value)
+    return names
+
+
+def test_moas_environment_variables_are_read_in_one_place() -> None:
+    """config.py reads moa's variables (MOA_*, TOGETHER_BASE_URL, the keys); the rest take the
+    settings. The terminal's own conventions (NO_COLOR, TERM) are read where output is drawn."""
+    readers = {p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py") if env_reads(p) - {"NO_COLOR", "TERM"}}
+    assert readers <= {"config.py"}

@@ -49,7 +49,7 @@ def routes(settings: Settings) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for spec in dict.fromkeys([*settings.references, settings.aggregator]):
         config, model = split(settings, spec)
-        endpoint = (settings.env.get("TOGETHER_BASE_URL") if config.kind == "together" else None) or config.base_url
+        endpoint = config.base_url  # TOGETHER_BASE_URL for a together provider when set (config.load_settings)
         out[spec] = [config.name, config.kind, mask_url(endpoint or "default"), model]
     return out
 
