@@ -93,7 +93,7 @@ def splitter(settings: Settings) -> Callable[[str], tuple[str, str]]:
 # ---------------------------------------------------------------------------- prices
 
 
-def _load_book(settings: Settings) -> PriceBook:
+def load_prices(settings: Settings) -> PriceBook:
     store = None
     path = db_path(settings.paths.data_dir) if settings.paths is not None else None
     try:
@@ -132,7 +132,7 @@ async def price_book(settings: Settings) -> PriceBook:
         cached = _books.get(key)
     if cached is not None and now - cached[0] < BOOK_TTL:
         return cached[1]
-    book = await asyncio.to_thread(_load_book, settings)
+    book = await asyncio.to_thread(load_prices, settings)
     with _books_lock:
         _books[key] = (now, book)
     return book

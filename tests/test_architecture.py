@@ -233,3 +233,18 @@ def test_moas_environment_variables_are_read_in_one_place() -> None:
     settings. The terminal's own conventions (NO_COLOR, TERM) are read where output is drawn."""
     readers = {p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py") if env_reads(p) - {"NO_COLOR", "TERM"}}
     assert readers <= {"config.py"}
+
+
+def test_no_module_imports_another_modules_private_name() -> None:
+    """A name with a leading underscore is its module's own: another module that needs it
+    needs it public."""
+    taken = []
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("moa_cli"):
+                taken += [
+                    f"{path.relative_to(PKG)}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name[0] == "_" and not a.name.endswith("__")
+                ]
+    assert taken == []

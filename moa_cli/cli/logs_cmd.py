@@ -72,7 +72,7 @@ def _data_dir() -> Path:
     return resolve_paths(os.environ).data_dir
 
 
-def _open(*, create: bool = False) -> Store:
+def open_log(*, create: bool = False) -> Store:
     from moa_cli.store import StoreError, db_path, open_store
 
     try:
@@ -157,7 +157,7 @@ def logs(
             else:
                 sys.stderr.write("moa: nothing logged yet\n")
             return
-        with _open() as store:
+        with open_log() as store:
             conversation = _resolve(store, cid)[1] if cid is not None else None
             turns = store.turns(
                 limit=count,
@@ -276,7 +276,7 @@ def show(
 
 def _rendered(ref: str, *, proposals: bool) -> tuple[Any, str]:
     """A turn or a conversation (`ref`) as its JSON object and as Markdown."""
-    with _open() as store:
+    with open_log() as store:
         kind, key = _resolve(store, ref)
         if kind == "turn":
             turn = store.turn(key)
@@ -321,7 +321,7 @@ def rm(
     with handle_errors(json_mode=json_output):
         if (ref is None) == (before is None):
             raise ConfigError("give an ID or --before DATE")
-        with _open() as store:
+        with open_log() as store:
             if before is not None:
                 count = store.delete_before(parse_date(before))
                 what = f"turns before {before}"
@@ -344,7 +344,7 @@ def backup(
     with handle_errors(json_mode=json_output):
         from moa_cli.store import StoreError
 
-        with _open() as store:
+        with open_log() as store:
             try:
                 path = store.backup(target.expanduser())
             except StoreError as exc:
@@ -377,7 +377,7 @@ def cost(
         if not db_path(_data_dir()).exists():
             lines = []
         else:
-            with _open() as store:
+            with open_log() as store:
                 try:
                     lines = store.cost(since=parse_date(since) if since else None, by=by)
                 except StoreError as exc:
@@ -430,7 +430,7 @@ def _status() -> dict[str, Any]:
         "size_bytes": where.stat().st_size if where.exists() else 0,
     }
     if where.exists():
-        with _open() as store:
+        with open_log() as store:
             data["turns"], data["conversations"] = store.counts()
     return data
 

@@ -32,11 +32,11 @@ def trace(
     with handle_errors(json_mode=json_output):
         from dataclasses import asdict
 
-        from moa_cli.cli.logs_cmd import _open
+        from moa_cli.cli.logs_cmd import open_log
         from moa_cli.store import StoreError
         from moa_cli.trace import timeline
 
-        with _open() as store:
+        with open_log() as store:
             try:
                 turn = store.turn(turn_id)
             except StoreError as exc:

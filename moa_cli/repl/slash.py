@@ -453,10 +453,10 @@ def _usage(state: ChatState, arg: str, console: Console) -> Outcome:
 
 
 def _estimate(state: ChatState, arg: str, console: Console) -> Outcome:
-    from moa_cli.recorder import _load_book, estimate
+    from moa_cli.recorder import estimate, load_prices
 
     prompt = arg.strip() or "?"
-    worst = estimate(state.settings, state.conversation.messages_for(prompt), _load_book(state.settings))
+    worst = estimate(state.settings, state.conversation.messages_for(prompt), load_prices(state.settings))
     what = "this prompt" if arg.strip() else "the history (plus your prompt)"
     console.print(f"worst case of the next turn, for {what}: {worst.text()}", markup=False, highlight=False)
     if state.settings.max_cost is not None:
