@@ -248,3 +248,10 @@ def test_no_module_imports_another_modules_private_name() -> None:
                     if a.name[0] == "_" and not a.name.endswith("__")
                 ]
     assert taken == []
+
+
+def test_one_atomic_writer() -> None:
+    """Files are written whole by files.write_atomic; ifeval's checker data is a directory,
+    moved into place once it is complete."""
+    renamers = {p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py") if "os.replace(" in p.read_text()}
+    assert renamers <= {"files.py", "evals/ifeval.py"}

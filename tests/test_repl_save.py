@@ -138,7 +138,7 @@ def test_a_failed_write_leaves_the_old_file_whole(tmp_path: Path, monkeypatch: p
     def broken_replace(src: object, dst: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("moa_cli.conversation.os.replace", broken_replace)
+    monkeypatch.setattr("moa_cli.files.os.replace", broken_replace)
     conversation = Conversation()
     conversation.add("q", TurnResult("a", AGG))
     with pytest.raises(OSError, match="No space left"):

@@ -514,7 +514,7 @@ def default_work_dir(settings: Settings) -> Path:
 
 def write_input(path: Path, prompts: Sequence[Prompt]) -> None:
     """The batch input: every prompt (so any selection resumes from the same sidecar)."""
-    from moa_cli.batch import write_atomic
+    from moa_cli.files import write_atomic
 
     lines = "".join(json.dumps({"id": p.id, "prompt": p.prompt}) + "\n" for p in prompts)
     data = lines.encode("ascii")
@@ -600,7 +600,7 @@ def score_all(prompts: Sequence[Prompt], outcomes: Mapping[str, Any]) -> Report:
 
 def write_scores(path: Path, report: Report) -> None:
     """Per-prompt results (answers, verdicts, tokens), one JSON object a line: the raw figures."""
-    from moa_cli.batch import write_atomic
+    from moa_cli.files import write_atomic
 
     lines = "".join(json.dumps(s.to_dict()) + "\n" for s in report.scored)
     write_atomic(path, lines.encode("utf-8"))
