@@ -13,17 +13,15 @@ Stdlib only, and files.py (no rich, no prompt_toolkit): the REPL, the server and
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from moa_cli import transcript
 from moa_cli.files import write_atomic
+from moa_cli.transcript import TRANSCRIPT_SUFFIXES
 from moa_cli.types import Message, TurnResult
-
-TRANSCRIPT_VERSION = 1
-TRANSCRIPT_SUFFIXES = (".md", ".json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,41 +114,12 @@ class Conversation:
     # ------------------------------------------------------------------ transcripts
 
     def to_markdown(self, meta: dict[str, Any] | None = None) -> str:
-        """A readable transcript: each prompt under **You**, each answer under **moa**."""
-        lines = ["# Conversation with moa", ""]
-        for key, value in (meta or {}).items():
-            lines.append(f"- {key}: {_meta_text(value)}")
-        if meta:
-            lines.append("")
-        if self.system:
-            lines += ["**System:**", "", self.system.strip(), ""]
-        for exchange in self._exchanges:
-            lines += [
-                "---",
-                "",
-                "**You:**",
-                "",
-                exchange.prompt.strip(),
-                "",
-                "**moa:**",
-                "",
-                exchange.answer.strip(),
-                "",
-            ]
-        return "\n".join(lines)
+        """A readable transcript (transcript.markdown)."""
+        return transcript.markdown(self, meta)
 
     def to_json(self, meta: dict[str, Any] | None = None) -> str:
-        """A machine-readable transcript; `messages` can be sent to any chat API as is."""
-        data: dict[str, Any] = {
-            "version": TRANSCRIPT_VERSION,
-            "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            **(meta or {}),
-            "system": self.system,
-            "multi_turn": self.multi_turn,
-            "messages": self.messages(),
-            "turns": [exchange.to_dict() for exchange in self._exchanges],
-        }
-        return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+        """A machine-readable transcript (transcript.json_text)."""
+        return transcript.json_text(self, meta)
 
     def save(self, path: Path, meta: dict[str, Any] | None = None, *, overwrite: bool = False) -> Path:
         """Write a transcript; the format follows the suffix (.md or .json).
@@ -165,12 +134,6 @@ class Conversation:
         text = self.to_json(meta) if suffix == ".json" else self.to_markdown(meta)
         write_new_file(path, text.encode("utf-8"), overwrite=overwrite)
         return path
-
-
-def _meta_text(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value)
-    return str(value)
 
 
 def write_new_file(path: Path, data: bytes, *, overwrite: bool = False) -> None:

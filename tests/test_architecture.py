@@ -44,6 +44,17 @@ FORBIDDEN: dict[str, set[str]] = {
         f"render/{name}": {"prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"}
         for name in ("__init__.py", "answer.py", "blocks.py", "console.py", "progress.py", "turn.py")
     },
+    "transcript.py": {
+        "rich",
+        "prompt_toolkit",
+        "typer",
+        "together",
+        "openai",
+        "httpx",
+        "loguru",
+        "llama_cpp",
+        "sqlite3",
+    },
     "conversation.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"},
     # The conversation log: the store is sqlite3 and plain records; pricing fetches catalogues
     # with httpx only in `refresh`; the trace is data, drawn by render_trace.py with rich.

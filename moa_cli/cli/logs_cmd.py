@@ -18,7 +18,6 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -27,9 +26,10 @@ import typer
 
 from moa_cli.cli.errors import handle_errors
 from moa_cli.errors import ConfigError
+from moa_cli.transcript import conversation_json, conversation_markdown, cost_line, turn_json, turn_markdown, when
 
 if TYPE_CHECKING:
-    from moa_cli.store import ConversationRecord, Store, TurnRecord
+    from moa_cli.store import Store
 
 app = typer.Typer(
     name="logs",
@@ -81,26 +81,6 @@ def open_log(*, create: bool = False) -> Store:
         if not db_path(_data_dir()).exists():
             raise ConfigError(f"nothing logged yet (the log will be {db_path(_data_dir())})") from None
         raise ConfigError(str(exc)) from None
-
-
-def _cost(turn: TurnRecord) -> str:
-    from moa_cli.pricing import cost_text
-
-    calls = len(turn.calls) or None
-    if turn.unpriced_calls and not turn.priced_usd:
-        return "cost unknown"
-    return cost_text(turn.priced_usd, turn.unpriced_calls, calls)
-
-
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
-
-
-def turn_json(turn: TurnRecord) -> dict[str, Any]:
-    data = asdict(turn)
-    if not turn.calls:
-        data.pop("calls")
-    return data
 
 
 MAX_COUNT = 1_000_000  # `logs -n`: more turns than anyone reads, and far from SQLite's integer limit
@@ -184,7 +164,7 @@ def logs(
             prompt = " ".join(turn.prompt.split())
             prompt = prompt if len(prompt) <= 60 else prompt[:59] + "…"
             lines.append(
-                f"{turn.id:>6}  {_when(turn.started_at)}  {turn.conversation_id}  {_cost(turn)}{status}  {prompt}"
+                f"{turn.id:>6}  {when(turn.started_at)}  {turn.conversation_id}  {cost_line(turn)}{status}  {prompt}"
             )
         if not turns:
             sys.stderr.write(
@@ -195,58 +175,6 @@ def logs(
 
 
 # ---------------------------------------------------------------------------- show and export
-
-
-def turn_markdown(turn: TurnRecord, *, proposals: bool = False, heading: str = "##") -> str:
-    lines = [f"{heading} Turn {turn.id} · {_when(turn.started_at)} · {turn.status} · {_cost(turn)}", ""]
-    if turn.system and turn.seq == 1:
-        lines += ["**System:**", "", turn.system.strip(), ""]
-    lines += ["**You:**", "", turn.prompt.strip(), ""]
-    if turn.answer is not None:
-        lines += ["**moa:**", "", turn.answer.strip(), ""]
-    elif turn.error:
-        lines += [f"*{turn.status}: {turn.error}*", ""]
-    if proposals:
-        for layer in sorted({c.layer for c in turn.calls if c.role != "aggregator"}):
-            lines += [f"{heading}# Layer {layer}", ""]
-            for call in (c for c in turn.calls if c.layer == layer and c.role != "aggregator"):
-                info = f"{call.duration or 0:.1f}s"
-                if call.completion_tokens is not None:
-                    info += f" · {call.completion_tokens} tokens"
-                info += f" · {(call.cost_usd and f'${call.cost_usd:.6f}'.rstrip('0')) or ('$0' if call.cost_usd == 0 else 'unpriced')}"
-                lines += [f"**{call.spec}** ({info})", ""]
-                lines += [
-                    call.text.strip() if call.text is not None else f"*failed ({call.error_kind}): {call.error}*",
-                    "",
-                ]
-    return "\n".join(lines)
-
-
-def conversation_markdown(conversation: ConversationRecord, *, proposals: bool = False) -> str:
-    from moa_cli.pricing import cost_text
-
-    calls = sum(len(t.calls) for t in conversation.turns)
-    priced = sum(t.priced_usd for t in conversation.turns)
-    unpriced = sum(t.unpriced_calls for t in conversation.turns)
-    lines = [
-        f"# {conversation.title}",
-        "",
-        f"- conversation: {conversation.id}",
-        f"- source: {conversation.source}",
-        f"- started: {_when(conversation.created_at)}",
-        f"- line-up: {', '.join(conversation.lineup.get('references', []))} → {conversation.lineup.get('aggregator', '?')}",
-        f"- cost: {cost_text(priced, unpriced, calls or None)}",
-        "",
-    ]
-    for turn in conversation.turns:
-        lines.append(turn_markdown(turn, proposals=proposals))
-    return "\n".join(lines)
-
-
-def conversation_json(conversation: ConversationRecord) -> dict[str, Any]:
-    data = asdict(conversation)
-    data["turns"] = [asdict(t) for t in conversation.turns]
-    return data
 
 
 def _print_markdown(text: str) -> None:
