@@ -17,15 +17,26 @@ from moa_cli.providers.scripted import ScriptedProvider, ScriptedRouter
 from tests.fakes.llm_server import FakeLLMServer
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def checker(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The official checker, ready (NLTK's Punkt data in place); skipped without the [eval] extra."""
+    try:
+        ifeval.check_installed()
+    except ifeval.EvalSetupError as exc:
+        pytest.skip(str(exc))
     ifeval.prepare_checker(tmp_path_factory.mktemp("eval-data"))
+
+
+#: For the tests that need the [eval] extra; the others (the report's arithmetic, the
+#: missing-extra message, the layering) run without it.
+needs_eval = pytest.mark.usefixtures("checker")
 
 
 def prompt(instruction: str, kwargs: dict | None = None, text: str = "Write about rain.") -> Prompt:
     return Prompt(1, text, (instruction,), (kwargs or {},))
 
 
+@needs_eval
 @pytest.mark.parametrize(
     ("instruction", "kwargs", "passes", "fails"),
     [
@@ -56,6 +67,7 @@ def test_the_official_checker_scores_known_answers(instruction: str, kwargs: dic
     assert not ifeval.score(p, None).prompt_loose  # a failed call follows nothing
 
 
+@needs_eval
 def test_a_check_that_draws_a_value_gives_the_same_verdict_every_time() -> None:
     """IFEval prompt 1129 asks for 6 "!": not a letter, so the official letter_frequency check
     picks a random letter. Seeded per prompt, the verdict no longer depends on the run."""
@@ -78,12 +90,14 @@ def test_a_check_that_draws_a_value_gives_the_same_verdict_every_time() -> None:
     assert random.getstate() == state  # the caller's random is left as it was
 
 
+@needs_eval
 def test_loose_forgives_a_preamble_that_strict_does_not() -> None:
     p = prompt("change_case:english_lowercase")
     verdict = ifeval.score(p, "Sure! Here it is:\nthe rain falls on the quiet town all night long.")
     assert (verdict.prompt_strict, verdict.prompt_loose) == (False, True)
 
 
+@needs_eval
 def test_nltk_reads_the_bundled_punkt_model_and_matches_it() -> None:
     import nltk
     import punkt
@@ -94,6 +108,7 @@ def test_nltk_reads_the_bundled_punkt_model_and_matches_it() -> None:
     assert ours[0].startswith("Mr. J. R. R. Tolkien") and len(ours) == 5  # Punkt splits after "e.g." before a capital
 
 
+@needs_eval
 def test_the_prompts_and_their_slices() -> None:
     prompts = ifeval.load_prompts()
     assert len(prompts) == 541 and len({p.key for p in prompts}) == 541
@@ -151,6 +166,7 @@ def test_the_report_counts_paired_wins_and_the_upper_bound() -> None:
 # ---------------------------------------------------------------------------- running
 
 
+@needs_eval
 def test_resumes_after_an_interruption(tmp_path: Path) -> None:
     settings = load_settings(
         {"references": ["alpha", "beta"], "aggregator": "judge", "log": False}, {"MOA_HOME": str(tmp_path)}
@@ -181,6 +197,7 @@ def test_resumes_after_an_interruption(tmp_path: Path) -> None:
     assert [json.loads(line)["key"] for line in lines] == [p.key for p in prompts]
 
 
+@needs_eval
 def test_eval_through_the_cli(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
     args = ["eval", "ifeval", "-r", "alpha,beta", "-a", "judge", "--limit", "3", "--dir", str(tmp_path / "w")]
     proc = moa([*args, "--json"])
@@ -206,6 +223,7 @@ def test_eval_through_the_cli(moa, llm_server: FakeLLMServer, tmp_path: Path) ->
     assert "final answer" in again.stdout and "best of references" in again.stdout
 
 
+@needs_eval
 def test_a_run_that_differs_only_in_quorum_gets_its_own_work_directory(
     moa, llm_server: FakeLLMServer, moa_home: Path
 ) -> None:
