@@ -15,13 +15,43 @@ Stdlib only: the REPL, the CLI and tests can all use it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from moa_cli.types import Message
 
 if TYPE_CHECKING:
-    from moa_cli.conversation import Conversation
     from moa_cli.store import ConversationRecord, TurnRecord
+
+
+class Exchange(Protocol):
+    """One answered turn of a conversation (conversation.Exchange)."""
+
+    @property
+    def prompt(self) -> str: ...
+
+    @property
+    def answer(self) -> str: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class Conversation(Protocol):
+    """What a transcript is written from (conversation.Conversation, the REPL's)."""
+
+    @property
+    def system(self) -> str | None: ...
+
+    @property
+    def multi_turn(self) -> bool: ...
+
+    @property
+    def exchanges(self) -> Sequence[Exchange]: ...
+
+    def messages(self) -> list[Message]: ...
+
 
 TRANSCRIPT_VERSION = 1
 TRANSCRIPT_SUFFIXES = (".md", ".json")

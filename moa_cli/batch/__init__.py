@@ -48,7 +48,7 @@ The modules, from the bottom up (each imports only those above it):
     outcome.py      what one item produced, and who of the line-up took part
     formats.py      one class per judge format: its parse and its write
     fingerprint.py  what decides the answers
-    sidecar.py      the progress file (resume)
+    sidecar.py      the progress file (resume); where OUTPUT's side files are
     manifest.py     the run's record
     reuse.py        stored proposals (--reuse-proposals)
     pacing.py       --rps and --budget
@@ -84,12 +84,20 @@ from moa_cli.batch.formats import (
     select,
 )
 from moa_cli.batch.job import Job, Listener, Prepared, Summary
-from moa_cli.batch.manifest import MANIFEST_SUFFIX, manifest, manifest_path
+from moa_cli.batch.manifest import manifest
 from moa_cli.batch.outcome import FAILED, FELL_BACK, Outcome, degraded_by_member, members
 from moa_cli.batch.pacing import Budget, LimitedRouter, RateLimiter
 from moa_cli.batch.reuse import Stored, read_stored
 from moa_cli.batch.run import answer_item, prepare, run_batch
-from moa_cli.batch.sidecar import REUSE_PART, SIDECAR_SUFFIX, SIDECAR_VERSION, Sidecar, sidecar_path
+from moa_cli.batch.sidecar import (
+    MANIFEST_SUFFIX,
+    REUSE_PART,
+    SIDECAR_SUFFIX,
+    SIDECAR_VERSION,
+    Sidecar,
+    manifest_path,
+    sidecar_path,
+)
 from moa_cli.files import write_atomic
 
 __all__ = [

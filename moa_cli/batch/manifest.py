@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import json
 from datetime import UTC
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from moa_cli import __version__
 from moa_cli.batch.fingerprint import answer_settings, plain, sha256_text
 from moa_cli.batch.outcome import degraded_by_member
 
-MANIFEST_SUFFIX = ".moa-manifest.json"
-
 if TYPE_CHECKING:
     from moa_cli.batch.job import Prepared, Summary
-
-
-def manifest_path(output: Path) -> Path:
-    return output.with_name(output.name + MANIFEST_SUFFIX)
 
 
 def manifest(prepared: Prepared, summary: Summary) -> bytes:

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from moa_cli.batch.formats import BatchInputError, Item, read_bytes
-from moa_cli.batch.manifest import manifest_path
 from moa_cli.batch.outcome import Outcome
-from moa_cli.batch.sidecar import SIDECAR_SUFFIX, SIDECAR_VERSION
+from moa_cli.batch.sidecar import SIDECAR_SUFFIX, SIDECAR_VERSION, manifest_path
 from moa_cli.errors import ConfigError
 from moa_cli.files import read_file
 from moa_cli.types import Proposal, Usage

@@ -22,11 +22,11 @@ from moa_cli.batch.formats import (
     select,
 )
 from moa_cli.batch.job import Job, Listener, Prepared, Summary
-from moa_cli.batch.manifest import manifest, manifest_path
+from moa_cli.batch.manifest import manifest
 from moa_cli.batch.outcome import Outcome
 from moa_cli.batch.pacing import Budget, LimitedRouter, RateLimiter
 from moa_cli.batch.reuse import Stored, read_stored
-from moa_cli.batch.sidecar import REUSE_PART, SIDECAR_VERSION, Sidecar, sidecar_path
+from moa_cli.batch.sidecar import REUSE_PART, SIDECAR_VERSION, Sidecar, manifest_path, sidecar_path
 from moa_cli.errors import MoaError, TurnFailed
 from moa_cli.files import check_output, write_atomic
 from moa_cli.redact import redact

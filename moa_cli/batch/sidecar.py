@@ -1,4 +1,5 @@
-"""The progress file next to the output (`OUTPUT.moa-progress`): a header, then one outcome per item."""
+"""The progress file next to the output (`OUTPUT.moa-progress`): a header, then one outcome per item;
+and where the side files of OUTPUT are (the progress file, the manifest)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from moa_cli.batch.formats import BatchInputError
 from moa_cli.batch.outcome import Outcome
 
 SIDECAR_SUFFIX = ".moa-progress"
+MANIFEST_SUFFIX = ".moa-manifest.json"
 
 
 SIDECAR_VERSION = 1
@@ -22,6 +24,10 @@ REUSE_PART = "reuse_proposals_sha256"  # in the fingerprint of a re-aggregation 
 
 def sidecar_path(output: Path) -> Path:
     return output.with_name(output.name + SIDECAR_SUFFIX)
+
+
+def manifest_path(output: Path) -> Path:
+    return output.with_name(output.name + MANIFEST_SUFFIX)
 
 
 class Sidecar:
