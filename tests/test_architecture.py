@@ -58,7 +58,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "conversation.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"},
     # The conversation log: the store is sqlite3 and plain records; pricing fetches catalogues
     # with httpx only in `refresh`; the trace is data, drawn by render_trace.py with rich.
-    "store.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"},
+    "store/db.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"},
     "pricing.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "loguru", "llama_cpp"},
     "trace.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp", "sqlite3"},
     "render/trace.py": {"prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"},
@@ -215,7 +215,7 @@ def test_help_path_imports_no_heavy_package() -> None:
 
 def test_the_store_imports_only_plain_values_and_errors() -> None:
     """store.py may use types, errors and sqlite3: no settings, engine, providers or terminal."""
-    assert {n.rsplit(".", 1)[0] if n.count(".") > 1 else n for n in moa_imports(PKG / "store.py")} <= {
+    assert {n.rsplit(".", 1)[0] if n.count(".") > 1 else n for n in moa_imports(PKG / "store" / "db.py")} <= {
         "moa_cli.errors",
         "moa_cli.types",
     }
