@@ -58,7 +58,10 @@ FORBIDDEN: dict[str, set[str]] = {
     "conversation.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"},
     # The conversation log: the store is sqlite3 and plain records; pricing fetches catalogues
     # with httpx only in `refresh`; the trace is data, drawn by render_trace.py with rich.
-    "store/db.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"},
+    **{
+        f"store/{name}": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"}
+        for name in ("__init__.py", "records.py", "schema.py", "db.py", "writer.py")
+    },
     "pricing.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "loguru", "llama_cpp"},
     "trace.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp", "sqlite3"},
     "render/trace.py": {"prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"},
@@ -132,6 +135,10 @@ def test_every_repl_module_has_rules() -> None:
 
 def test_every_render_module_has_rules() -> None:
     assert {f"render/{p.name}" for p in (PKG / "render").glob("*.py")} <= set(FORBIDDEN)
+
+
+def test_every_store_module_has_rules() -> None:
+    assert {f"store/{p.name}" for p in (PKG / "store").glob("*.py")} <= set(FORBIDDEN)
 
 
 def test_every_batch_module_has_rules() -> None:
@@ -214,11 +221,10 @@ def test_help_path_imports_no_heavy_package() -> None:
 
 
 def test_the_store_imports_only_plain_values_and_errors() -> None:
-    """store.py may use types, errors and sqlite3: no settings, engine, providers or terminal."""
-    assert {n.rsplit(".", 1)[0] if n.count(".") > 1 else n for n in moa_imports(PKG / "store" / "db.py")} <= {
-        "moa_cli.errors",
-        "moa_cli.types",
-    }
+    """store/ may use types, errors and sqlite3: no settings, engine, providers or terminal."""
+    for path in (PKG / "store").glob("*.py"):
+        imported = {n.rsplit(".", 1)[0] if n.count(".") > 1 else n for n in moa_imports(path)}
+        assert {n for n in imported if not n.startswith("moa_cli.store")} <= {"moa_cli.errors", "moa_cli.types"}, path
     for module in ("engine.py", "api.py", *(f"render/{p.name}" for p in (PKG / "render").glob("*.py"))):
         assert not {n for n in moa_imports(PKG / module) if n.startswith("moa_cli.store")}, module
 
