@@ -435,7 +435,7 @@ class Settings:
             recorded=False,
         ),
     )
-    # -- the log (store.py)
+    # -- the log (store/)
     log: bool = setting(
         True,
         Spec(

@@ -57,7 +57,7 @@ FORBIDDEN: dict[str, set[str]] = {
     },
     "conversation.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"},
     # The conversation log: the store is sqlite3 and plain records; pricing fetches catalogues
-    # with httpx only in `refresh`; the trace is data, drawn by render_trace.py with rich.
+    # with httpx only in `refresh`; the trace is data, drawn by render/trace.py with rich.
     **{
         f"store/{name}": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"}
         for name in ("__init__.py", "records.py", "schema.py", "db.py", "writer.py")

@@ -248,7 +248,7 @@ def test_a_missing_extra_is_exit_2_naming_the_install_command(moa, monkeypatch: 
 
 
 def test_the_eval_module_draws_nothing() -> None:
-    """Like batch.py: no terminal code (cli/eval_cmd.py draws the table and the progress)."""
+    """Like batch/: no terminal code (cli/eval_cmd.py draws the table and the progress)."""
     from tests.test_architecture import PKG, imported_packages
 
     assert not imported_packages(PKG / "evals" / "ifeval.py") & {

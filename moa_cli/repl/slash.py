@@ -58,7 +58,7 @@ class ChatState:
     conversation: Conversation
     last_prompt: str | None = None  # the last prompt sent, whether or not it was answered
     last_failed: bool = False  # that prompt failed or was cancelled: it is not in the conversation
-    conversation_id: str | None = None  # in the log (store.py); /new starts another
+    conversation_id: str | None = None  # in the log (store/); /new starts another
 
     @classmethod
     def start(cls, settings: Settings, resumed: Any = None) -> ChatState:
@@ -348,7 +348,7 @@ def _save(state: ChatState, arg: str, console: Console) -> Next:
     return Next.CONTINUE
 
 
-# ---------------------------------------------------------------------------- the log (store.py)
+# ---------------------------------------------------------------------------- the log (store/)
 
 
 def _logged_turns(state: ChatState, *, with_calls: bool = False) -> list[Any] | None:
