@@ -10,10 +10,7 @@ import pytest
 
 from moa_cli.api import MoA
 from moa_cli.providers.scripted import ScriptedProvider, ScriptedRouter
-
-
-def env(home: Path) -> dict[str, str]:
-    return {"MOA_HOME": str(home), "TOGETHER_API_KEY": "k", "MOA_LOG": "false"}
+from tests.fakes.helpers import home_env
 
 
 def test_a_router_routes_every_call_and_is_never_closed(tmp_path: Path) -> None:
@@ -24,7 +21,9 @@ def test_a_router_routes_every_call_and_is_never_closed(tmp_path: Path) -> None:
         async def aclose(self) -> None:  # MoA must never call this: the router is not its own
             closed.append(True)
 
-    moa = MoA(["a", "b"], "judge", env=env(tmp_path), router=Router(provider), temperature=0.4, max_tokens=50)
+    moa = MoA(
+        ["a", "b"], "judge", env=home_env(tmp_path, log=False), router=Router(provider), temperature=0.4, max_tokens=50
+    )
 
     async def two_turns() -> list[str]:
         async with moa:
@@ -40,7 +39,9 @@ def test_a_router_routes_every_call_and_is_never_closed(tmp_path: Path) -> None:
 
 def test_aggregator_sampling_reaches_the_answers_call_alone(tmp_path: Path) -> None:
     provider = ScriptedProvider("fake")
-    moa = MoA(["a", "b"], "judge", env=env(tmp_path), router=ScriptedRouter(provider), temperature=0.7, seed=3)
+    moa = MoA(
+        ["a", "b"], "judge", env=home_env(tmp_path, log=False), router=ScriptedRouter(provider), temperature=0.7, seed=3
+    )
     sampling = {"temperature": 0.0, "max_tokens": 9, "seed": 42}
     asyncio.run(moa.arun("hi", aggregator_sampling=sampling))
     by_model = {c.model: (c.temperature, c.max_tokens, c.seed) for c in provider.calls}
@@ -51,13 +52,13 @@ def test_aggregator_sampling_reaches_the_answers_call_alone(tmp_path: Path) -> N
 
 
 def test_aggregator_sampling_takes_only_sampling_fields(tmp_path: Path) -> None:
-    moa = MoA(["a"], "judge", env=env(tmp_path), router=ScriptedRouter(ScriptedProvider("fake")))
+    moa = MoA(["a"], "judge", env=home_env(tmp_path, log=False), router=ScriptedRouter(ScriptedProvider("fake")))
     with pytest.raises(TypeError, match="'model'"):
         asyncio.run(moa.arun("hi", aggregator_sampling={"model": "other"}))
 
 
 def test_settings_and_single_settings_do_not_mix(tmp_path: Path) -> None:
-    moa = MoA(["a"], "judge", env=env(tmp_path))
+    moa = MoA(["a"], "judge", env=home_env(tmp_path, log=False))
     with pytest.raises(TypeError, match="not both"):
         MoA(settings=moa.settings, temperature=0.1)
 
@@ -70,7 +71,9 @@ def test_max_cost_counts_the_answers_own_budget(tmp_path: Path) -> None:
         '[pricing."judge"]\ninput = 1\noutput = 1\n[pricing."a"]\ninput = 1\noutput = 1\n'
     )
     provider = ScriptedProvider("fake")
-    moa = MoA(["a"], "judge", env=env(tmp_path), router=ScriptedRouter(provider), max_tokens=10, max_cost=0.01)
+    moa = MoA(
+        ["a"], "judge", env=home_env(tmp_path, log=False), router=ScriptedRouter(provider), max_tokens=10, max_cost=0.01
+    )
     asyncio.run(moa.arun("hi"))  # a few hundred tokens at $1 a million: well under a cent
     with pytest.raises(ConfigError, match="could cost"):
         asyncio.run(moa.arun("hi", aggregator_sampling={"max_tokens": 1_000_000}))  # $1 of output
@@ -81,7 +84,7 @@ def test_source_and_continue_conversation_are_arguments(tmp_path: Path) -> None:
     """What batch asks of each item's MoA: its turns logged as one conversation, from "batch"."""
     from moa_cli.store import Store, flush_all
 
-    logged = {**env(tmp_path), "MOA_LOG": "true"}
+    logged = home_env(tmp_path, log=True)
     router = ScriptedRouter(ScriptedProvider("fake"))
     moa = MoA(["a"], "judge", env=logged, router=router, source="batch", continue_conversation=True)
     asyncio.run(moa.arun("one"))
