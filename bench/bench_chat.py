@@ -272,9 +272,9 @@ def main() -> None:
     parser.add_argument("--paced-rate", type=float, default=2000, help="tokens per second of the paced run")
     parser.add_argument("--memory-tokens", type=int, default=300, help="answer length in the memory run")
     args = parser.parse_args()
-    from moa_cli import logs
+    from moa_cli import diagnostics
 
-    logs.configure("WARNING")  # the in-process turns log nothing
+    diagnostics.configure("WARNING")  # the in-process turns log nothing
     answer = markdown_answer(args.tokens)
     server = ServerProcess(answer, args.paced_rate)
     try:

@@ -260,10 +260,10 @@ def main() -> None:
     parser.add_argument("--turns-only", action="store_true", help="skip 1. (the raw model speed)")
     args = parser.parse_args()
 
-    from moa_cli import logs
+    from moa_cli import diagnostics
     from moa_cli.providers import local
 
-    logs.configure("WARNING")
+    diagnostics.configure("WARNING")
     if not local.llama_cpp_installed() or local.bundled_model_path() is None:
         print(f"skipped: the [local] extra is not installed ({local.INSTALL_HINT})")
         return

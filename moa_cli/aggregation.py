@@ -33,7 +33,7 @@ __all__ = [
     "AGGREGATIONS",
     "SELECT_MAX_TOKENS",
     "SELECT_PROMPT",
-    "Outcome",
+    "AggregatorStep",
     "aggregate",
     "parse_choice",
     "select_messages",
@@ -75,7 +75,7 @@ class Caller(Protocol):
 
 
 @dataclass(slots=True)
-class Outcome:
+class AggregatorStep:
     """The aggregator step's result. `final` is the answer as a Proposal (None text: it failed)."""
 
     final: Proposal
@@ -133,7 +133,7 @@ async def aggregate(
     messages: list[Message],
     prompt: str,
     proposals: Sequence[Proposal],
-) -> Outcome:
+) -> AggregatorStep:
     """Run the aggregator step over the last layer's answered `proposals`."""
     if strategy == "select":
         return await _select(caller, aggregator, layer, messages, prompt, proposals)
@@ -145,18 +145,18 @@ async def aggregate(
     return await _synthesize(caller, CallInfo(aggregator, layer, 0, "aggregator"), messages, prompt, proposals)
 
 
-def _verbatim(caller: Caller, chosen: Proposal, aggregator: str, layer: int) -> Outcome:
+def _verbatim(caller: Caller, chosen: Proposal, aggregator: str, layer: int) -> AggregatorStep:
     """`chosen` is the answer, streamed as it stands, with no aggregator call."""
     caller.emit(AnswerDelta(CallInfo(aggregator, layer, 0, "aggregator"), chosen.text or ""))
-    return Outcome(_as_final(chosen, aggregator, layer), [], selected=chosen)
+    return AggregatorStep(_as_final(chosen, aggregator, layer), [], selected=chosen)
 
 
 async def _synthesize(
     caller: Caller, call: CallInfo, messages: list[Message], prompt: str, proposals: Sequence[Proposal]
-) -> Outcome:
+) -> AggregatorStep:
     answers = [p.text for p in proposals if p.text is not None]
     final = await caller.call(call, inject_references(messages, prompt, answers))
-    return Outcome(final, [final], failed_call=call if final.text is None else None)
+    return AggregatorStep(final, [final], failed_call=call if final.text is None else None)
 
 
 async def _select(
@@ -166,7 +166,7 @@ async def _select(
     messages: list[Message],
     prompt: str,
     proposals: Sequence[Proposal],
-) -> Outcome:
+) -> AggregatorStep:
     answered = [p for p in proposals if p.text is not None]
     judge = CallInfo(aggregator, layer, 0, "aggregator")
     if len(answered) == 1:  # nothing to choose between: no call
@@ -176,7 +176,7 @@ async def _select(
         judge, select_messages(messages, answers), max_tokens=SELECT_MAX_TOKENS, temperature=0.0, answer=False
     )
     if reply.text is None:
-        return Outcome(reply, [reply], failed_call=judge)
+        return AggregatorStep(reply, [reply], failed_call=judge)
     number = parse_choice(reply.text, len(answered))
     if number is None:
         said = " ".join(reply.text.split())[:60]
@@ -191,7 +191,7 @@ async def _select(
         return fallback
     chosen = answered[number - 1]
     caller.emit(AnswerDelta(judge, chosen.text or ""))
-    return Outcome(_as_final(chosen, aggregator, layer), [reply], selected=chosen)
+    return AggregatorStep(_as_final(chosen, aggregator, layer), [reply], selected=chosen)
 
 
 def _as_final(chosen: Proposal, aggregator: str, layer: int) -> Proposal:

@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Any, cast
 
 from moa_cli import (
-    logs,  # noqa: F401  (importing it keeps the library quiet by default)
+    diagnostics,  # noqa: F401  (importing it keeps the library quiet by default)
     recorder,
 )
 from moa_cli.config import Settings, load_settings
@@ -65,9 +65,11 @@ class MoA:
     """A configured Mixture-of-Agents. Cheap to create; providers connect on first use."""
 
     #: The log (recorder.py): the conversation the next turns belong to (None: each turn
-    #: starts one), what runs them, and the last turn's recording.
+    #: starts one), what runs them, whether each turn continues the last one's conversation,
+    #: and the last turn's recording. The first three are also keyword arguments.
     conversation_id: str | None = None
     source: str = "api"
+    continue_conversation: bool = False
     last_recording: recorder.Recording | None = None
 
     def __init__(
@@ -80,6 +82,9 @@ class MoA:
         settings: Settings | None = None,
         env: Mapping[str, str] | None = None,
         router: Router | None = None,
+        source: str = "api",
+        conversation_id: str | None = None,
+        continue_conversation: bool = False,
         **overrides: Any,
     ) -> None:
         """Settings left out come from the environment, the config file and the defaults.
@@ -88,6 +93,9 @@ class MoA:
         max_tokens, rounds, seed, timeout, ...); an unknown name is a TypeError.
         `router` routes every call through providers someone else owns (a server's or a
         batch's shared `ProviderPool`, perhaps wrapped): this MoA never closes it.
+        `source` names what runs the turns in the log ("api", "batch", ...); `conversation_id`
+        is the logged conversation they belong to (None: the first turn starts one); with
+        `continue_conversation`, each turn's conversation is the next turn's (a batch item's turns).
         """
         if settings is None:
             given = {"references": references, "aggregator": aggregator, "lineup": lineup, **overrides}
@@ -95,6 +103,9 @@ class MoA:
         elif references is not None or aggregator is not None or lineup is not None or overrides:
             raise TypeError("pass either settings= or single settings, not both")
         self.settings = settings
+        self.source = source
+        self.conversation_id = conversation_id
+        self.continue_conversation = continue_conversation
         self._router = router
         self._pool: ProviderPool | None = None
 
@@ -275,11 +286,16 @@ class MoA:
                     await pool.aclose()
         except BaseException as exc:
             recording.end(error=exc)
-            self.last_recording = recording
+            self._recorded(recording)
             raise
         recording.end(result)
-        self.last_recording = recording
+        self._recorded(recording)
         return result
+
+    def _recorded(self, recording: recorder.Recording) -> None:
+        self.last_recording = recording
+        if self.continue_conversation:
+            self.conversation_id = recording.conversation_id  # the next turn continues it
 
     def run(self, prompt: str | Sequence[Message], *, on_event: EventSink | None = None) -> TurnResult:
         """Blocking `arun` for code without an event loop."""

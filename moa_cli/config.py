@@ -87,6 +87,7 @@ class ProviderConfig:
     threads: int | None = None  # kind "local": llama.cpp's threads while generating; None = half the cores
     repack: bool | None = None  # kind "local": llama.cpp's weight repacking; None = decided from the CPU
     repack_source: str = ""  # where `repack` was set, for `moa models --local`
+    base_url_source: str = ""  # the environment variable `base_url` came from ("TOGETHER_BASE_URL"), if one did
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +319,8 @@ def lineup_values(name: str, lineups: Mapping[str, Mapping[str, Any]]) -> dict[s
 
 #: Forces llama.cpp's weight repacking for local models (providers/cpu.py decides otherwise).
 REPACK_ENV = "MOA_LOCAL_REPACK"
+#: Where Together's calls go instead of its API (a proxy, the tests' fake server).
+TOGETHER_BASE_URL_ENV = "TOGETHER_BASE_URL"
 
 
 def parse_switch(value: str) -> bool | None:
@@ -345,6 +348,17 @@ def _apply_repack_env(providers: dict[str, ProviderConfig], env: Mapping[str, st
         if provider.kind == "local":
             source = f"{REPACK_ENV}={raw.strip()}" if repack is not None else ""
             providers[name] = replace(provider, repack=repack, repack_source=source)
+
+
+def _apply_base_url_env(providers: dict[str, ProviderConfig], env: Mapping[str, str]) -> None:
+    """`TOGETHER_BASE_URL` sends every provider of kind "together" there (the one place it is read)."""
+    url = env.get(TOGETHER_BASE_URL_ENV)
+    if not url:
+        return
+    check_base_url(url, TOGETHER_BASE_URL_ENV)
+    for name, provider in providers.items():
+        if provider.kind == "together":
+            providers[name] = replace(provider, base_url=url, base_url_source=TOGETHER_BASE_URL_ENV)
 
 
 def _register_keys(providers: Mapping[str, ProviderConfig], env: Mapping[str, str]) -> None:
@@ -378,8 +392,7 @@ def load_settings(
     providers = _builtin_providers()
     providers.update(file_providers)
     _apply_repack_env(providers, env)
-    if env.get("TOGETHER_BASE_URL"):
-        check_base_url(env["TOGETHER_BASE_URL"], "TOGETHER_BASE_URL")
+    _apply_base_url_env(providers, env)
     _register_keys(providers, env)
 
     layers: list[tuple[dict[str, Any], str]] = [(file_values, f"config file {paths.config_file}")]

@@ -8,24 +8,20 @@ sent back to the models: the next turn sees only the conversation the user saw.
 A turn is added only once it has succeeded. The REPL also takes a `snapshot()` before a
 turn and `restore()`s it if the turn fails or is cancelled, so no half turn survives.
 
-Stdlib only (no rich, no prompt_toolkit): the REPL, the server and tests can all use it.
+Stdlib only, and files.py (no rich, no prompt_toolkit): the REPL, the server and tests can all use it.
 """
 
 from __future__ import annotations
 
-import errno
-import json
-import os
-import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from moa_cli import transcript
+from moa_cli.files import write_atomic
+from moa_cli.transcript import TRANSCRIPT_SUFFIXES
 from moa_cli.types import Message, TurnResult
-
-TRANSCRIPT_VERSION = 1
-TRANSCRIPT_SUFFIXES = (".md", ".json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,41 +114,12 @@ class Conversation:
     # ------------------------------------------------------------------ transcripts
 
     def to_markdown(self, meta: dict[str, Any] | None = None) -> str:
-        """A readable transcript: each prompt under **You**, each answer under **moa**."""
-        lines = ["# Conversation with moa", ""]
-        for key, value in (meta or {}).items():
-            lines.append(f"- {key}: {_meta_text(value)}")
-        if meta:
-            lines.append("")
-        if self.system:
-            lines += ["**System:**", "", self.system.strip(), ""]
-        for exchange in self._exchanges:
-            lines += [
-                "---",
-                "",
-                "**You:**",
-                "",
-                exchange.prompt.strip(),
-                "",
-                "**moa:**",
-                "",
-                exchange.answer.strip(),
-                "",
-            ]
-        return "\n".join(lines)
+        """A readable transcript (transcript.markdown)."""
+        return transcript.markdown(self, meta)
 
     def to_json(self, meta: dict[str, Any] | None = None) -> str:
-        """A machine-readable transcript; `messages` can be sent to any chat API as is."""
-        data: dict[str, Any] = {
-            "version": TRANSCRIPT_VERSION,
-            "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            **(meta or {}),
-            "system": self.system,
-            "multi_turn": self.multi_turn,
-            "messages": self.messages(),
-            "turns": [exchange.to_dict() for exchange in self._exchanges],
-        }
-        return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+        """A machine-readable transcript (transcript.json_text)."""
+        return transcript.json_text(self, meta)
 
     def save(self, path: Path, meta: dict[str, Any] | None = None, *, overwrite: bool = False) -> Path:
         """Write a transcript; the format follows the suffix (.md or .json).
@@ -169,41 +136,7 @@ class Conversation:
         return path
 
 
-def _meta_text(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value)
-    return str(value)
-
-
 def write_new_file(path: Path, data: bytes, *, overwrite: bool = False) -> None:
-    """Write `data` to `path` atomically; FileExistsError if it exists and not `overwrite`.
-
-    Without `overwrite` the temporary file is hard-linked to its name, which fails if the
-    name is taken, even by a file that appeared a moment ago: nothing is ever replaced.
-    Where hard links are not supported, it checks and then renames.
-    """
-    if not overwrite and (path.exists() or path.is_symlink()):
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        if overwrite:
-            os.replace(temp, path)
-            return
-        try:
-            os.link(temp, path)
-        except FileExistsError:
-            raise
-        except OSError:  # no hard links on this file system
-            if path.exists():
-                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
-            os.replace(temp, path)
-    finally:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
+    """Write `data` to `path` atomically; FileExistsError if it exists and not `overwrite`
+    (files.write_atomic: a name taken even a moment ago is never replaced)."""
+    write_atomic(path, data, what=None, overwrite=overwrite)

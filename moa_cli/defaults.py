@@ -1,6 +1,13 @@
-"""Built-in line-ups and known providers. Each setting's own default is declared in settings.py."""
+"""Built-in line-ups and known providers. Each setting's own default is declared in settings.py;
+the few that a plain value type also needs (types.CompletionRequest) are named here once."""
 
 from __future__ import annotations
+
+# The sampling defaults: settings.py declares the settings with them, and a CompletionRequest
+# built by hand gets them (types.py is plain values: it cannot import the settings).
+TEMPERATURE = 0.7
+MAX_TOKENS = 512
+AGGREGATION = "synthesize"  # aggregation.py's strategies: settings.AGGREGATIONS
 
 # The original MoA project's latest Together recipe.
 TOGETHER_REFERENCES: tuple[str, ...] = (

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol, cast
 
 from moa_cli.aggregation import aggregate
+from moa_cli.diagnostics import logger  # disabled until the CLI configures it
 from moa_cli.errors import BadResponse, DeadlineExceeded, EmptyAnswer, ProviderError, TurnFailed
 from moa_cli.events import (
     AnswerDelta,
@@ -39,7 +40,6 @@ from moa_cli.events import (
     Event,
     TurnDone,
 )
-from moa_cli.logs import logger  # disabled until the CLI configures it
 from moa_cli.prompts import inject_references
 from moa_cli.providers.base import RETRY_NOTICE, Provider, StreamItem
 from moa_cli.settings import DEFAULTS, SPECS
@@ -174,7 +174,7 @@ class _Turn:
             started = time.perf_counter()
             logger.debug("layer {} call {} -> {} ({} messages)", call.layer, call.model, provider.name, len(messages))
             self._enter(provider.name, call)
-            self.emit(CallStarted(call))
+            self.emit(CallStarted(call, request.sampling()))
             # Every provider's stream is an async generator: aclose() ends it where it stands.
             stream = cast(AsyncGenerator[StreamItem, None], provider.stream(request))
             # The generator runs in this task's context: its client's retries are told here.

@@ -6,15 +6,19 @@ The tags are public API: renaming one breaks front ends and users' callbacks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from moa_cli.types import CallInfo, TurnResult, Usage
 
 
 @dataclass(frozen=True, slots=True)
 class CallStarted:
+    """A call was sent. `sent` is what its request set besides the model and the messages,
+    as sent (`CompletionRequest.sampling()`): temperature, max_tokens, seed, penalties."""
+
     call: CallInfo
+    sent: dict[str, Any] = field(default_factory=dict)
     type: Literal["call_started"] = "call_started"
 
 

@@ -1,7 +1,9 @@
-"""The one way moa reads a file a user named, and the one check before it writes one.
+"""The one way moa reads a file a user named, the one check before it writes one, and the one
+atomic writer.
 
     data = read_file(path, "config file")          # bytes; ConfigError (exit 2) if unusable
     check_output(path, "--output")                 # ConfigError if PATH is there and not a regular file
+    write_atomic(path, data)                       # whole or not at all (the one atomic writer)
 
 Reading: regular files only (a FIFO, a device such as /dev/zero, a directory or a socket is
 refused), opened with O_NONBLOCK so a FIFO cannot hang the open, checked with fstat after
@@ -13,7 +15,10 @@ Stdlib only (and moa's error tree).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -101,3 +106,46 @@ def check_output(path: Path, what: str) -> None:
         raise ConfigError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(info.st_mode):
         raise ConfigError(f"cannot write {what} {path}: it is {_kind(info.st_mode)}, not a regular file")
+
+
+def write_atomic(path: Path, data: bytes, *, what: str | None = "output file", overwrite: bool = True) -> None:
+    """Write `data` to `path` all at once: a temporary file beside it, fsync, then its name.
+
+    `what` names the file for `check_output` (ConfigError if `path` is there and is not a
+    regular file), and its directory is made; None: neither (the caller has checked).
+    Without `overwrite` an existing `path` is never replaced (FileExistsError): the
+    temporary file is hard-linked to its name, which fails if the name is taken, even by a
+    file that appeared a moment ago (where hard links are not supported: check, then rename).
+    """
+    if what is not None:
+        check_output(path, what)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        if overwrite:
+            os.replace(temp, path)
+        else:
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links on this file system
+                if path.exists():
+                    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+                os.replace(temp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

@@ -326,7 +326,7 @@ class Refreshed:
 
 def _together_target(settings: Any) -> tuple[str, str | None]:
     config = settings.providers.get("together")
-    base = settings.env.get("TOGETHER_BASE_URL") or (config.base_url if config is not None else None) or TOGETHER_HOST
+    base = (config.base_url if config is not None else None) or TOGETHER_HOST  # TOGETHER_BASE_URL when set
     key_env = (config.api_key_env if config is not None else None) or "TOGETHER_API_KEY"
     return base.rstrip("/").removesuffix("/v1") + "/v1/models", settings.env.get(key_env, "").strip() or None
 

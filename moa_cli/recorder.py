@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moa_cli.engine import Plan
+from moa_cli.diagnostics import logger
 from moa_cli.errors import ConfigError, TurnFailed
 from moa_cli.events import CallFailed, CallFinished, CallFirstToken, CallStarted, Event
-from moa_cli.logs import logger
 from moa_cli.pricing import Estimate, PriceBook, load_book, total, worst_case
 from moa_cli.providers.registry import split_spec
 from moa_cli.redact import redact, redact_value
@@ -76,7 +75,7 @@ def settings_of(settings: Settings) -> dict[str, Any]:
     """The line-up settings a turn ran with (what `-c` reuses), plus its limits. No secrets."""
     values: dict[str, Any] = {}
     for name, spec in SPECS.items():
-        if spec.lineup or name in ("timeout", "retries", "lineup", "system", "max_cost"):
+        if spec.recorded:
             value = getattr(settings, name)
             if name == "aggregator_prompt" and value == DEFAULTS[name]:
                 continue  # the built-in prompt: not worth a copy per turn
@@ -94,7 +93,7 @@ def splitter(settings: Settings) -> Callable[[str], tuple[str, str]]:
 # ---------------------------------------------------------------------------- prices
 
 
-def _load_book(settings: Settings) -> PriceBook:
+def load_prices(settings: Settings) -> PriceBook:
     store = None
     path = db_path(settings.paths.data_dir) if settings.paths is not None else None
     try:
@@ -133,7 +132,7 @@ async def price_book(settings: Settings) -> PriceBook:
         cached = _books.get(key)
     if cached is not None and now - cached[0] < BOOK_TTL:
         return cached[1]
-    book = await asyncio.to_thread(_load_book, settings)
+    book = await asyncio.to_thread(load_prices, settings)
     with _books_lock:
         _books[key] = (now, book)
     return book
@@ -213,7 +212,6 @@ class Recording:
         self.source = source
         self.started_at = time.time()
         self._t0 = time.perf_counter()
-        self._plan = Plan.from_settings(settings)
         self._split = splitter(settings)
         self.calls: dict[CallInfo, CallRecord] = {}
         self.reported: dict[CallInfo, float | None] = {}
@@ -233,15 +231,15 @@ class Recording:
         record = self.calls.get(call)
         if record is None:
             provider, model = self._split(call.model)
-            seed = self._plan.seed if call.is_aggregator else self._plan.seed_for(call.layer, call.index)
-            sent = {"temperature": self._plan.temperature, "max_tokens": self._plan.max_tokens, "seed": seed}
-            record = CallRecord(call.layer, call.index, call.role, call.model, provider, model, sent)
+            record = CallRecord(call.layer, call.index, call.role, call.model, provider, model)
             self.calls[call] = record
         return record
 
     def handle(self, event: Event) -> None:
         if isinstance(event, CallStarted):
-            self._call(event.call).started = time.perf_counter() - self._t0
+            record = self._call(event.call)
+            record.started = time.perf_counter() - self._t0
+            record.settings = dict(event.sent)  # what the request set, as sent (a call never sent: {})
         elif isinstance(event, CallFirstToken):
             record = self._call(event.call)
             record.first_token = event.seconds
@@ -371,7 +369,7 @@ def resume(settings: Settings, ref: str | None = None) -> Resumed:
     changes: dict[str, Any] = {}
     if "lineup" not in given:
         for name, value in stored.items():
-            if name in SPECS and (SPECS[name].lineup or name == "system") and name not in given:
+            if name in SPECS and (SPECS[name].lineup or SPECS[name].decides) and name not in given:
                 try:
                     changes[name] = coerce(name, value)
                 except ValueError:

@@ -10,6 +10,9 @@ else is derived from these declarations:
     `/set KEY VALUE` in the REPL                 `settable()`, `parse_text()`
     the Python API's keyword arguments           api.MoA(**settings)
     the engine's plan                            api.plan_from_settings
+    batch's fingerprint, ifeval's work directory  `Spec.decides` (batch.settings_parts)
+    a request's {"moa": {...}} in `moa serve`     `Spec.overridable` (server/schema.OVERRIDABLE)
+    the settings logged with each turn            `Spec.recorded` (recorder.settings_of)
 
 Stdlib only: the CLI imports this module to build `--help`.
 """
@@ -29,6 +32,7 @@ from moa_cli.prompts import AGGREGATOR_PROMPT
 
 Check = Callable[[Any], "str | None"]  # returns what is wrong with a value, or None
 Kind = Literal["str", "int", "float", "bool", "models", "text"]
+Decides = Literal["answer", "references"] | None
 
 LINEUP_PANEL, SAMPLING_PANEL, LIMITS_PANEL, OTHER_PANEL = "Line-up", "Sampling", "Limits", "Other"
 AGGREGATIONS = ("synthesize", "select", "consensus")  # aggregation.py
@@ -54,6 +58,16 @@ class Spec:
     nullable: bool = False  # None is a value ("off")
     commands: frozenset[str] | None = None  # the commands that take the flag; None = every turn command
     show_default: bool = True  # "(default X)" in the flag's help
+    # What the setting is, for what is derived from it; every setting says (test_settings.py).
+    # `decides`: what its value changes: "answer" (every call's answer), "references" (the
+    # references' answers alone: a run that only aggregates stored proposals ignores it), or
+    # None (how a turn runs, not what it answers). batch's fingerprint and `moa eval ifeval`'s
+    # work directory are made of the settings that decide.
+    decides: Decides = field(kw_only=True)
+    # `recorded`: kept with each logged turn (recorder.settings_of).
+    recorded: bool = field(kw_only=True)
+    # `overridable`: a `moa serve` request may set it in `{"moa": {...}}` (--allow-overrides).
+    overridable: bool = field(default=False, kw_only=True)
 
 
 def setting(default: Any, spec: Spec) -> Any:
@@ -131,6 +145,8 @@ class Settings:
             metavar="NAME",
             nullable=True,
             show_default=False,
+            decides=None,
+            recorded=True,
         ),
     )
     aggregator: str = setting(
@@ -145,6 +161,9 @@ class Settings:
             settable=True,
             lineup=True,
             show_default=False,
+            decides="answer",
+            recorded=True,
+            overridable=True,
         ),
     )
     references: tuple[str, ...] = setting(
@@ -160,6 +179,9 @@ class Settings:
             settable=True,
             lineup=True,
             show_default=False,
+            decides="references",
+            recorded=True,
+            overridable=True,
         ),
     )
     rounds: int = setting(
@@ -173,6 +195,9 @@ class Settings:
             checks=(at_least(1, 100),),
             settable=True,
             lineup=True,
+            decides="references",
+            recorded=True,
+            overridable=True,
         ),
     )
     aggregator_prompt: str = setting(
@@ -186,10 +211,12 @@ class Settings:
             checks=(not_empty,),
             lineup=True,
             show_default=False,
+            decides="answer",
+            recorded=True,
         ),
     )
     aggregation: str = setting(
-        "synthesize",
+        defaults.AGGREGATION,
         Spec(
             "str",
             "How the last layer's answers become the final answer: synthesize (the aggregator writes a new one), "
@@ -201,11 +228,14 @@ class Settings:
             checks=(one_of(*AGGREGATIONS),),
             settable=True,
             lineup=True,
+            decides="answer",
+            recorded=True,
+            overridable=True,
         ),
     )
     # -- sampling
     temperature: float = setting(
-        0.7,
+        defaults.TEMPERATURE,
         Spec(
             "float",
             "Sampling temperature.",
@@ -215,10 +245,12 @@ class Settings:
             checks=(_finite, between(0, 2)),
             settable=True,
             lineup=True,
+            decides="answer",
+            recorded=True,
         ),
     )
     max_tokens: int = setting(
-        512,
+        defaults.MAX_TOKENS,
         Spec(
             "int",
             "Most tokens per answer.",
@@ -228,6 +260,8 @@ class Settings:
             checks=(at_least(1, INT32_MAX),),
             settable=True,
             lineup=True,
+            decides="answer",
+            recorded=True,
         ),
     )
     repeat_penalty: float = setting(
@@ -241,6 +275,8 @@ class Settings:
             checks=(_finite, between(0.5, 2)),
             settable=True,
             lineup=True,
+            decides="answer",
+            recorded=True,
         ),
     )
     seed: int | None = setting(
@@ -256,6 +292,8 @@ class Settings:
             lineup=True,
             nullable=True,
             show_default=False,
+            decides="answer",
+            recorded=True,
         ),
     )
     system: str | None = setting(
@@ -268,6 +306,8 @@ class Settings:
             metavar="TEXT",
             nullable=True,
             show_default=False,
+            decides="answer",
+            recorded=True,
         ),
     )
     multi_turn: bool = setting(
@@ -279,6 +319,8 @@ class Settings:
             flags=("--multi-turn/--no-multi-turn",),
             commands=_CHAT,
             show_default=False,
+            decides=None,
+            recorded=False,
         ),
     )
     # -- limits
@@ -295,6 +337,8 @@ class Settings:
             lineup=True,
             nullable=True,
             show_default=False,
+            decides=None,
+            recorded=True,
         ),
     )
     timeout: float = setting(
@@ -306,6 +350,8 @@ class Settings:
             flags=("--timeout",),
             metavar="SECONDS",
             checks=(_finite, more_than_zero),
+            decides=None,
+            recorded=True,
         ),
     )
     retries: int = setting(
@@ -317,6 +363,8 @@ class Settings:
             flags=("--retries",),
             metavar="N",
             checks=(at_least(0, 20),),
+            decides=None,
+            recorded=True,
         ),
     )
     layer_deadline: float | None = setting(
@@ -332,6 +380,9 @@ class Settings:
             lineup=True,
             nullable=True,
             show_default=False,
+            decides="references",
+            recorded=True,
+            overridable=True,
         ),
     )
     quorum: int | None = setting(
@@ -347,6 +398,9 @@ class Settings:
             lineup=True,
             nullable=True,
             show_default=False,
+            decides="references",
+            recorded=True,
+            overridable=True,
         ),
     )
     max_cost: float | None = setting(
@@ -361,6 +415,8 @@ class Settings:
             settable=True,
             nullable=True,
             show_default=False,
+            decides=None,
+            recorded=True,
         ),
     )
     # -- the terminal
@@ -375,9 +431,11 @@ class Settings:
             settable=True,
             commands=frozenset({"ask", "chat"}),
             show_default=False,
+            decides=None,
+            recorded=False,
         ),
     )
-    # -- the log (store.py)
+    # -- the log (store/)
     log: bool = setting(
         True,
         Spec(
@@ -386,16 +444,31 @@ class Settings:
             env="MOA_LOG",
             flags=("--log/--no-log",),
             show_default=False,
+            decides=None,
+            recorded=False,
         ),
     )
     # -- set in the config file or the environment only
     default_provider: str = setting(
         defaults.DEFAULT_PROVIDER,
-        Spec("str", "Provider of model names without a provider: prefix.", env="MOA_DEFAULT_PROVIDER"),
+        Spec(
+            "str",
+            "Provider of model names without a provider: prefix.",
+            env="MOA_DEFAULT_PROVIDER",
+            decides=None,
+            recorded=False,
+        ),
     )
     log_level: str = setting(
         "WARNING",
-        Spec("str", "Log level on stderr (--verbose is DEBUG).", env="MOA_LOG_LEVEL", checks=(one_of(*LOG_LEVELS),)),
+        Spec(
+            "str",
+            "Log level on stderr (--verbose is DEBUG).",
+            env="MOA_LOG_LEVEL",
+            checks=(one_of(*LOG_LEVELS),),
+            decides=None,
+            recorded=False,
+        ),
     )
 
     # -- context: where things are and what was loaded (not settings a user sets one by one)

@@ -7,7 +7,7 @@
 
 One bar per call on a shared time axis (seconds from the turn's start), grouped by layer;
 the first token, a failure (with its kind) and a cut at the layer deadline are marked.
-This module is plain data (stdlib only); `render_trace.py` draws it with rich.
+This module is plain data (stdlib only); `render/trace.py` draws it with rich.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""Plain value types shared by the engine, providers and front ends (stdlib only)."""
+"""Plain value types shared by the engine, providers and front ends (stdlib and defaults.py only)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
+
+from moa_cli import defaults
 
 
 class Message(TypedDict):
@@ -102,8 +104,8 @@ class CompletionRequest:
 
     model: str
     messages: list[Message]
-    temperature: float = 0.7
-    max_tokens: int = 512
+    temperature: float = defaults.TEMPERATURE
+    max_tokens: int = defaults.MAX_TOKENS
     seed: int | None = None
     repeat_penalty: float | None = None  # local (llama.cpp) models only; None: the provider's own
     top_p: float | None = None  # None: the server's own (moa serve passes a request's to the aggregator)
@@ -115,6 +117,16 @@ class CompletionRequest:
     tools: tuple[dict[str, Any], ...] = ()
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
+
+    def sampling(self) -> dict[str, Any]:
+        """What this request sets besides the model and messages, as it is sent: temperature,
+        max_tokens and seed always (seed may be None), each other field when it is set."""
+        sent: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed}
+        for name in ("top_p", "presence_penalty", "frequency_penalty", "repeat_penalty"):
+            value = getattr(self, name)
+            if value is not None:
+                sent[name] = value
+        return sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +205,7 @@ class TurnResult:
     unpriced_calls: int = 0
     # How the aggregator combined the answers (aggregation.py): the strategy asked for, the
     # proposal `select` gave verbatim (None: none was), and what went otherwise ("fell back ...").
-    aggregation: str = "synthesize"
+    aggregation: str = defaults.AGGREGATION
     selected: Proposal | None = None
     warnings: list[str] = field(default_factory=list)
     # With tools (tools.py): the calls the aggregator asked for (finish_reason "tool_calls").

@@ -10,10 +10,7 @@ import pytest
 
 from moa_cli.api import MoA
 from moa_cli.providers.scripted import ScriptedProvider, ScriptedRouter
-
-
-def env(home: Path) -> dict[str, str]:
-    return {"MOA_HOME": str(home), "TOGETHER_API_KEY": "k", "MOA_LOG": "false"}
+from tests.fakes.helpers import home_env
 
 
 def test_a_router_routes_every_call_and_is_never_closed(tmp_path: Path) -> None:
@@ -24,7 +21,9 @@ def test_a_router_routes_every_call_and_is_never_closed(tmp_path: Path) -> None:
         async def aclose(self) -> None:  # MoA must never call this: the router is not its own
             closed.append(True)
 
-    moa = MoA(["a", "b"], "judge", env=env(tmp_path), router=Router(provider), temperature=0.4, max_tokens=50)
+    moa = MoA(
+        ["a", "b"], "judge", env=home_env(tmp_path, log=False), router=Router(provider), temperature=0.4, max_tokens=50
+    )
 
     async def two_turns() -> list[str]:
         async with moa:
@@ -40,7 +39,9 @@ def test_a_router_routes_every_call_and_is_never_closed(tmp_path: Path) -> None:
 
 def test_aggregator_sampling_reaches_the_answers_call_alone(tmp_path: Path) -> None:
     provider = ScriptedProvider("fake")
-    moa = MoA(["a", "b"], "judge", env=env(tmp_path), router=ScriptedRouter(provider), temperature=0.7, seed=3)
+    moa = MoA(
+        ["a", "b"], "judge", env=home_env(tmp_path, log=False), router=ScriptedRouter(provider), temperature=0.7, seed=3
+    )
     sampling = {"temperature": 0.0, "max_tokens": 9, "seed": 42}
     asyncio.run(moa.arun("hi", aggregator_sampling=sampling))
     by_model = {c.model: (c.temperature, c.max_tokens, c.seed) for c in provider.calls}
@@ -51,13 +52,13 @@ def test_aggregator_sampling_reaches_the_answers_call_alone(tmp_path: Path) -> N
 
 
 def test_aggregator_sampling_takes_only_sampling_fields(tmp_path: Path) -> None:
-    moa = MoA(["a"], "judge", env=env(tmp_path), router=ScriptedRouter(ScriptedProvider("fake")))
+    moa = MoA(["a"], "judge", env=home_env(tmp_path, log=False), router=ScriptedRouter(ScriptedProvider("fake")))
     with pytest.raises(TypeError, match="'model'"):
         asyncio.run(moa.arun("hi", aggregator_sampling={"model": "other"}))
 
 
 def test_settings_and_single_settings_do_not_mix(tmp_path: Path) -> None:
-    moa = MoA(["a"], "judge", env=env(tmp_path))
+    moa = MoA(["a"], "judge", env=home_env(tmp_path, log=False))
     with pytest.raises(TypeError, match="not both"):
         MoA(settings=moa.settings, temperature=0.1)
 
@@ -70,7 +71,9 @@ def test_max_cost_counts_the_answers_own_budget(tmp_path: Path) -> None:
         '[pricing."judge"]\ninput = 1\noutput = 1\n[pricing."a"]\ninput = 1\noutput = 1\n'
     )
     provider = ScriptedProvider("fake")
-    moa = MoA(["a"], "judge", env=env(tmp_path), router=ScriptedRouter(provider), max_tokens=10, max_cost=0.01)
+    moa = MoA(
+        ["a"], "judge", env=home_env(tmp_path, log=False), router=ScriptedRouter(provider), max_tokens=10, max_cost=0.01
+    )
     asyncio.run(moa.arun("hi"))  # a few hundred tokens at $1 a million: well under a cent
     with pytest.raises(ConfigError, match="could cost"):
         asyncio.run(moa.arun("hi", aggregator_sampling={"max_tokens": 1_000_000}))  # $1 of output
@@ -83,7 +86,7 @@ def test_rerun_failed_redoes_the_last_layers_failures_over_its_own_input(tmp_pat
     from moa_cli.types import Proposal, Usage
 
     provider = ScriptedProvider("fake").enqueue("b", "b again").enqueue("judge", "final")
-    moa = MoA(["a", "b"], "judge", env=env(tmp_path), router=ScriptedRouter(provider), rounds=2, seed=7)
+    moa = MoA(["a", "b"], "judge", env=home_env(tmp_path, log=False), router=ScriptedRouter(provider), rounds=2, seed=7)
     kept = [
         Proposal("a", 1, text="a one", usage=Usage(1, 1, 2)),
         Proposal("b", 1, text="b one", usage=Usage(1, 1, 2)),
@@ -102,6 +105,28 @@ def test_rerun_failed_redoes_the_last_layers_failures_over_its_own_input(tmp_pat
     assert result.usage.total_tokens == fresh.total_tokens + aggregator.total_tokens  # not the kept ones'
     # Quorum met by what was kept: nothing is redone.
     provider.calls.clear()
-    quorum = MoA(["a", "b"], "judge", env=env(tmp_path), router=ScriptedRouter(provider), rounds=2, quorum=1)
+    quorum = MoA(
+        ["a", "b"], "judge", env=home_env(tmp_path, log=False), router=ScriptedRouter(provider), rounds=2, quorum=1
+    )
     asyncio.run(quorum.aaggregate("hi", kept, rerun_failed=True))
     assert [c.model for c in provider.calls] == ["judge"]
+
+
+def test_source_and_continue_conversation_are_arguments(tmp_path: Path) -> None:
+    """What batch asks of each item's MoA: its turns logged as one conversation, from "batch"."""
+    from moa_cli.store import Store, flush_all
+
+    logged = home_env(tmp_path, log=True)
+    router = ScriptedRouter(ScriptedProvider("fake"))
+    moa = MoA(["a"], "judge", env=logged, router=router, source="batch", continue_conversation=True)
+    asyncio.run(moa.arun("one"))
+    asyncio.run(moa.arun([{"role": "user", "content": "one"}, {"role": "assistant", "content": "x"},
+                          {"role": "user", "content": "two"}]))  # fmt: skip
+    alone = MoA(["a"], "judge", env=logged, router=router)
+    asyncio.run(alone.arun("three"))
+    flush_all()
+    with Store(tmp_path / "logs.db") as store:
+        turns = store.turns(limit=10)
+    by_prompt = {t.prompt: t for t in turns}
+    assert by_prompt["one"].conversation_id == by_prompt["two"].conversation_id != by_prompt["three"].conversation_id
+    assert (by_prompt["one"].source, by_prompt["three"].source) == ("batch", "api")

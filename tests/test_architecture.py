@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.helpers import parse_source
+
 PKG = Path(__file__).resolve().parent.parent / "moa_cli"
 
 # module (relative path) -> top-level packages it must never import, even lazily
@@ -27,15 +29,47 @@ FORBIDDEN: dict[str, set[str]] = {
     "structured.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"},
     "api.py": {"rich", "prompt_toolkit", "typer", "together", "openai"},
     # batch: formats, sidecar and manifest only; its progress bar is cli/batch_cmd.py's business.
-    "batch.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp"},
-    "render.py": {"prompt_toolkit", "typer", "together", "openai", "httpx"},
+    **{
+        f"batch/{name}": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp"}
+        for name in (
+            "__init__.py",
+            "fingerprint.py",
+            "formats.py",
+            "job.py",
+            "manifest.py",
+            "outcome.py",
+            "pacing.py",
+            "reuse.py",
+            "run.py",
+            "sidecar.py",
+        )
+    },
+    # render/: rich views; no prompt_toolkit, Typer, SDK or HTTP (trace.py: no sqlite3 either).
+    **{
+        f"render/{name}": {"prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"}
+        for name in ("__init__.py", "answer.py", "blocks.py", "console.py", "progress.py", "turn.py")
+    },
+    "transcript.py": {
+        "rich",
+        "prompt_toolkit",
+        "typer",
+        "together",
+        "openai",
+        "httpx",
+        "loguru",
+        "llama_cpp",
+        "sqlite3",
+    },
     "conversation.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"},
     # The conversation log: the store is sqlite3 and plain records; pricing fetches catalogues
-    # with httpx only in `refresh`; the trace is data, drawn by render_trace.py with rich.
-    "store.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"},
+    # with httpx only in `refresh`; the trace is data, drawn by render/trace.py with rich.
+    **{
+        f"store/{name}": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp"}
+        for name in ("__init__.py", "records.py", "schema.py", "db.py", "writer.py")
+    },
     "pricing.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "loguru", "llama_cpp"},
     "trace.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp", "sqlite3"},
-    "render_trace.py": {"prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"},
+    "render/trace.py": {"prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"},
     "recorder.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"},
     # The server (ASGI, Starlette) may use the engine, the API and the settings, but no terminal
     # code, no Typer and no SDK: `moa serve` itself is cli/serve.py.
@@ -71,7 +105,7 @@ FORBIDDEN: dict[str, set[str]] = {
 
 def imported_packages(path: Path) -> set[str]:
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(parse_source(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -92,7 +126,7 @@ def test_only_the_together_provider_imports_together() -> None:
 def moa_imports(path: Path) -> set[str]:
     """Every moa_cli module `path` imports, at any depth, as dotted names."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(parse_source(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names if alias.name.startswith("moa_cli"))
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("moa_cli"):
@@ -103,6 +137,18 @@ def moa_imports(path: Path) -> set[str]:
 
 def test_every_repl_module_has_rules() -> None:
     assert {f"repl/{p.name}" for p in (PKG / "repl").glob("*.py")} <= set(FORBIDDEN)
+
+
+def test_every_render_module_has_rules() -> None:
+    assert {f"render/{p.name}" for p in (PKG / "render").glob("*.py")} <= set(FORBIDDEN)
+
+
+def test_every_store_module_has_rules() -> None:
+    assert {f"store/{p.name}" for p in (PKG / "store").glob("*.py")} <= set(FORBIDDEN)
+
+
+def test_every_batch_module_has_rules() -> None:
+    assert {f"batch/{p.name}" for p in (PKG / "batch").glob("*.py")} <= set(FORBIDDEN)
 
 
 def test_every_server_module_has_rules() -> None:
@@ -156,7 +202,7 @@ def module_level_imports(path: Path) -> set[str]:
             elif isinstance(node, ast.Try):
                 visit(node.body)
 
-    visit(ast.parse(path.read_text()).body)
+    visit(parse_source(path.read_text()).body)
     return names
 
 
@@ -181,10 +227,54 @@ def test_help_path_imports_no_heavy_package() -> None:
 
 
 def test_the_store_imports_only_plain_values_and_errors() -> None:
-    """store.py may use types, errors and sqlite3: no settings, engine, providers or terminal."""
-    assert {n.rsplit(".", 1)[0] if n.count(".") > 1 else n for n in moa_imports(PKG / "store.py")} <= {
-        "moa_cli.errors",
-        "moa_cli.types",
-    }
-    for module in ("engine.py", "api.py", "render.py"):
+    """store/ may use types, errors and sqlite3: no settings, engine, providers or terminal."""
+    for path in (PKG / "store").glob("*.py"):
+        imported = {n.rsplit(".", 1)[0] if n.count(".") > 1 else n for n in moa_imports(path)}
+        assert {n for n in imported if not n.startswith("moa_cli.store")} <= {"moa_cli.errors", "moa_cli.types"}, path
+    for module in ("engine.py", "api.py", *(f"render/{p.name}" for p in (PKG / "render").glob("*.py"))):
         assert not {n for n in moa_imports(PKG / module) if n.startswith("moa_cli.store")}, module
+
+
+def env_reads(path: Path) -> set[str]:
+    """The environment variables `path` reads by name: `env.get("X")`, `os.environ["X"]`, `os.getenv("X")`."""
+    names: set[str] = set()
+    for node in ast.walk(parse_source(path.read_text())):
+        key: ast.expr | None = None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+            owner = ast.unparse(node.func.value)
+            if (node.func.attr == "get" and owner.endswith(("env", "environ"))) or node.func.attr == "getenv":
+                key = node.args[0]
+        elif isinstance(node, ast.Subscript) and ast.unparse(node.value).endswith(("env", "environ")):
+            key = node.slice
+        if isinstance(key, ast.Constant) and isinstance(key.value, str):
+            names.add(key.value)
+    return names
+
+
+def test_moas_environment_variables_are_read_in_one_place() -> None:
+    """config.py reads moa's variables (MOA_*, TOGETHER_BASE_URL, the keys); the rest take the
+    settings. The terminal's own conventions (NO_COLOR, TERM) are read where output is drawn."""
+    readers = {p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py") if env_reads(p) - {"NO_COLOR", "TERM"}}
+    assert readers <= {"config.py"}
+
+
+def test_no_module_imports_another_modules_private_name() -> None:
+    """A name with a leading underscore is its module's own: another module that needs it
+    needs it public."""
+    taken = []
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(parse_source(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("moa_cli"):
+                taken += [
+                    f"{path.relative_to(PKG)}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name[0] == "_" and not a.name.endswith("__")
+                ]
+    assert taken == []
+
+
+def test_one_atomic_writer() -> None:
+    """Files are written whole by files.write_atomic; ifeval's checker data is a directory,
+    moved into place once it is complete."""
+    renamers = {p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py") if "os.replace(" in p.read_text()}
+    assert renamers <= {"files.py", "evals/ifeval.py"}

@@ -538,7 +538,7 @@ def test_outcomes_queued_behind_a_cancelled_write_are_kept_on_close(tmp_path: Pa
 
     from moa_cli import batch as core
 
-    sidecar = core.Sidecar(tmp_path / "p", {"moa_batch": core._SIDECAR_VERSION, "fingerprint": "f", "parts": {}})
+    sidecar = core.Sidecar(tmp_path / "p", {"moa_batch": core.SIDECAR_VERSION, "fingerprint": "f", "parts": {}})
     sidecar.open(restart=False)
 
     async def answered_then_cancelled() -> None:

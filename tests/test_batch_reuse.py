@@ -16,6 +16,7 @@ from moa_cli import batch
 from moa_cli.api import MoA
 from moa_cli.providers.scripted import ScriptedProvider, ScriptedRouter, Step
 from moa_cli.types import Proposal, Usage
+from tests.fakes.helpers import home_env
 from tests.fakes.llm_server import FakeLLMServer, Reply
 
 FIRST = ["-r", "alpha,beta", "-a", "judge"]
@@ -182,14 +183,10 @@ def test_proposals_from_another_input_are_refused(moa, llm_server: FakeLLMServer
 # ---------------------------------------------------------------------------- the API under it
 
 
-def env(home: Path) -> dict[str, str]:
-    return {"MOA_HOME": str(home), "TOGETHER_API_KEY": "k", "MOA_LOG": "false"}
-
-
 def test_aaggregate_calls_only_the_aggregator_over_the_last_layers_answers(tmp_path: Path) -> None:
     provider = ScriptedProvider("fake", strict=True)
     provider.set_default("judge", Step("Final.", usage=Usage(10, 2, 12)))
-    moa = MoA(["a", "b"], "judge", env=env(tmp_path), router=ScriptedRouter(provider))
+    moa = MoA(["a", "b"], "judge", env=home_env(tmp_path, log=False), router=ScriptedRouter(provider))
     stored = [
         Proposal("a", 1, text="first draft a", usage=Usage(5, 5, 10)),
         Proposal("b", 1, text="first draft b"),
@@ -208,7 +205,9 @@ def test_aaggregate_calls_only_the_aggregator_over_the_last_layers_answers(tmp_p
 
 def test_aaggregate_consensus_makes_no_call(tmp_path: Path) -> None:
     provider = ScriptedProvider("fake", strict=True)
-    moa = MoA(["a", "b"], "judge", env=env(tmp_path), router=ScriptedRouter(provider), aggregation="consensus")
+    moa = MoA(
+        ["a", "b"], "judge", env=home_env(tmp_path, log=False), router=ScriptedRouter(provider), aggregation="consensus"
+    )
     stored = [Proposal("a", 1, text="the sky is blue"), Proposal("b", 1, text="the sky is blue today")]
     result = asyncio.run(moa.aaggregate("Sky?", stored))
     assert provider.calls == [] and result.answer in ("the sky is blue", "the sky is blue today")

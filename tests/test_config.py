@@ -11,14 +11,11 @@ from moa_cli.config import load_settings, resolve_paths, split_models
 from moa_cli.errors import ConfigError
 from moa_cli.providers.registry import ProviderPool, split_spec
 from moa_cli.settings import DEFAULTS
-
-
-def env_for(home: Path, **extra: str) -> dict[str, str]:
-    return {"MOA_HOME": str(home), "TOGETHER_API_KEY": "k", **extra}
+from tests.fakes.helpers import home_env
 
 
 def test_defaults_are_the_together_recipe(tmp_path: Path) -> None:
-    s = load_settings(env=env_for(tmp_path))
+    s = load_settings(env=home_env(tmp_path))
     assert s.references == defaults.TOGETHER_REFERENCES and s.aggregator == defaults.TOGETHER_AGGREGATOR
     assert (s.temperature, s.max_tokens, s.rounds, s.num_proc) == (0.7, 512, 1, None)
     assert not s.local_lineup
@@ -26,7 +23,7 @@ def test_defaults_are_the_together_recipe(tmp_path: Path) -> None:
 
 def test_precedence_flag_env_file_default(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text("temperature = 0.1\nmax_tokens = 10\nrounds = 3\n")
-    s = load_settings({"temperature": 0.9}, env_for(tmp_path, MOA_MAX_TOKENS="20"))
+    s = load_settings({"temperature": 0.9}, home_env(tmp_path, MOA_MAX_TOKENS="20"))
     assert (s.temperature, s.max_tokens, s.rounds, s.retries) == (0.9, 20, 3, DEFAULTS["retries"])
     assert s.sources["temperature"] == "flag" and s.sources["max_tokens"] == "env MOA_MAX_TOKENS"
     assert s.sources["rounds"].startswith("config file")
@@ -56,7 +53,7 @@ def test_reference_lists_accept_commas_and_repeats() -> None:
 def test_bad_config_files_name_the_problem(tmp_path: Path, text: str, needle: str) -> None:
     (tmp_path / "config.toml").write_text(text)
     with pytest.raises(ConfigError, match=needle) as info:
-        load_settings(env=env_for(tmp_path))
+        load_settings(env=home_env(tmp_path))
     assert str(tmp_path / "config.toml") in str(info.value) or "from config file" in str(info.value)
 
 
@@ -95,7 +92,7 @@ def test_an_explicit_lineup_without_a_key_is_a_missing_key_error(tmp_path: Path)
 
 
 def test_with_changes_validates(tmp_path: Path) -> None:
-    s = load_settings(env=env_for(tmp_path))
+    s = load_settings(env=home_env(tmp_path))
     assert s.with_changes(rounds=2).rounds == 2
     with pytest.raises(ConfigError, match="rounds"):
         s.with_changes(rounds=0)
@@ -106,12 +103,12 @@ def test_with_changes_validates(tmp_path: Path) -> None:
 )
 def test_non_finite_numbers_are_rejected(tmp_path: Path, var: str, value: str) -> None:
     with pytest.raises(ConfigError, match=r"finite|nan is not a number"):
-        load_settings(env=env_for(tmp_path, **{var: value}))
+        load_settings(env=home_env(tmp_path, **{var: value}))
 
 
 def test_bad_log_level_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="log_level"):
-        load_settings(env=env_for(tmp_path, MOA_LOG_LEVEL="bogus"))
+        load_settings(env=home_env(tmp_path, MOA_LOG_LEVEL="bogus"))
 
 
 @pytest.mark.parametrize("case", ["missing", "directory", "empty", "not utf-8"])
@@ -124,11 +121,11 @@ def test_bad_aggregator_prompt_file_is_a_config_error(tmp_path: Path, case: str)
     elif case == "not utf-8":
         path.write_bytes(b"caf\xe9")
     with pytest.raises(ConfigError, match="aggregator prompt"):
-        load_settings({"aggregator_prompt_file": path}, env_for(tmp_path))
+        load_settings({"aggregator_prompt_file": path}, home_env(tmp_path))
 
 
 def test_a_typo_in_a_provider_prefix_is_caught(tmp_path: Path) -> None:
-    s = load_settings(env=env_for(tmp_path))
+    s = load_settings(env=home_env(tmp_path))
     with pytest.raises(ConfigError, match="did you mean 'ollama'"):
         ProviderPool(s).check(["olama:llama3.2:1b"])
     ProviderPool(s).check(["llama3.2:1b", "deepseek-ai/DeepSeek-V3"])  # plain names pass

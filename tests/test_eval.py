@@ -5,6 +5,7 @@ interruption, and one run through the real CLI against the fake server."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from pathlib import Path
 
@@ -17,15 +18,26 @@ from moa_cli.providers.scripted import ScriptedProvider, ScriptedRouter
 from tests.fakes.llm_server import FakeLLMServer
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def checker(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The official checker, ready (NLTK's Punkt data in place); skipped without the [eval] extra."""
+    try:
+        ifeval.check_installed()
+    except ifeval.EvalSetupError as exc:
+        pytest.skip(str(exc))
     ifeval.prepare_checker(tmp_path_factory.mktemp("eval-data"))
+
+
+#: For the tests that need the [eval] extra; the others (the report's arithmetic, the
+#: missing-extra message, the layering) run without it.
+needs_eval = pytest.mark.usefixtures("checker")
 
 
 def prompt(instruction: str, kwargs: dict | None = None, text: str = "Write about rain.") -> Prompt:
     return Prompt(1, text, (instruction,), (kwargs or {},))
 
 
+@needs_eval
 @pytest.mark.parametrize(
     ("instruction", "kwargs", "passes", "fails"),
     [
@@ -56,6 +68,7 @@ def test_the_official_checker_scores_known_answers(instruction: str, kwargs: dic
     assert not ifeval.score(p, None).prompt_loose  # a failed call follows nothing
 
 
+@needs_eval
 def test_a_check_that_draws_a_value_gives_the_same_verdict_every_time() -> None:
     """IFEval prompt 1129 asks for 6 "!": not a letter, so the official letter_frequency check
     picks a random letter. Seeded per prompt, the verdict no longer depends on the run."""
@@ -78,12 +91,14 @@ def test_a_check_that_draws_a_value_gives_the_same_verdict_every_time() -> None:
     assert random.getstate() == state  # the caller's random is left as it was
 
 
+@needs_eval
 def test_loose_forgives_a_preamble_that_strict_does_not() -> None:
     p = prompt("change_case:english_lowercase")
     verdict = ifeval.score(p, "Sure! Here it is:\nthe rain falls on the quiet town all night long.")
     assert (verdict.prompt_strict, verdict.prompt_loose) == (False, True)
 
 
+@needs_eval
 def test_nltk_reads_the_bundled_punkt_model_and_matches_it() -> None:
     import nltk
     import punkt
@@ -94,6 +109,7 @@ def test_nltk_reads_the_bundled_punkt_model_and_matches_it() -> None:
     assert ours[0].startswith("Mr. J. R. R. Tolkien") and len(ours) == 5  # Punkt splits after "e.g." before a capital
 
 
+@needs_eval
 def test_the_prompts_and_their_slices() -> None:
     prompts = ifeval.load_prompts()
     assert len(prompts) == 541 and len({p.key for p in prompts}) == 541
@@ -151,6 +167,7 @@ def test_the_report_counts_paired_wins_and_the_upper_bound() -> None:
 # ---------------------------------------------------------------------------- running
 
 
+@needs_eval
 def test_resumes_after_an_interruption(tmp_path: Path) -> None:
     settings = load_settings(
         {"references": ["alpha", "beta"], "aggregator": "judge", "log": False}, {"MOA_HOME": str(tmp_path)}
@@ -169,6 +186,9 @@ def test_resumes_after_an_interruption(tmp_path: Path) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         asyncio.run(ifeval.run_eval(settings, job, StopAfterTwo(), router=ScriptedRouter(first)))
+    # The task the interrupt left with its exception is finalized now, not in a later test's
+    # ast.parse (where its logged traceback broke CPython 3.11.7's AST recursion counter).
+    gc.collect()
     assert len(first.calls_for("judge")) == 2
 
     second = ScriptedProvider("fake")
@@ -181,6 +201,7 @@ def test_resumes_after_an_interruption(tmp_path: Path) -> None:
     assert [json.loads(line)["key"] for line in lines] == [p.key for p in prompts]
 
 
+@needs_eval
 def test_eval_through_the_cli(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
     args = ["eval", "ifeval", "-r", "alpha,beta", "-a", "judge", "--limit", "3", "--dir", str(tmp_path / "w")]
     proc = moa([*args, "--json"])
@@ -206,6 +227,20 @@ def test_eval_through_the_cli(moa, llm_server: FakeLLMServer, tmp_path: Path) ->
     assert "final answer" in again.stdout and "best of references" in again.stdout
 
 
+@needs_eval
+def test_a_run_that_differs_only_in_quorum_gets_its_own_work_directory(
+    moa, llm_server: FakeLLMServer, moa_home: Path
+) -> None:
+    """The work directory is named after batch's own fingerprint: a setting that decides the
+    answers (here --quorum) and was missing from a hand list made the second run reuse the
+    first one's directory, where batch refused its sidecar (exit 2)."""
+    args = ["eval", "ifeval", "-r", "alpha,beta", "-a", "judge", "--limit", "1", "--json"]
+    assert moa(args).returncode == 0
+    proc = moa([*args, "--quorum", "1"])
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((moa_home / "eval").glob("ifeval-*"))) == 2
+
+
 def test_a_missing_extra_is_exit_2_naming_the_install_command(moa, monkeypatch: pytest.MonkeyPatch) -> None:
     real = ifeval.importlib.util.find_spec
     monkeypatch.setattr(
@@ -217,7 +252,7 @@ def test_a_missing_extra_is_exit_2_naming_the_install_command(moa, monkeypatch: 
 
 
 def test_the_eval_module_draws_nothing() -> None:
-    """Like batch.py: no terminal code (cli/eval_cmd.py draws the table and the progress)."""
+    """Like batch/: no terminal code (cli/eval_cmd.py draws the table and the progress)."""
     from tests.test_architecture import PKG, imported_packages
 
     assert not imported_packages(PKG / "evals" / "ifeval.py") & {

@@ -14,6 +14,7 @@ import textwrap
 import pytest
 
 from tests.conftest import ROOT
+from tests.fakes.helpers import parse_source
 from tests.fakes.llm_server import FakeLLMServer, Reply
 
 PKG = ROOT / "moa_cli"
@@ -86,21 +87,21 @@ def test_a_program_can_switch_the_logs_on() -> None:
 
 
 def test_modules_take_their_logger_from_moa_cli_logs() -> None:
-    """Only logs.py imports loguru, so importing any module that logs disables moa's records.
+    """Only diagnostics.py imports loguru, so importing any module that logs disables moa's records.
 
     The front ends (cli/, repl/) may import it too: they run after `logs.configure()`.
     """
     offenders = []
     for path in PKG.rglob("*.py"):
         rel = path.relative_to(PKG)
-        if rel.as_posix() == "logs.py" or rel.parts[0] in ("cli", "repl"):
+        if rel.as_posix() == "diagnostics.py" or rel.parts[0] in ("cli", "repl"):
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(parse_source(path.read_text())):
             if (isinstance(node, ast.Import) and any(a.name.split(".")[0] == "loguru" for a in node.names)) or (
                 isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "loguru"
             ):
                 offenders.append(rel.as_posix())
-    assert offenders == [], "use `from moa_cli.logs import logger`"
+    assert offenders == [], "use `from moa_cli.diagnostics import logger`"
 
 
 def test_the_help_path_still_does_not_import_loguru() -> None:

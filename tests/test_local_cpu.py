@@ -26,6 +26,7 @@ from moa_cli.config import load_settings
 from moa_cli.errors import ConfigError
 from moa_cli.providers import llama_runtime
 from moa_cli.providers.cpu import choose_repack, cpu_flags
+from tests.fakes.helpers import parse_source
 
 ROOT = Path(__file__).resolve().parent.parent
 SAPPHIRE_RAPIDS = {"sse4_2", "avx2", "avx512f", "avx512_vnni", "amx_bf16", "amx_tile", "amx_int8"}
@@ -211,7 +212,7 @@ def test_every_call_in_the_driver_passes_the_declared_arity() -> None:
     passes exactly DRIVER_FUNCTIONS[X] arguments, and every entry is used."""
     seen: dict[str, int] = {}
     for module in ("llama_runtime.py", "local.py"):
-        tree = ast.parse((ROOT / "moa_cli" / "providers" / module).read_text())
+        tree = parse_source((ROOT / "moa_cli" / "providers" / module).read_text())
         for node in ast.walk(tree):
             if (
                 isinstance(node, ast.Call)

@@ -138,7 +138,7 @@ def test_a_failed_write_leaves_the_old_file_whole(tmp_path: Path, monkeypatch: p
     def broken_replace(src: object, dst: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("moa_cli.conversation.os.replace", broken_replace)
+    monkeypatch.setattr("moa_cli.files.os.replace", broken_replace)
     conversation = Conversation()
     conversation.add("q", TurnResult("a", AGG))
     with pytest.raises(OSError, match="No space left"):
@@ -151,3 +151,19 @@ def test_split_force() -> None:
     assert slash.split_force("t.md --force") == ("t.md", True)
     assert slash.split_force("--force t.md") == ("t.md", True)
     assert slash.split_force(" t.md ") == ("t.md", False)
+
+
+def test_save_and_logs_export_write_the_conversation_in_the_same_blocks() -> None:
+    """`/save` (the REPL's conversation) and `moa logs export` (the logged one) go through
+    transcript.py: the system prompt and each exchange read the same in both."""
+    from moa_cli import transcript
+    from moa_cli.store import ConversationRecord, TurnRecord
+
+    conversation = Conversation("Be brief.")
+    conversation.add("What is 2+2?\n", TurnResult("4 ", AGG))
+    turn = TurnRecord("c1", "What is 2+2?\n", "ok", 0.0, system="Be brief.", answer="4 ", seq=1, id=1)
+    logged = ConversationRecord("c1", "What is 2+2?", "chat", 0.0, 0.0, {"references": ["a"], "aggregator": AGG})
+    logged.turns.append(turn)
+    saved, exported = conversation.to_markdown(), transcript.conversation_markdown(logged)
+    for block in (transcript.system_lines("Be brief."), transcript.exchange_lines("What is 2+2?", "4")):
+        assert "\n".join(block) in saved and "\n".join(block) in exported

@@ -18,6 +18,7 @@ from moa_cli.engine import Plan
 from moa_cli.errors import ConfigError
 from moa_cli.repl.slash import SETTABLE, apply_setting
 from moa_cli.settings import DEFAULTS, SPECS, Settings
+from tests.fakes.helpers import home_env
 
 # Command parameters that are not settings: what to run and how to show it.
 FRONT_END_OPTIONS = {"prompt", "json_output", "verbose", "quiet", "local", "resume", "cid"}
@@ -108,8 +109,39 @@ def test_the_plan_is_made_of_settings() -> None:
     assert (plan.references, plan.aggregator, plan.rounds, plan.seed) == (("a",), "b", 2, 5)
 
 
+def test_every_setting_classifies_itself() -> None:
+    """`decides` and `recorded` have no default: a setting that does not say is refused at import."""
+    from moa_cli.settings import Spec
+
+    with pytest.raises(TypeError, match="decides"):
+        Spec("str", "a setting that does not say what it is")  # type: ignore[call-arg]
+    for name, spec in SPECS.items():
+        assert spec.decides in ("answer", "references", None), name
+        assert isinstance(spec.recorded, bool) and isinstance(spec.overridable, bool), name
+        if spec.decides is not None:  # what decided a logged answer is logged with it
+            assert spec.recorded, name
+        if spec.overridable or spec.decides == "references":  # line-up settings only
+            assert spec.lineup and spec.decides is not None, name
+
+
+def test_what_is_derived_from_the_classification() -> None:
+    from moa_cli import batch
+    from moa_cli.engine import AGGREGATOR_SAMPLING
+    from moa_cli.recorder import settings_of
+    from moa_cli.server.schema import OVERRIDABLE
+
+    s = load_settings({"references": ["a"], "aggregator": "b"}, {"TOGETHER_API_KEY": "k"})
+    assert set(settings_of(s)) | {"aggregator_prompt"} == {n for n, spec in SPECS.items() if spec.recorded}
+    assert set(OVERRIDABLE) == {n for n, spec in SPECS.items() if spec.overridable}
+    parts = batch.settings_parts(s)
+    assert {n for n, spec in SPECS.items() if spec.decides} <= {n.removesuffix("_sha256") for n in parts}
+    assert not {n for n, spec in SPECS.items() if not spec.decides} & set(parts)
+    # A turn's own sampling for the answer (moa serve) only changes what decides the answer.
+    assert {n for n in AGGREGATOR_SAMPLING if n in SPECS} <= {n for n, spec in SPECS.items() if spec.decides}
+
+
 def test_the_python_api_takes_every_setting_by_name(tmp_path: Path) -> None:
-    env = {"MOA_HOME": str(tmp_path), "TOGETHER_API_KEY": "k"}
+    env = home_env(tmp_path)
     moa = MoA(["a", "b"], "c", temperature=0.3, max_tokens=9, layer_deadline=2.5, env=env)
     assert (moa.settings.temperature, moa.settings.max_tokens, moa.settings.layer_deadline) == (0.3, 9, 2.5)
     assert moa.settings.sources["temperature"] == "argument"
@@ -121,7 +153,7 @@ def test_the_python_api_takes_every_setting_by_name(tmp_path: Path) -> None:
 
 def test_set_is_driven_by_the_declarations(tmp_path: Path) -> None:
     assert set(SETTABLE) == {name for name, spec in SPECS.items() if spec.settable}
-    s = load_settings(env={"MOA_HOME": str(tmp_path), "TOGETHER_API_KEY": "k"})
+    s = load_settings(env=home_env(tmp_path))
     assert apply_setting(s, "max-tokens", "64").max_tokens == 64
     assert apply_setting(s, "reference_models", "x y").references == ("x", "y")
     assert apply_setting(apply_setting(s, "seed", "7"), "seed", "off").seed is None
@@ -151,17 +183,17 @@ def write_config(home: Path, text: str) -> None:
 
 
 def test_builtin_lineups_are_there(tmp_path: Path) -> None:
-    s = load_settings(env={"MOA_HOME": str(tmp_path), "TOGETHER_API_KEY": "k"})
+    s = load_settings(env=home_env(tmp_path))
     assert set(s.lineups) >= {"together", "local"}
     assert s.lineup == "together" and s.references == defaults.TOGETHER_REFERENCES
-    local = load_settings({"lineup": "local"}, {"MOA_HOME": str(tmp_path), "TOGETHER_API_KEY": "k"})
+    local = load_settings({"lineup": "local"}, home_env(tmp_path))
     assert local.references == defaults.LOCAL_REFERENCES and local.max_tokens == defaults.LOCAL_MAX_TOKENS
     assert not local.local_lineup  # chosen, not fallen back to: no notice
 
 
 def test_a_chosen_lineup_replaces_the_files_own_and_flags_still_win(tmp_path: Path) -> None:
     write_config(tmp_path, LINEUPS)
-    env = {"MOA_HOME": str(tmp_path), "TOGETHER_API_KEY": "k"}
+    env = home_env(tmp_path)
     plain = load_settings(env=env)
     assert plain.lineup is None and plain.references == ("top-a",) and plain.aggregator == "top-agg"
     fast = load_settings({"lineup": "fast", "max_tokens": 7}, env)
@@ -174,7 +206,7 @@ def test_a_chosen_lineup_replaces_the_files_own_and_flags_still_win(tmp_path: Pa
 
 def test_the_config_can_change_the_default_lineup(tmp_path: Path) -> None:
     write_config(tmp_path, 'lineup = "fast"\n' + LINEUPS)
-    s = load_settings(env={"MOA_HOME": str(tmp_path), "TOGETHER_API_KEY": "k"})
+    s = load_settings(env=home_env(tmp_path))
     assert s.lineup == "fast" and s.references == ("f1", "f2")
 
 
@@ -189,7 +221,7 @@ def test_the_config_can_change_the_default_lineup(tmp_path: Path) -> None:
 )
 def test_bad_lineup_tables_name_the_problem(tmp_path: Path, text: str, needle: str | None) -> None:
     write_config(tmp_path, text)
-    env = {"MOA_HOME": str(tmp_path), "TOGETHER_API_KEY": "k"}
+    env = home_env(tmp_path)
     with pytest.raises(ConfigError, match=needle or "rounds"):
         load_settings({"lineup": "x"}, env)
 
@@ -197,12 +229,12 @@ def test_bad_lineup_tables_name_the_problem(tmp_path: Path, text: str, needle: s
 def test_an_unknown_lineup_names_the_closest(tmp_path: Path) -> None:
     write_config(tmp_path, LINEUPS)
     with pytest.raises(ConfigError, match="did you mean 'fast'"):
-        load_settings({"lineup": "fats"}, {"MOA_HOME": str(tmp_path), "TOGETHER_API_KEY": "k"})
+        load_settings({"lineup": "fats"}, home_env(tmp_path))
 
 
 def test_switching_lineups_keeps_the_flags(tmp_path: Path) -> None:
     write_config(tmp_path, LINEUPS)
-    s = load_settings({"temperature": 1.5}, {"MOA_HOME": str(tmp_path), "TOGETHER_API_KEY": "k"})
+    s = load_settings({"temperature": 1.5}, home_env(tmp_path))
     fast = with_lineup(s, "fast")
     assert fast.references == ("f1", "f2") and fast.temperature == 1.5
     back = with_lineup(fast, "together")
@@ -230,7 +262,7 @@ def test_settings_context_fields_are_not_settings() -> None:
 )
 def test_unusable_values_are_config_errors(tmp_path: Path, overrides: dict, env: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
-        load_settings(overrides, {"MOA_HOME": str(tmp_path), "TOGETHER_API_KEY": "k", **env})
+        load_settings(overrides, home_env(tmp_path, **env))
 
 
 def test_a_bad_provider_base_url_names_the_file_and_hides_credentials(tmp_path: Path) -> None:
@@ -247,9 +279,7 @@ def test_keys_that_no_header_can_carry_and_empty_models_are_caught(tmp_path: Pat
     with pytest.raises(ConfigError, match="cannot carry") as info:
         check_lineup(s)
     assert "clé" not in str(info.value)
-    s = load_settings(
-        {"references": ["a"], "aggregator": "ollama:"}, {"MOA_HOME": str(tmp_path), "TOGETHER_API_KEY": "k"}
-    )
+    s = load_settings({"references": ["a"], "aggregator": "ollama:"}, home_env(tmp_path))
     with pytest.raises(ConfigError, match="model name missing after 'ollama:'"):
         check_lineup(s)
 

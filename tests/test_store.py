@@ -1,4 +1,4 @@
-"""store.py on a tmp database: schema, one transaction per turn, search, deletes, concurrency, overhead."""
+"""store/ on a tmp database: schema, one transaction per turn, search, deletes, concurrency, overhead."""
 
 from __future__ import annotations
 

@@ -193,7 +193,7 @@ def batch(
         from moa_cli.api import MoA
 
         MoA(settings=settings).preload()  # import the SDKs before the loop runs
-        view = _view(quiet)
+        view = progress_view(quiet)
         try:
             summary = signals.run(core.run_batch(prepared, view))
         except KeyboardInterrupt:
@@ -343,7 +343,7 @@ def _cost(summary: Summary) -> str:
     return f"${summary.cost:.4f}" if summary.cost is not None and summary.done else ""
 
 
-def _view(quiet: bool) -> _View:
+def progress_view(quiet: bool) -> _View:
     return _View(quiet)
 
 

@@ -60,8 +60,8 @@ def show() -> None:
                 key_text = f"{p.api_key_env}={mask(key)}" if key else f"{p.api_key_env} (not set)"
             else:
                 key_text = "no key needed"
-            if p.kind == "together" and s.env.get("TOGETHER_BASE_URL"):
-                where = "TOGETHER_BASE_URL=" + mask_url(s.env["TOGETHER_BASE_URL"])
+            if p.base_url_source and p.base_url:
+                where = f"{p.base_url_source}=" + mask_url(p.base_url)
             else:
                 where = mask_url(p.base_url) if p.base_url else "default endpoint"
             cap = f"  max_concurrency={p.max_concurrency}" if p.max_concurrency else ""

@@ -80,7 +80,7 @@ def ifeval(
     """
     with handle_errors():
         from moa_cli import signals
-        from moa_cli.cli.batch_cmd import _view
+        from moa_cli.cli.batch_cmd import progress_view
         from moa_cli.cli.runtime import load
         from moa_cli.evals import ifeval as core
 
@@ -100,7 +100,7 @@ def ifeval(
         from moa_cli.api import MoA
 
         MoA(settings=settings).preload()
-        view = _view(quiet)
+        view = progress_view(quiet)
         try:
             report = signals.run(core.run_eval(settings, job, view))
         except KeyboardInterrupt:

@@ -158,11 +158,11 @@ def lineups(
     with handle_errors(json_mode=json_output):
         import asyncio
 
-        from moa_cli import logs
+        from moa_cli import diagnostics
         from moa_cli.config import load_settings
 
         settings = load_settings()
-        logs.configure(settings.log_level)
+        diagnostics.configure(settings.log_level)
         lineup_rows = rows(settings)
         if check_members:
             for warning in asyncio.run(check(settings, lineup_rows)):

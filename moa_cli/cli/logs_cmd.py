@@ -18,7 +18,6 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -27,9 +26,10 @@ import typer
 
 from moa_cli.cli.errors import handle_errors
 from moa_cli.errors import ConfigError
+from moa_cli.transcript import conversation_json, conversation_markdown, cost_line, turn_json, turn_markdown, when
 
 if TYPE_CHECKING:
-    from moa_cli.store import ConversationRecord, Store, TurnRecord
+    from moa_cli.store import Store
 
 app = typer.Typer(
     name="logs",
@@ -72,7 +72,7 @@ def _data_dir() -> Path:
     return resolve_paths(os.environ).data_dir
 
 
-def _open(*, create: bool = False) -> Store:
+def open_log(*, create: bool = False) -> Store:
     from moa_cli.store import StoreError, db_path, open_store
 
     try:
@@ -81,26 +81,6 @@ def _open(*, create: bool = False) -> Store:
         if not db_path(_data_dir()).exists():
             raise ConfigError(f"nothing logged yet (the log will be {db_path(_data_dir())})") from None
         raise ConfigError(str(exc)) from None
-
-
-def _cost(turn: TurnRecord) -> str:
-    from moa_cli.pricing import cost_text
-
-    calls = len(turn.calls) or None
-    if turn.unpriced_calls and not turn.priced_usd:
-        return "cost unknown"
-    return cost_text(turn.priced_usd, turn.unpriced_calls, calls)
-
-
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
-
-
-def turn_json(turn: TurnRecord) -> dict[str, Any]:
-    data = asdict(turn)
-    if not turn.calls:
-        data.pop("calls")
-    return data
 
 
 MAX_COUNT = 1_000_000  # `logs -n`: more turns than anyone reads, and far from SQLite's integer limit
@@ -157,7 +137,7 @@ def logs(
             else:
                 sys.stderr.write("moa: nothing logged yet\n")
             return
-        with _open() as store:
+        with open_log() as store:
             conversation = _resolve(store, cid)[1] if cid is not None else None
             turns = store.turns(
                 limit=count,
@@ -184,7 +164,7 @@ def logs(
             prompt = " ".join(turn.prompt.split())
             prompt = prompt if len(prompt) <= 60 else prompt[:59] + "…"
             lines.append(
-                f"{turn.id:>6}  {_when(turn.started_at)}  {turn.conversation_id}  {_cost(turn)}{status}  {prompt}"
+                f"{turn.id:>6}  {when(turn.started_at)}  {turn.conversation_id}  {cost_line(turn)}{status}  {prompt}"
             )
         if not turns:
             sys.stderr.write(
@@ -195,58 +175,6 @@ def logs(
 
 
 # ---------------------------------------------------------------------------- show and export
-
-
-def turn_markdown(turn: TurnRecord, *, proposals: bool = False, heading: str = "##") -> str:
-    lines = [f"{heading} Turn {turn.id} · {_when(turn.started_at)} · {turn.status} · {_cost(turn)}", ""]
-    if turn.system and turn.seq == 1:
-        lines += ["**System:**", "", turn.system.strip(), ""]
-    lines += ["**You:**", "", turn.prompt.strip(), ""]
-    if turn.answer is not None:
-        lines += ["**moa:**", "", turn.answer.strip(), ""]
-    elif turn.error:
-        lines += [f"*{turn.status}: {turn.error}*", ""]
-    if proposals:
-        for layer in sorted({c.layer for c in turn.calls if c.role != "aggregator"}):
-            lines += [f"{heading}# Layer {layer}", ""]
-            for call in (c for c in turn.calls if c.layer == layer and c.role != "aggregator"):
-                info = f"{call.duration or 0:.1f}s"
-                if call.completion_tokens is not None:
-                    info += f" · {call.completion_tokens} tokens"
-                info += f" · {(call.cost_usd and f'${call.cost_usd:.6f}'.rstrip('0')) or ('$0' if call.cost_usd == 0 else 'unpriced')}"
-                lines += [f"**{call.spec}** ({info})", ""]
-                lines += [
-                    call.text.strip() if call.text is not None else f"*failed ({call.error_kind}): {call.error}*",
-                    "",
-                ]
-    return "\n".join(lines)
-
-
-def conversation_markdown(conversation: ConversationRecord, *, proposals: bool = False) -> str:
-    from moa_cli.pricing import cost_text
-
-    calls = sum(len(t.calls) for t in conversation.turns)
-    priced = sum(t.priced_usd for t in conversation.turns)
-    unpriced = sum(t.unpriced_calls for t in conversation.turns)
-    lines = [
-        f"# {conversation.title}",
-        "",
-        f"- conversation: {conversation.id}",
-        f"- source: {conversation.source}",
-        f"- started: {_when(conversation.created_at)}",
-        f"- line-up: {', '.join(conversation.lineup.get('references', []))} → {conversation.lineup.get('aggregator', '?')}",
-        f"- cost: {cost_text(priced, unpriced, calls or None)}",
-        "",
-    ]
-    for turn in conversation.turns:
-        lines.append(turn_markdown(turn, proposals=proposals))
-    return "\n".join(lines)
-
-
-def conversation_json(conversation: ConversationRecord) -> dict[str, Any]:
-    data = asdict(conversation)
-    data["turns"] = [asdict(t) for t in conversation.turns]
-    return data
 
 
 def _print_markdown(text: str) -> None:
@@ -276,7 +204,7 @@ def show(
 
 def _rendered(ref: str, *, proposals: bool) -> tuple[Any, str]:
     """A turn or a conversation (`ref`) as its JSON object and as Markdown."""
-    with _open() as store:
+    with open_log() as store:
         kind, key = _resolve(store, ref)
         if kind == "turn":
             turn = store.turn(key)
@@ -321,7 +249,7 @@ def rm(
     with handle_errors(json_mode=json_output):
         if (ref is None) == (before is None):
             raise ConfigError("give an ID or --before DATE")
-        with _open() as store:
+        with open_log() as store:
             if before is not None:
                 count = store.delete_before(parse_date(before))
                 what = f"turns before {before}"
@@ -344,7 +272,7 @@ def backup(
     with handle_errors(json_mode=json_output):
         from moa_cli.store import StoreError
 
-        with _open() as store:
+        with open_log() as store:
             try:
                 path = store.backup(target.expanduser())
             except StoreError as exc:
@@ -377,7 +305,7 @@ def cost(
         if not db_path(_data_dir()).exists():
             lines = []
         else:
-            with _open() as store:
+            with open_log() as store:
                 try:
                     lines = store.cost(since=parse_date(since) if since else None, by=by)
                 except StoreError as exc:
@@ -430,7 +358,7 @@ def _status() -> dict[str, Any]:
         "size_bytes": where.stat().st_size if where.exists() else 0,
     }
     if where.exists():
-        with _open() as store:
+        with open_log() as store:
             data["turns"], data["conversations"] = store.counts()
     return data
 

@@ -226,12 +226,12 @@ def models(
     with handle_errors(json_mode=json_output):
         import asyncio  # deferred, as in the other commands: keeps `moa --help` fast
 
-        from moa_cli import logs
+        from moa_cli import diagnostics
         from moa_cli.config import load_settings
         from moa_cli.redact import redact
 
         settings = load_settings()  # no line-up notice: nothing is being run
-        logs.configure(settings.log_level)
+        diagnostics.configure(settings.log_level)
         if refresh_prices:
             _refresh_prices(settings, json_output)
             return

@@ -29,7 +29,7 @@ Quiet = Annotated[
 ]
 Local = Annotated[bool, typer.Option("--local", help="Use the offline line-up on the bundled model (--lineup local).")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print one JSON object: answer, proposals, usage.")]
-# The conversation log (store.py): continue a logged conversation.
+# The conversation log (store/): continue a logged conversation.
 Continue = Annotated[
     bool,
     typer.Option(

@@ -11,11 +11,11 @@ from moa_cli.config import Settings, load_settings
 
 def load(flags: dict[str, Any], *, local: bool = False) -> Settings:
     """Load settings, set up logging, check the line-up once, and say when it is the offline one."""
-    from moa_cli import logs
+    from moa_cli import diagnostics
     from moa_cli.providers.registry import check_lineup
 
     settings = load_settings(flags, force_local=local)
-    logs.configure(settings.log_level)
+    diagnostics.configure(settings.log_level)
     # Without the [local] extra this gives the install hint (exit 2), before the notice.
     check_lineup(settings)
     if settings.local_lineup:

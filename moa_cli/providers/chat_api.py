@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 
 import httpx
 
+from moa_cli.diagnostics import logger  # disabled until the CLI configures it
 from moa_cli.errors import (
     BadResponse,
     ProviderConnectionError,
@@ -43,7 +44,6 @@ from moa_cli.errors import (
     error_for,
     kind_for_status,
 )
-from moa_cli.logs import logger  # disabled until the CLI configures it
 from moa_cli.providers.base import RETRY_NOTICE
 from moa_cli.providers.sse import EventTooLarge, SSEDecoder
 from moa_cli.redact import clean_server_text, mask_url, register_secret, register_url_secrets

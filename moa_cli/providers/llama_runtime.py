@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from moa_cli.diagnostics import logger
 from moa_cli.errors import ProviderError
-from moa_cli.logs import logger
 from moa_cli.stops import StopMatcher
 from moa_cli.types import Finish, Message, Usage
 

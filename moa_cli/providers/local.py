@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from moa_cli.config import ProviderConfig
+from moa_cli.diagnostics import logger  # disabled until the CLI configures it
 from moa_cli.errors import ConfigError, ProviderError
-from moa_cli.logs import logger  # disabled until the CLI configures it
 from moa_cli.providers import crash
 from moa_cli.providers.cpu import RepackChoice, choose_repack, cpu_flags
 from moa_cli.providers.llama_runtime import LoadError, Request, Runtime, Sampling, check_runtime

@@ -16,8 +16,8 @@ import difflib
 from collections.abc import Iterable
 
 from moa_cli.config import ProviderConfig, Settings
+from moa_cli.diagnostics import logger  # disabled until the CLI configures it
 from moa_cli.errors import ConfigError, MissingKeyError
-from moa_cli.logs import logger  # disabled until the CLI configures it
 from moa_cli.providers.base import Gated, Provider
 from moa_cli.redact import mask_url
 
@@ -152,7 +152,7 @@ class ProviderPool:
         if config.kind == "together":
             from moa_cli.providers.together import TogetherProvider
 
-            base_url = s.env.get("TOGETHER_BASE_URL") or config.base_url
+            base_url = config.base_url  # TOGETHER_BASE_URL when set (config.load_settings)
             if base_url:  # the SDK appends /v1/chat/completions itself
                 base_url = base_url.rstrip("/").removesuffix("/v1")
             logger.debug("provider {} at {}", config.name, mask_url(base_url or "the Together API"))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, TextIO
 from moa_cli import signals
 from moa_cli.config import Settings
 from moa_cli.repl.loop import Repl
-from moa_cli.repl.slash import ChatState, Outcome
+from moa_cli.repl.slash import ChatState, Next
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -40,7 +40,7 @@ def run_lines(
     with asyncio.Runner() as runner:
         try:
             for line in iter(stream.readline, ""):
-                if signals.run(repl.handle(line), runner=runner) is Outcome.EXIT:
+                if signals.run(repl.handle(line), runner=runner) is Next.EXIT:
                     break
         finally:
             runner.run(repl.aclose())

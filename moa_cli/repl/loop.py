@@ -30,7 +30,7 @@ from moa_cli.errors import MoaError
 from moa_cli.providers.registry import ProviderPool
 from moa_cli.repl import slash
 from moa_cli.repl.session import make_session
-from moa_cli.repl.slash import ChatState, Outcome, error, note
+from moa_cli.repl.slash import ChatState, Next, error, note
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -159,26 +159,26 @@ class Repl:
                     continue
                 except EOFError:  # Ctrl-D
                     return 0
-                if await self.handle(line) is Outcome.EXIT:
+                if await self.handle(line) is Next.EXIT:
                     return 0
         finally:
             restore_sigint()
             await self.aclose()
 
-    async def handle(self, line: str) -> Outcome:
+    async def handle(self, line: str) -> Next:
         """One input: a slash command, an exit word, or a prompt to run as a turn."""
         read = slash.read(line, known_only=self.line_mode)
         if read.kind == "exit":
-            return Outcome.EXIT
+            return Next.EXIT
         if read.kind == "command":
             outcome = slash.run(read.text, self.state, self.err)
-            if outcome is Outcome.RETRY:
+            if outcome is Next.RETRY:
                 await self.retry()
-                return Outcome.CONTINUE
+                return Next.CONTINUE
             return outcome
         if read.kind == "prompt":
             await self.turn(read.text)
-        return Outcome.CONTINUE
+        return Next.CONTINUE
 
     async def retry(self) -> TurnResult | None:
         """Run the last prompt again: in place of its answer if it had one."""
@@ -271,7 +271,7 @@ class Repl:
         if isinstance(exc, MoaError):
             message = str(exc)
         else:  # a bug must not end the session; --verbose shows the traceback
-            from moa_cli.logs import logger
+            from moa_cli.diagnostics import logger
 
             logger.opt(exception=exc).debug("turn failed")
             message = f"unexpected error: {type(exc).__name__}: {exc}"

@@ -2,7 +2,7 @@
 
     /help  /exit  /new  /models  /set KEY VALUE  /system [TEXT]  /proposals  /retry  /save [FILE]
 
-The functions here never run a turn: `/retry` returns `Outcome.RETRY` and the REPL runs
+The functions here never run a turn: `/retry` returns `Next.RETRY` and the REPL runs
 it. They print to the Console they are given (stderr in the REPL), so stdout keeps
 carrying answers only. An unknown command or setting names the closest one (difflib).
 
@@ -42,7 +42,9 @@ _COMMAND = re.compile(r"^/([A-Za-z][\w-]*)(?=\s|$)\s*(.*)$", re.DOTALL)
 FORCE = "--force"  # `/save FILE --force` replaces an existing file
 
 
-class Outcome(Enum):
+class Next(Enum):
+    """What the REPL does after a slash command."""
+
     CONTINUE = "continue"
     EXIT = "exit"
     RETRY = "retry"  # run `ChatState.last_prompt` again
@@ -56,7 +58,7 @@ class ChatState:
     conversation: Conversation
     last_prompt: str | None = None  # the last prompt sent, whether or not it was answered
     last_failed: bool = False  # that prompt failed or was cancelled: it is not in the conversation
-    conversation_id: str | None = None  # in the log (store.py); /new starts another
+    conversation_id: str | None = None  # in the log (store/); /new starts another
 
     @classmethod
     def start(cls, settings: Settings, resumed: Any = None) -> ChatState:
@@ -76,7 +78,7 @@ class ChatState:
         return state
 
 
-Handler = Callable[["ChatState", str, "Console"], Outcome]
+Handler = Callable[["ChatState", str, "Console"], Next]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +107,7 @@ def closest(word: str, choices: list[str]) -> str | None:
 # ---------------------------------------------------------------------------- commands
 
 
-def _help(state: ChatState, arg: str, console: Console) -> Outcome:
+def _help(state: ChatState, arg: str, console: Console) -> Next:
     from rich.text import Text
 
     table = Text()
@@ -121,21 +123,21 @@ def _help(state: ChatState, arg: str, console: Console) -> Outcome:
         "Ctrl-C cancels a running turn · Ctrl-D or /exit quits"
     )
     console.print(table)
-    return Outcome.CONTINUE
+    return Next.CONTINUE
 
 
-def _exit(state: ChatState, arg: str, console: Console) -> Outcome:
-    return Outcome.EXIT
+def _exit(state: ChatState, arg: str, console: Console) -> Next:
+    return Next.EXIT
 
 
-def _new(state: ChatState, arg: str, console: Console) -> Outcome:
+def _new(state: ChatState, arg: str, console: Console) -> Next:
     state.conversation.clear()
     state.last_prompt, state.last_failed = None, False
     from moa_cli.store import new_conversation_id
 
     state.conversation_id = new_conversation_id()
     note(console, "new conversation")
-    return Outcome.CONTINUE
+    return Next.CONTINUE
 
 
 def lineup_lines(settings: Settings) -> list[str]:
@@ -152,9 +154,9 @@ def lineup_lines(settings: Settings) -> list[str]:
     return lines
 
 
-def _models(state: ChatState, arg: str, console: Console) -> Outcome:
+def _models(state: ChatState, arg: str, console: Console) -> Next:
     console.print("\n".join(lineup_lines(state.settings)), markup=False, highlight=False)
-    return Outcome.CONTINUE
+    return Next.CONTINUE
 
 
 # Settings `/set` may change, from their declarations (settings.py): name -> Spec.
@@ -183,63 +185,63 @@ def apply_setting(settings: Settings, key: str, value: str) -> Settings:
     return new
 
 
-def _lineup(state: ChatState, arg: str, console: Console) -> Outcome:
+def _lineup(state: ChatState, arg: str, console: Console) -> Next:
     name = arg.strip()
     if not name:
         current = state.settings.lineup or "none (the line-up comes from single settings)"
         note(console, f"line-up: {current}; known: {', '.join(state.settings.lineups)} (/lineup NAME switches)")
-        return Outcome.CONTINUE
+        return Next.CONTINUE
     try:
         new = with_lineup(state.settings, name)
         check_lineup(new)
     except ConfigError as exc:
         error(console, str(exc))
-        return Outcome.CONTINUE
+        return Next.CONTINUE
     # The conversation keeps its own system prompt (/system); the line-up does not change it.
     state.settings = replace(new, system=state.conversation.system)
     note(console, f"line-up {name} from the next turn (settings changed with /set are reset)")
     for line in lineup_lines(state.settings):
         note(console, line)
-    return Outcome.CONTINUE
+    return Next.CONTINUE
 
 
-def _set(state: ChatState, arg: str, console: Console) -> Outcome:
+def _set(state: ChatState, arg: str, console: Console) -> Next:
     key, _, value = arg.strip().partition(" ")
     if not key or not value.strip():
         error(console, f"usage: /set {'|'.join(SETTABLE)} VALUE")
-        return Outcome.CONTINUE
+        return Next.CONTINUE
     try:
         state.settings = apply_setting(state.settings, key, value)
     except ConfigError as exc:
         error(console, str(exc))
-        return Outcome.CONTINUE
+        return Next.CONTINUE
     name = setting_name(key)
     note(console, f"{name} = {show(getattr(state.settings, name))} from the next turn")
-    return Outcome.CONTINUE
+    return Next.CONTINUE
 
 
-def _system(state: ChatState, arg: str, console: Console) -> Outcome:
+def _system(state: ChatState, arg: str, console: Console) -> Next:
     text = arg.strip()
     if not text:
         current = state.conversation.system
         note(console, f"system prompt: {current!r}" if current else "no system prompt (set one with /system TEXT)")
-        return Outcome.CONTINUE
+        return Next.CONTINUE
     system = None if text.lower() == "clear" else text
     state.settings = state.settings.with_changes(system=system)
     state.conversation.system = system
     note(console, "system prompt cleared" if system is None else "system prompt set from the next turn")
-    return Outcome.CONTINUE
+    return Next.CONTINUE
 
 
-def _proposals(state: ChatState, arg: str, console: Console) -> Outcome:
+def _proposals(state: ChatState, arg: str, console: Console) -> Next:
     last = state.conversation.last
     if state.last_failed:
         # Showing the turn before would pass it off as this one's.
         note(console, "the last turn failed or was cancelled: it has no proposals (/retry runs it again)")
-        return Outcome.CONTINUE
+        return Next.CONTINUE
     if last is None or last.result is None:
         note(console, "no answered turn yet")
-        return Outcome.CONTINUE
+        return Next.CONTINUE
     from rich.console import Group
     from rich.panel import Panel
     from rich.text import Text
@@ -262,14 +264,14 @@ def _proposals(state: ChatState, arg: str, console: Console) -> Outcome:
                 panels.append(Panel(body, title=title, title_align="left", border_style="red"))
         console.print(Text(f"layer {layer}", style="bold"))
         console.print(Group(*panels))
-    return Outcome.CONTINUE
+    return Next.CONTINUE
 
 
-def _retry(state: ChatState, arg: str, console: Console) -> Outcome:
+def _retry(state: ChatState, arg: str, console: Console) -> Next:
     if state.last_prompt is None:
         note(console, "nothing to retry yet")
-        return Outcome.CONTINUE
-    return Outcome.RETRY
+        return Next.CONTINUE
+    return Next.RETRY
 
 
 def transcript_meta(settings: Settings) -> dict[str, Any]:
@@ -289,9 +291,9 @@ def transcript_candidates(settings: Settings) -> Iterator[Path]:
         n += 1
 
 
-def save_failed(console: Console, path: Path | str, reason: str) -> Outcome:
+def save_failed(console: Console, path: Path | str, reason: str) -> Next:
     error(console, f"could not save the transcript to {path}: {reason}")
-    return Outcome.CONTINUE
+    return Next.CONTINUE
 
 
 def _reason(exc: OSError) -> str:
@@ -308,10 +310,10 @@ def split_force(arg: str) -> tuple[str, bool]:
     return arg.strip(), force
 
 
-def _save(state: ChatState, arg: str, console: Console) -> Outcome:
+def _save(state: ChatState, arg: str, console: Console) -> Next:
     if not len(state.conversation):
         note(console, "nothing to save yet")
-        return Outcome.CONTINUE
+        return Next.CONTINUE
     meta = transcript_meta(state.settings)
     name, force = split_force(arg)
     if name:
@@ -329,7 +331,7 @@ def _save(state: ChatState, arg: str, console: Console) -> Outcome:
             candidates = transcript_candidates(state.settings)
         except ConfigError as exc:
             error(console, str(exc))
-            return Outcome.CONTINUE
+            return Next.CONTINUE
         path = next(candidates)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -343,10 +345,10 @@ def _save(state: ChatState, arg: str, console: Console) -> Outcome:
             return save_failed(console, path, _reason(exc))
     turns = len(state.conversation)
     note(console, f"saved {turns} turn{'' if turns == 1 else 's'} to {saved}")
-    return Outcome.CONTINUE
+    return Next.CONTINUE
 
 
-# ---------------------------------------------------------------------------- the log (store.py)
+# ---------------------------------------------------------------------------- the log (store/)
 
 
 def _logged_turns(state: ChatState, *, with_calls: bool = False) -> list[Any] | None:
@@ -369,7 +371,7 @@ def _logged_turns(state: ChatState, *, with_calls: bool = False) -> list[Any] | 
         return None
 
 
-def _history(state: ChatState, arg: str, console: Console) -> Outcome:
+def _history(state: ChatState, arg: str, console: Console) -> Next:
     from moa_cli.pricing import cost_text
 
     turns = _logged_turns(state)
@@ -380,7 +382,7 @@ def _history(state: ChatState, arg: str, console: Console) -> Outcome:
             if turns is not None or state.settings.log
             else "the log is off (--no-log)",
         )
-        return Outcome.CONTINUE
+        return Next.CONTINUE
     for turn in turns:
         prompt = " ".join(turn.prompt.split())
         prompt = prompt if len(prompt) <= 60 else prompt[:59] + "…"
@@ -389,22 +391,22 @@ def _history(state: ChatState, arg: str, console: Console) -> Outcome:
         console.print(f"{turn.seq:>3}. turn {turn.id}  {cost}{status}  {prompt}", markup=False, highlight=False)
     cid = state.conversation_id or ""
     note(console, f"conversation {cid} · moa logs show {cid[:10]} shows it all")
-    return Outcome.CONTINUE
+    return Next.CONTINUE
 
 
-def _trace(state: ChatState, arg: str, console: Console) -> Outcome:
+def _trace(state: ChatState, arg: str, console: Console) -> Next:
     turns = _logged_turns(state, with_calls=True)
     if not turns:
         note(console, "no logged turn in this conversation yet (/trace draws the last one from the log)")
-        return Outcome.CONTINUE
-    from moa_cli.render_trace import TraceView
+        return Next.CONTINUE
+    from moa_cli.render.trace import TraceView
     from moa_cli.trace import timeline
 
     console.print(TraceView(timeline(turns[-1])))
-    return Outcome.CONTINUE
+    return Next.CONTINUE
 
 
-def _usage(state: ChatState, arg: str, console: Console) -> Outcome:
+def _usage(state: ChatState, arg: str, console: Console) -> Next:
     from moa_cli.pricing import cost_text
 
     turns = _logged_turns(state, with_calls=True)
@@ -412,7 +414,7 @@ def _usage(state: ChatState, arg: str, console: Console) -> Outcome:
         results = [e.result for e in state.conversation.exchanges if e.result is not None]
         if not results:
             note(console, "no answered turn yet")
-            return Outcome.CONTINUE
+            return Next.CONTINUE
         last = results[-1]
         tokens = last.usage.total_tokens
         console.print(
@@ -426,10 +428,10 @@ def _usage(state: ChatState, arg: str, console: Console) -> Outcome:
         console.print(
             f"this conversation: {len(results)} turns, {cost_text(priced, unpriced)}", markup=False, highlight=False
         )
-        return Outcome.CONTINUE
+        return Next.CONTINUE
     if not turns:
         note(console, "no turn yet")
-        return Outcome.CONTINUE
+        return Next.CONTINUE
     last = turns[-1]
     token_text = "unknown" if last.total_tokens is None else f"{last.total_tokens:,}"
     console.print(
@@ -449,19 +451,19 @@ def _usage(state: ChatState, arg: str, console: Console) -> Outcome:
         markup=False,
         highlight=False,
     )
-    return Outcome.CONTINUE
+    return Next.CONTINUE
 
 
-def _estimate(state: ChatState, arg: str, console: Console) -> Outcome:
-    from moa_cli.recorder import _load_book, estimate
+def _estimate(state: ChatState, arg: str, console: Console) -> Next:
+    from moa_cli.recorder import estimate, load_prices
 
     prompt = arg.strip() or "?"
-    worst = estimate(state.settings, state.conversation.messages_for(prompt), _load_book(state.settings))
+    worst = estimate(state.settings, state.conversation.messages_for(prompt), load_prices(state.settings))
     what = "this prompt" if arg.strip() else "the history (plus your prompt)"
     console.print(f"worst case of the next turn, for {what}: {worst.text()}", markup=False, highlight=False)
     if state.settings.max_cost is not None:
         note(console, f"max_cost is {state.settings.max_cost:g} USD")
-    return Outcome.CONTINUE
+    return Next.CONTINUE
 
 
 COMMANDS: dict[str, Command] = {
@@ -547,7 +549,7 @@ def read(line: str, *, known_only: bool = False) -> Line:
     return Line("command", text)
 
 
-def run(line: str, state: ChatState, console: Console) -> Outcome:
+def run(line: str, state: ChatState, console: Console) -> Next:
     """Run one slash command line."""
     parsed = parse(line)
     if parsed is None:
@@ -558,7 +560,7 @@ def run(line: str, state: ChatState, console: Console) -> Outcome:
         hint = closest(name, list(COMMANDS))
         more = f"; did you mean /{hint}?" if hint else ""
         error(console, f"unknown command /{name}{more} (/help lists the commands)")
-        return Outcome.CONTINUE
+        return Next.CONTINUE
     return command.run(state, arg, console)
 
 

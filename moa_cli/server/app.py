@@ -31,8 +31,8 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from moa_cli.config import Settings
+from moa_cli.diagnostics import logger
 from moa_cli.errors import ConfigError
-from moa_cli.logs import logger
 from moa_cli.providers.registry import ProviderPool, check_lineup, lineup_specs, split
 from moa_cli.server import errors, responses, sse
 from moa_cli.server.auth import Keys
@@ -505,12 +505,12 @@ def create_app(settings: Settings, options: ServeOptions | None = None) -> Starl
 
 def app_from_environment() -> Starlette:
     """uvicorn's app factory in each `--workers` process: the options come in MOA_SERVE_CONFIG."""
-    from moa_cli import logs
+    from moa_cli import diagnostics
     from moa_cli.config import load_settings
     from moa_cli.server.options import from_environment
 
     options, overrides, local = from_environment()
     settings = load_settings(overrides, force_local=local)
-    logs.configure(settings.log_level)
+    diagnostics.configure(settings.log_level)
     check_lineup(settings)
     return create_app(settings, options)

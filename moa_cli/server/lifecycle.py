@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from moa_cli.logs import logger
+from moa_cli.diagnostics import logger
 
 #: Our deadline comes this long before uvicorn's, so the final error events can still go out.
 MARGIN_SECONDS = 1.0

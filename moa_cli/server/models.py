@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from moa_cli.config import Settings, load_settings
+from moa_cli.diagnostics import logger
 from moa_cli.errors import ConfigError, MissingKeyError
-from moa_cli.logs import logger
 from moa_cli.providers.registry import check_lineup, split
 from moa_cli.server.errors import not_found
 from moa_cli.settings import SPECS

@@ -23,15 +23,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moa_cli.server.errors import ApiError, bad_request
-from moa_cli.settings import INT32_MAX, INT64_MAX, INT64_MIN
+from moa_cli.settings import INT32_MAX, INT64_MAX, INT64_MIN, SPECS
 from moa_cli.structured import check_response_format
 from moa_cli.tools import conversation_as_text
 from moa_cli.types import Message
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MAX_STOP_SEQUENCES = 4
-#: The line-up settings a request may change with `{"moa": {...}}` (with --allow-overrides).
-OVERRIDABLE = ("references", "aggregator", "rounds", "layer_deadline", "quorum", "aggregation")
+#: The line-up settings a request may change with `{"moa": {...}}` (with --allow-overrides):
+#: settings.py marks them (`Spec.overridable`).
+OVERRIDABLE = tuple(name for name, spec in SPECS.items() if spec.overridable)
 
 
 @dataclass(frozen=True, slots=True)

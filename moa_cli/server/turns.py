@@ -29,10 +29,10 @@ from typing import Any
 import anyio
 
 from moa_cli.api import MoA, build_messages
+from moa_cli.diagnostics import logger
 from moa_cli.engine import piece_limit
 from moa_cli.errors import KIND_WORDS, ConfigError, EmptyAnswer, ProviderError, TurnFailed
 from moa_cli.events import AnswerDelta, CallFailed, CallFinished, CallStarted, Event
-from moa_cli.logs import logger
 from moa_cli.providers.registry import ProviderPool
 from moa_cli.server import errors
 from moa_cli.server.errors import ApiError
@@ -178,7 +178,7 @@ class Turn:
                 response_format=r.response_format,
             )  # fmt: skip
         call = CallInfo(spec, 1, 0, "aggregator")
-        self._on_event(CallStarted(call))
+        self._on_event(CallStarted(call, request.sampling()))
         started = time.perf_counter()
         parts: list[str] = []
         tool_pieces: list[ToolCallDelta] = []

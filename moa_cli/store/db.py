@@ -21,264 +21,29 @@ Nothing here knows about terminals, settings or providers: records in, records o
 
 from __future__ import annotations
 
-import atexit
 import json
-import queue
-import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moa_cli.errors import MoaError
-
-DB_NAME = "logs.db"
-OFF_MARKER = "logs-off"  # `moa logs off` creates it in the data dir
-BUSY_TIMEOUT_MS = 5000
-TITLE_CHARS = 60
-STATUSES = ("ok", "failed", "cancelled")
-RANK_WINDOW = 5000  # a search ranks the newest this many matches
-
-
-class StoreError(MoaError):
-    """The log cannot be read or written (a corrupt file, an unknown id, a full disk)."""
-
-
-# ---------------------------------------------------------------------------- records
-
-
-@dataclass(slots=True)
-class CallRecord:
-    """One model call. Times are seconds: `started` from the turn's start, the others from the call's."""
-
-    layer: int
-    slot: int
-    role: str  # "proposer" or "aggregator"
-    spec: str  # as given to -r/-a ("ollama:llama3.2:1b")
-    provider: str
-    model: str  # the name sent to the provider
-    settings: dict[str, Any] = field(default_factory=dict)  # temperature, max_tokens, seed sent
-    text: str | None = None
-    error: str | None = None
-    error_kind: str | None = None
-    status: int | None = None  # HTTP status of a failure
-    finish_reason: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
-    price_input: float | None = None  # USD per million tokens
-    price_output: float | None = None
-    price_source: str | None = None  # "provider", "config", "catalogue together 2026-08-01", "local"
-    cost_usd: float | None = None  # None: unknown, never 0 for "don't know"
-    started: float | None = None
-    first_token: float | None = None
-    duration: float | None = None
-    id: int | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.text is not None and self.error is None
-
-
-@dataclass(slots=True)
-class TurnRecord:
-    """One turn with its calls, as written at its end and as read back."""
-
-    conversation_id: str
-    prompt: str
-    status: str  # ok, failed, cancelled
-    started_at: float  # unix time
-    source: str = "api"
-    system: str | None = None
-    answer: str | None = None
-    error: str | None = None
-    error_kind: str | None = None
-    lineup: dict[str, Any] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
-    cost_usd: float | None = None  # every call priced, else None
-    priced_usd: float = 0.0  # the calls that are priced ("at least")
-    unpriced_calls: int = 0
-    first_token: float | None = None  # seconds to the first token of the answer
-    duration: float | None = None
-    calls: list[CallRecord] = field(default_factory=list)
-    id: int | None = None
-    seq: int | None = None
-    title: str | None = None  # the conversation's
-
-
-@dataclass(slots=True)
-class ConversationRecord:
-    id: str
-    title: str
-    source: str
-    created_at: float
-    updated_at: float
-    lineup: dict[str, Any]
-    turns: list[TurnRecord] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class CatalogueEntry:
-    """A published price: USD per million input and output tokens."""
-
-    provider: str
-    model: str
-    input_per_m: float
-    output_per_m: float
-    source: str  # where it was fetched from
-    fetched_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class CostLine:
-    key: str
-    turns: int
-    calls: int
-    priced_usd: float
-    unpriced_calls: int
-
-    @property
-    def cost_usd(self) -> float | None:
-        return None if self.unpriced_calls else self.priced_usd
-
-
-# ---------------------------------------------------------------------------- ids
-
-
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-def new_conversation_id(now: float | None = None) -> str:
-    """A ULID: 48 bits of milliseconds then 80 random bits, 26 characters that sort by time."""
-    ms = int((time.time() if now is None else now) * 1000)
-    value = (ms << 80) | secrets.randbits(80)
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
-
-
-def title_of(prompt: str) -> str:
-    line = " ".join(prompt.split())
-    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
-
-
-def fts_query(text: str) -> str:
-    """User text as an FTS5 query: every word must appear (each quoted: no query syntax)."""
-    words = [w for w in text.replace('"', " ").split() if w.strip()]
-    return " ".join(f'"{w}"' for w in words)
-
-
-# ---------------------------------------------------------------------------- schema
-
-MIGRATIONS: list[tuple[int, str, str]] = [
-    (
-        1,
-        "conversations, turns, calls, search, prices",
-        """
-        CREATE TABLE conversations (
-            id TEXT PRIMARY KEY,
-            title TEXT NOT NULL,
-            source TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            lineup TEXT NOT NULL DEFAULT '{}'
-        );
-        CREATE INDEX conversations_updated ON conversations(updated_at);
-        CREATE TABLE turns (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
-            seq INTEGER NOT NULL,
-            system TEXT,
-            prompt TEXT NOT NULL,
-            answer TEXT,
-            status TEXT NOT NULL CHECK (status IN ('ok', 'failed', 'cancelled')),
-            error TEXT,
-            error_kind TEXT,
-            lineup TEXT NOT NULL DEFAULT '{}',
-            settings TEXT NOT NULL DEFAULT '{}',
-            prompt_tokens INTEGER,
-            completion_tokens INTEGER,
-            total_tokens INTEGER,
-            cost_usd REAL,
-            priced_usd REAL NOT NULL DEFAULT 0,
-            unpriced_calls INTEGER NOT NULL DEFAULT 0,
-            started_at REAL NOT NULL,
-            first_token REAL,
-            duration REAL,
-            UNIQUE (conversation_id, seq)
-        );
-        CREATE INDEX turns_started ON turns(started_at);
-        CREATE TABLE calls (
-            id INTEGER PRIMARY KEY,
-            turn_id INTEGER NOT NULL REFERENCES turns(id) ON DELETE CASCADE,
-            layer INTEGER NOT NULL,
-            slot INTEGER NOT NULL,
-            role TEXT NOT NULL,
-            spec TEXT NOT NULL,
-            provider TEXT NOT NULL,
-            model TEXT NOT NULL,
-            settings TEXT NOT NULL DEFAULT '{}',
-            text TEXT,
-            error TEXT,
-            error_kind TEXT,
-            status INTEGER,
-            finish_reason TEXT,
-            prompt_tokens INTEGER,
-            completion_tokens INTEGER,
-            total_tokens INTEGER,
-            price_input REAL,
-            price_output REAL,
-            price_source TEXT,
-            cost_usd REAL,
-            started REAL,
-            first_token REAL,
-            duration REAL
-        );
-        CREATE INDEX calls_turn ON calls(turn_id);
-        CREATE INDEX calls_spec ON calls(spec);
-        CREATE INDEX calls_model ON calls(model);
-        CREATE VIRTUAL TABLE turns_fts USING fts5(
-            prompt, answer, content='turns', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
-        );
-        CREATE TRIGGER turns_fts_insert AFTER INSERT ON turns BEGIN
-            INSERT INTO turns_fts(rowid, prompt, answer) VALUES (new.id, new.prompt, coalesce(new.answer, ''));
-        END;
-        CREATE TRIGGER turns_fts_delete AFTER DELETE ON turns BEGIN
-            INSERT INTO turns_fts(turns_fts, rowid, prompt, answer)
-                VALUES ('delete', old.id, old.prompt, coalesce(old.answer, ''));
-        END;
-        CREATE TRIGGER turns_fts_update AFTER UPDATE OF prompt, answer ON turns BEGIN
-            INSERT INTO turns_fts(turns_fts, rowid, prompt, answer)
-                VALUES ('delete', old.id, old.prompt, coalesce(old.answer, ''));
-            INSERT INTO turns_fts(rowid, prompt, answer) VALUES (new.id, new.prompt, coalesce(new.answer, ''));
-        END;
-        CREATE TABLE prices (
-            provider TEXT NOT NULL,
-            model TEXT NOT NULL,
-            input_per_m REAL NOT NULL,
-            output_per_m REAL NOT NULL,
-            source TEXT NOT NULL,
-            fetched_at REAL NOT NULL,
-            PRIMARY KEY (provider, model)
-        );
-        """,
-    ),
-]
-SCHEMA_VERSION = MIGRATIONS[-1][0]
-
-
-def db_path(data_dir: Path) -> Path:
-    return Path(data_dir) / DB_NAME
+from moa_cli.store.records import (
+    BUSY_TIMEOUT_MS,
+    RANK_WINDOW,
+    TITLE_CHARS,
+    CallRecord,
+    CatalogueEntry,
+    ConversationRecord,
+    CostLine,
+    StoreError,
+    TurnRecord,
+    fts_query,
+    title_of,
+)
+from moa_cli.store.schema import MIGRATIONS, SCHEMA_VERSION, statements
 
 
 def _dumps(value: Any) -> str:
@@ -294,6 +59,8 @@ _TURN_COLUMNS = (
     "prompt_tokens, completion_tokens, total_tokens, cost_usd, priced_usd, unpriced_calls, started_at, "
     "first_token, duration"
 )
+
+
 _CALL_FIELDS = (
     "layer", "slot", "role", "spec", "provider", "model", "settings", "text", "error", "error_kind", "status",
     "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens", "price_input", "price_output",
@@ -372,7 +139,7 @@ class Store:
                 with self.transaction() as db:
                     if db.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone():
                         continue  # another process got there first
-                    for statement in _statements(sql):
+                    for statement in statements(sql):
                         db.execute(statement)
                     db.execute(
                         "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
@@ -640,21 +407,6 @@ class Store:
         return {(r[0], r[1]): CatalogueEntry(*r) for r in rows if wanted is None or (r[0], r[1]) in wanted}
 
 
-def _statements(script: str) -> list[str]:
-    """Split a migration script into statements (triggers keep their inner semicolons)."""
-    out: list[str] = []
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            if buffer.strip():
-                out.append(buffer.strip())
-            buffer = ""
-    if buffer.strip():
-        out.append(buffer.strip())
-    return out
-
-
 def _call_value(call: CallRecord, name: str) -> Any:
     value = getattr(call, name)
     return _dumps(value) if name == "settings" else value
@@ -685,120 +437,3 @@ def _turn(row: sqlite3.Row) -> TurnRecord:
         title=row["title"],
         source=row["source"],
     )
-
-
-# ---------------------------------------------------------------------------- the writer thread
-
-
-class TurnWriter:
-    """Writes turns on a thread of its own: `submit` only puts the record on a queue.
-
-    `flush()` waits until every submitted turn is written; it runs at interpreter exit too,
-    so a command that ends right after its turn still logs it.
-    """
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self._queue: queue.Queue[tuple[TurnRecord, Future[int]] | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._store: Store | None = None
-
-    def submit(self, turn: TurnRecord) -> Future[int]:
-        future: Future[int] = Future()
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="moa-log-writer", daemon=True)
-                self._thread.start()
-        self._queue.put((turn, future))
-        return future
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            try:
-                if item is None:
-                    return
-                turn, future = item
-                if not future.set_running_or_notify_cancel():
-                    continue
-                try:
-                    if self._store is None:
-                        self._store = Store(self.path)
-                    future.set_result(self._store.write_turn(turn))
-                except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
-                    future.set_exception(exc)
-            finally:
-                self._queue.task_done()
-
-    def flush(self) -> None:
-        """Wait until every turn submitted so far is written (or failed)."""
-        if self._thread is not None and self._thread.is_alive():
-            self._queue.join()
-
-    def close(self) -> None:
-        self.flush()
-        if self._thread is not None and self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join(5)
-        if self._store is not None:
-            self._store.close()
-            self._store = None
-
-
-_writers: dict[Path, TurnWriter] = {}
-_writers_lock = threading.Lock()
-
-
-def writer_for(path: Path | str) -> TurnWriter:
-    """The process's writer for a log file (one thread per file, shared by every MoA)."""
-    key = Path(path).resolve()
-    with _writers_lock:
-        writer = _writers.get(key)
-        if writer is None:
-            writer = _writers[key] = TurnWriter(key)
-        return writer
-
-
-def flush_all() -> None:
-    for writer in list(_writers.values()):
-        writer.flush()
-
-
-@atexit.register
-def _close_writers() -> None:
-    for writer in list(_writers.values()):
-        try:
-            writer.close()
-        except Exception:  # noqa: BLE001 - at exit there is no one left to tell
-            pass
-
-
-def logging_off_marker(data_dir: Path) -> Path:
-    return Path(data_dir) / OFF_MARKER
-
-
-def open_store(data_dir: Path, *, create: bool = True) -> Store:
-    """The log under `data_dir`, with any writes still queued in this process flushed first."""
-    path = db_path(data_dir)
-    writer = _writers.get(path.resolve())
-    if writer is not None:
-        writer.flush()
-    return Store(path, create=create)
-
-
-__all__ = [
-    "CallRecord",
-    "CatalogueEntry",
-    "ConversationRecord",
-    "CostLine",
-    "Store",
-    "StoreError",
-    "TurnRecord",
-    "TurnWriter",
-    "db_path",
-    "flush_all",
-    "new_conversation_id",
-    "open_store",
-    "writer_for",
-]
