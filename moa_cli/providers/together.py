@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
+from moa_cli.providers import pool
 from moa_cli.providers.chat_api import CONNECTION_LIMITS, ChatAPIProvider, watch_response
 
 
@@ -95,6 +96,8 @@ class TogetherProvider(ChatAPIProvider):
             timeout=self._timeout,
             max_retries=self._retries,
             http_client=together.DefaultAsyncHttpxClient(
-                limits=CONNECTION_LIMITS, event_hooks={"response": [watch_response]}
+                limits=CONNECTION_LIMITS,
+                transport=pool.transport(CONNECTION_LIMITS),  # httpcore's own pool is quadratic
+                event_hooks={"response": [watch_response]},
             ),
         )
