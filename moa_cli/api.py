@@ -137,6 +137,7 @@ class MoA:
         on_event: EventSink | None = None,
         system: str | None = None,
         aggregator_sampling: Mapping[str, Any] | None = None,
+        watch_references: bool | None = None,
     ) -> TurnResult:
         """Run one turn. `prompt` is a string or the whole conversation as messages.
 
@@ -144,10 +145,14 @@ class MoA:
         `max_tokens` or `seed` for the answer's
         call alone, in this turn (the references keep the settings' values).
 
+        `watch_references`: whether `on_event` reads the references' pieces as they arrive
+        (`CallDelta`, `CallFirstToken`). When False the references are asked for whole and
+        those events are not sent: much less CPU per call. None (the default): True.
+
         The turn is logged (recorder.py) to `conversation_id` (a new conversation when None)
         unless the `log` setting is off; its cost is set on the result either way.
         """
-        return await self._turn(prompt, run_turn, on_event, system, aggregator_sampling)
+        return await self._turn(prompt, run_turn, on_event, system, aggregator_sampling, watch_references)
 
     async def aaggregate(
         self,
@@ -157,6 +162,7 @@ class MoA:
         on_event: EventSink | None = None,
         system: str | None = None,
         aggregator_sampling: Mapping[str, Any] | None = None,
+        watch_references: bool | None = None,
     ) -> TurnResult:
         """Run only the aggregator over `proposals` made earlier (a stored turn's), calling no reference.
 
@@ -173,7 +179,7 @@ class MoA:
         ) -> Awaitable[TurnResult]:
             return run_aggregation(messages, plan, router, stored, sink)
 
-        return await self._turn(prompt, aggregate_only, on_event, system, aggregator_sampling)
+        return await self._turn(prompt, aggregate_only, on_event, system, aggregator_sampling, watch_references)
 
     async def _turn(
         self,
@@ -182,10 +188,13 @@ class MoA:
         on_event: EventSink | None,
         system: str | None,
         aggregator_sampling: Mapping[str, Any] | None,
+        watch_references: bool | None = None,
     ) -> TurnResult:
         """`run` (the engine's run_turn or run_aggregation) recorded, through the router or a pool."""
         messages = build_messages(prompt, system or self.settings.system)
         plan = self.plan
+        if watch_references is not None and watch_references != plan.watch_references:
+            plan = replace(plan, watch_references=watch_references)
         if aggregator_sampling:
             unknown = set(aggregator_sampling) - AGGREGATOR_SAMPLING
             if unknown:

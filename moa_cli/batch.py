@@ -868,6 +868,7 @@ class _SharedPoolMoA(MoA):
         super().__init__(settings=settings, router=router)
 
     async def arun(self, prompt: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("watch_references", False)  # no one reads a batch's references as they stream
         try:
             return await super().arun(prompt, **kwargs)
         finally:

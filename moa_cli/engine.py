@@ -85,6 +85,11 @@ class Plan:
     # Not a setting: CompletionRequest fields set for the aggregator's call alone, for one
     # turn (`moa serve` applies a request's temperature, max_tokens and seed this way).
     aggregator_sampling: Mapping[str, Any] = field(default_factory=dict)
+    # Not a setting: whether someone reads the references' pieces as they arrive (CallDelta,
+    # CallFirstToken: a live progress view, a draft). The front end says so; when no one
+    # does, every call but the answer's is asked for whole (`CompletionRequest.stream`
+    # False), with no per-piece events: a fraction of the CPU (issue 22).
+    watch_references: bool = True
 
     @classmethod
     def from_settings(cls, settings: Any) -> Plan:
@@ -138,6 +143,7 @@ class _Turn:
             max_tokens=max_tokens or self.plan.max_tokens,
             seed=self.plan.seed if call.is_aggregator else self.plan.seed_for(call.layer, call.index),
             repeat_penalty=self.plan.repeat_penalty,
+            stream=(call.is_aggregator and answer) or self.plan.watch_references,
         )
         if call.is_aggregator and self.plan.aggregator_sampling:
             # Per-turn values for the answer only (`moa serve` takes them from the request);
@@ -147,6 +153,7 @@ class _Turn:
                 request, **{k: v for k, v in self.plan.aggregator_sampling.items() if given.get(k) is None}
             )
         delta = AnswerDelta if call.is_aggregator and answer else CallDelta
+        watched = request.stream  # else no per-piece events: no one reads them
         limit = piece_limit(request.max_tokens)
         parts: list[str] = []
         usage: Usage | None = None
@@ -181,7 +188,8 @@ class _Turn:
                         continue
                     if not parts:
                         self.streamed.add(call)
-                        self.emit(CallFirstToken(call, time.perf_counter() - started))
+                        if watched:
+                            self.emit(CallFirstToken(call, time.perf_counter() - started))
                     parts.append(item)
                     if len(parts) > limit:
                         reason = (
@@ -189,7 +197,8 @@ class _Turn:
                             f"{self.plan.max_tokens}): cut"
                         )
                         return self._failed(call, BadResponse(call.model, reason), started)
-                    self.emit(delta(call, item))
+                    if watched:
+                        self.emit(delta(call, item))
             finally:
                 self._leave(provider.name, call)
                 await stream.aclose()  # closes the HTTP stream if we stopped early

@@ -67,6 +67,9 @@ class CompletionRequest:
     top_p: float | None = None  # None: the server's own (moa serve passes a request's to the aggregator)
     presence_penalty: float | None = None  # None: the server's own (likewise, from moa serve's request)
     frequency_penalty: float | None = None
+    # False: no one reads the pieces as they arrive (a reference of `moa serve`, `moa batch`,
+    # `--quiet`): the provider may ask for the answer whole and yield it as one piece.
+    stream: bool = True
 
 
 @dataclass(frozen=True, slots=True)

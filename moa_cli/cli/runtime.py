@@ -58,7 +58,7 @@ def run_one_turn(
         view.start()
         try:
             async with moa:
-                return await moa.arun(prompt, on_event=view.handle)
+                return await moa.arun(prompt, on_event=view.handle, watch_references=view.watches_references)
         finally:
             view.stop()
 

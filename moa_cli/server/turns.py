@@ -125,8 +125,14 @@ class Turn:
         moa.source = "serve"
         if self.reuse:
             self._aggregating = True
-            return await moa.aaggregate(r.messages, self.reuse, on_event=self._on_event, aggregator_sampling=aggregator)
-        return await moa.arun(r.messages, on_event=self._on_event, aggregator_sampling=aggregator)
+            return await moa.aaggregate(
+                r.messages, self.reuse, on_event=self._on_event, aggregator_sampling=aggregator, watch_references=False
+            )
+        # Only the answer streams to the client: no one reads the references' pieces (even
+        # --progress reasoning says only when each starts and ends), so they come whole.
+        return await moa.arun(
+            r.messages, on_event=self._on_event, aggregator_sampling=aggregator, watch_references=False
+        )
 
     async def _passthrough(self, spec: str) -> TurnResult:
         """One direct call to a provider model, reported like an aggregator's."""
