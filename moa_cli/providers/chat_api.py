@@ -313,7 +313,10 @@ def parse_completion(model: str, raw: bytes, content_type: str = "") -> tuple[st
         completion = json.loads(raw)
     except ValueError as exc:
         text = raw.decode("utf-8", "replace").rstrip()
-        if isinstance(exc, json.JSONDecodeError) and text[:1] == "{" and exc.pos >= len(text) - 1:
+        ends_early = isinstance(exc, json.JSONDecodeError) and (
+            exc.pos >= len(text) - 1 or exc.msg.startswith("Unterminated string")
+        )
+        if ends_early and text[:1] == "{":
             # The body ended cleanly in the middle of its JSON: the answer was cut short.
             raise StreamCutOff(model, CUT_OFF_REASON) from None
         if not text or "html" in content_type.lower() or text[:1] == "<" or text[:1] not in "{[":
