@@ -43,6 +43,7 @@ BUSY_TIMEOUT_MS = 5000
 TITLE_CHARS = 60
 STATUSES = ("ok", "failed", "cancelled")
 RANK_WINDOW = 5000  # a search ranks the newest this many matches
+MAX_GROUP = 64  # turns the writer thread puts in one transaction, when that many are waiting
 
 
 class StoreError(MoaError):
@@ -386,32 +387,41 @@ class Store:
 
     def write_turn(self, turn: TurnRecord) -> int:
         """Write a turn and its calls in one transaction; the turn's id (also set on `turn`)."""
-        now = time.time()
+        return self.write_turns([turn])[0]
+
+    def write_turns(self, turns: Sequence[TurnRecord]) -> list[int]:
+        """Write turns and their calls in one transaction (all or none); their ids, in order."""
         with self.transaction() as db:
-            db.execute(
-                "INSERT INTO conversations (id, title, source, created_at, updated_at, lineup) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at",
-                (turn.conversation_id, title_of(turn.prompt), turn.source, turn.started_at, now, _dumps(turn.lineup)),
-            )
-            (seq,) = db.execute(
-                "SELECT coalesce(max(seq), 0) + 1 FROM turns WHERE conversation_id = ?", (turn.conversation_id,)
-            ).fetchone()
-            cursor = db.execute(
-                f"INSERT INTO turns ({_TURN_COLUMNS.replace('id, ', '', 1)}) VALUES ({', '.join('?' * 19)})",
-                (
-                    turn.conversation_id, seq, turn.system, turn.prompt, turn.answer, turn.status, turn.error,
-                    turn.error_kind, _dumps(turn.lineup), _dumps(turn.settings), turn.prompt_tokens,
-                    turn.completion_tokens, turn.total_tokens, turn.cost_usd, turn.priced_usd, turn.unpriced_calls,
-                    turn.started_at, turn.first_token, turn.duration,
-                ),
-            )  # fmt: skip
-            turn_id = int(cursor.lastrowid or 0)
-            db.executemany(
-                f"INSERT INTO calls (turn_id, {', '.join(_CALL_FIELDS)}) VALUES (?, {', '.join('?' * len(_CALL_FIELDS))})",
-                [(turn_id, *(_call_value(c, name) for name in _CALL_FIELDS)) for c in turn.calls],
-            )
-        turn.id, turn.seq = turn_id, seq
-        return turn_id
+            ids = [self._insert_turn(db, turn) for turn in turns]
+        for turn, (turn_id, seq) in zip(turns, ids, strict=True):
+            turn.id, turn.seq = turn_id, seq
+        return [turn_id for turn_id, _ in ids]
+
+    def _insert_turn(self, db: sqlite3.Connection, turn: TurnRecord) -> tuple[int, int]:
+        now = time.time()
+        db.execute(
+            "INSERT INTO conversations (id, title, source, created_at, updated_at, lineup) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at",
+            (turn.conversation_id, title_of(turn.prompt), turn.source, turn.started_at, now, _dumps(turn.lineup)),
+        )
+        (seq,) = db.execute(
+            "SELECT coalesce(max(seq), 0) + 1 FROM turns WHERE conversation_id = ?", (turn.conversation_id,)
+        ).fetchone()
+        cursor = db.execute(
+            f"INSERT INTO turns ({_TURN_COLUMNS.replace('id, ', '', 1)}) VALUES ({', '.join('?' * 19)})",
+            (
+                turn.conversation_id, seq, turn.system, turn.prompt, turn.answer, turn.status, turn.error,
+                turn.error_kind, _dumps(turn.lineup), _dumps(turn.settings), turn.prompt_tokens,
+                turn.completion_tokens, turn.total_tokens, turn.cost_usd, turn.priced_usd, turn.unpriced_calls,
+                turn.started_at, turn.first_token, turn.duration,
+            ),
+        )  # fmt: skip
+        turn_id = int(cursor.lastrowid or 0)
+        db.executemany(
+            f"INSERT INTO calls (turn_id, {', '.join(_CALL_FIELDS)}) VALUES (?, {', '.join('?' * len(_CALL_FIELDS))})",
+            [(turn_id, *(_call_value(c, name) for name in _CALL_FIELDS)) for c in turn.calls],
+        )
+        return turn_id, seq
 
     # -------------------------------------------------------------- reading
 
@@ -715,21 +725,38 @@ class TurnWriter:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            try:
-                if item is None:
-                    return
-                turn, future = item
-                if not future.set_running_or_notify_cancel():
-                    continue
+            items = [self._queue.get()]
+            # The turns that ended meanwhile (a server's, a batch's) go in the same transaction.
+            while items[-1] is not None and len(items) < MAX_GROUP:
                 try:
-                    if self._store is None:
-                        self._store = Store(self.path)
-                    future.set_result(self._store.write_turn(turn))
-                except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
-                    future.set_exception(exc)
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                group = [(turn, future) for turn, future in (i for i in items if i is not None)]
+                self._write([(t, f) for t, f in group if f.set_running_or_notify_cancel()])
             finally:
-                self._queue.task_done()
+                for _ in items:
+                    self._queue.task_done()
+            if items[-1] is None:
+                return
+
+    def _write(self, group: list[tuple[TurnRecord, Future[int]]]) -> None:
+        if not group:
+            return
+        try:
+            if self._store is None:
+                self._store = Store(self.path)
+            ids = self._store.write_turns([turn for turn, _ in group])
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+            if len(group) > 1:  # one turn's failure is its own: write them one by one
+                for one in group:
+                    self._write([one])
+                return
+            group[0][1].set_exception(exc)
+            return
+        for (_, future), turn_id in zip(group, ids, strict=True):
+            future.set_result(turn_id)
 
     def flush(self) -> None:
         """Wait until every turn submitted so far is written (or failed)."""
