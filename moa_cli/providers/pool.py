@@ -11,6 +11,7 @@ extra attributes: a dict of lambdas built per question). With the 250-odd connec
 issue 22), and a third of `moa batch`'s.
 
 `LinearPool` keeps httpcore's contract and does one pass:
+- when no request waits (a response just ended) nothing is done until the next sweep;
 - closed connections are dropped; the expensive `has_expired()` (a readability check per
   idle socket) runs for every connection at most once per `SWEEP_SECONDS`, and always on
   the idle connection about to be reused, so a connection the server closed is never
@@ -50,6 +51,10 @@ class LinearPool(httpcore.AsyncConnectionPool):
         closing: list[Any] = []
         now = time.monotonic()
         sweep = now >= self._next_sweep
+        if not sweep and not any(request.is_queued() for request in self._requests):
+            # A response closed and no one waits: closed and surplus idle connections can
+            # wait for the next sweep (a closed one is never handed out, see _take).
+            return closing
         if sweep:
             self._next_sweep = now + SWEEP_SECONDS
         kept: list[Any] = []
