@@ -84,8 +84,10 @@ def test_the_timeout_bounds_a_whole_call(moa_env: dict[str, str], llm_server: Fa
 
 
 def test_the_quorum_cancels_a_whole_call(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
-    llm_server.script("alpha", Reply(text="quick"))
-    llm_server.script("beta", Reply(text="slow " * 20, latency=0.2, token_delay=1.0))
+    # alpha answers once beta's request is in (so the cut closes a call in flight, not one
+    # still waiting to be sent), and beta would take 20 s more.
+    llm_server.script("alpha", Reply(text="quick " * 3, token_delay=0.5))
+    llm_server.script("beta", Reply(text="slow " * 20, token_delay=1.0))
     result = unwatched(quorum=1)
     beta = result.proposals[1]
     assert (beta.text, beta.error_kind) == (None, "quorum")
