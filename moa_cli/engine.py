@@ -3,6 +3,8 @@
     layer 1          every reference answers the conversation as it is
     layer 2..R       every reference answers with layer k-1's answers in its system message
     aggregator       answers with layer R's answers in its system message; only it is streamed
+                     to the user (the references too, as CallDelta, when `Plan.watch_references`;
+                     else they are asked for whole)
 
 The engine knows nothing of terminals or HTTP: it talks to models only through the
 provider seam (`providers/base.py`), reports what happens through an event callback

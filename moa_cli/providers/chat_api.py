@@ -11,6 +11,12 @@ reads by it. An error whose Retry-After is longer than the time left is not retr
 response hook sets `x-should-retry: false`, which the SDK obeys): the call ends at once
 and says why.
 
+A request with `stream` False (a reference no one watches) asks for the completion whole:
+one JSON body, read within the same deadline and byte bounds; a body that ends in the middle
+of its JSON was cut (`StreamCutOff`), and a server that streams anyway is read as a stream.
+At 100 chunks an answer, that is a few reads instead of a hundred, each through httpcore, h11,
+the SSE decoder and the JSON parser (issue 22).
+
 The body is decoded by the one SSE decoder (sse.py). A stream is complete when the server
 sent a `finish_reason` or `data: [DONE]`; one that ends without either was cut
 (`StreamCutOff`); a 200 body with no event at all (an HTML page, a JSON completion, an
