@@ -163,3 +163,20 @@ def test_the_linear_pool_reuses_connections(llm_server: FakeLLMServer) -> None:
 
     first, second = asyncio.run(go())
     assert first == 30 and second == 30
+
+
+def test_the_linear_pool_keeps_at_most_the_keepalive_limit_idle(llm_server: FakeLLMServer) -> None:
+    llm_server.set_default("m", Reply(text="hi", latency=0.05))
+    transport = pool.transport(httpx.Limits(max_connections=100, max_keepalive_connections=5))
+
+    async def go() -> tuple[int, int]:
+        async with httpx.AsyncClient(transport=transport, base_url=llm_server.base_url) as client:
+            body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+            await asyncio.gather(*(client.post("/v1/chat/completions", json=body) for _ in range(20)))
+            before = len(transport._pool.connections)
+            transport._pool._next_sweep = 0.0  # the next request sweeps
+            await client.post("/v1/chat/completions", json=body)
+            return before, len(transport._pool.connections)
+
+    before, after = asyncio.run(go())
+    assert before == 20 and after <= 5

@@ -11,15 +11,14 @@ extra attributes: a dict of lambdas built per question). With the 250-odd connec
 issue 22), and a third of `moa batch`'s.
 
 `LinearPool` keeps httpcore's contract and does one pass:
-- when no request waits (a response just ended) nothing is done until the next sweep;
-- closed connections are dropped; the expensive `has_expired()` (a readability check per
-  idle socket) runs for every connection at most once per `SWEEP_SECONDS`, and always on
-  the idle connection about to be reused, so a connection the server closed is never
-  handed out (as before);
-- idle connections beyond `max_keepalive_connections` are closed (counting idle ones);
-- queued requests take an available connection for their origin, each connection once per
-  pass (an HTTP/1.1 connection serves one request at a time), else a new connection while
-  under `max_connections`, else the place of an idle one.
+- at most once per `SWEEP_SECONDS`, a sweep drops closed connections, closes expired ones
+  (`has_expired()`: a readability check per idle socket) and the idle ones beyond
+  `max_keepalive_connections` (counting idle ones);
+- queued requests take the first available connection for their origin, each connection
+  once per pass (an HTTP/1.1 connection serves one request at a time), checked for expiry
+  first, so a connection the server closed is never handed out (as before); else a new
+  connection while under `max_connections`, else the place of an idle one;
+- when no request waits (a response just ended), nothing else is done.
 
 The together SDK's client is an httpx (httpcore 1.0) client; the openai SDK's is an httpx2
 one, whose httpcore2 pool already assigns in one pass, so only together's uses this.
@@ -50,19 +49,41 @@ class LinearPool(httpcore.AsyncConnectionPool):
     def _assign_requests_to_connections(self) -> list[Any]:
         closing: list[Any] = []
         now = time.monotonic()
-        sweep = now >= self._next_sweep
-        if not sweep and not any(request.is_queued() for request in self._requests):
-            # A response closed and no one waits: closed and surplus idle connections can
-            # wait for the next sweep (a closed one is never handed out, see _take).
-            return closing
-        if sweep:
+        if now >= self._next_sweep:
             self._next_sweep = now + SWEEP_SECONDS
+            self._sweep(closing)
+        queued = [request for request in self._requests if request.is_queued()]
+        if not queued:
+            return closing  # a response ended and no one waits
+        connections = self._connections
+        taken: set[int] = set()
+        for pool_request in queued:
+            origin = pool_request.request.url.origin
+            connection = self._take(connections, taken, origin, closing)
+            if connection is None:
+                if len(connections) >= self._max_connections:
+                    spare = next((c for c in connections if id(c) not in taken and c.is_idle()), None)
+                    if spare is None:
+                        continue  # stays queued until a connection frees up
+                    connections.remove(spare)
+                    closing.append(spare)
+                connection = self.create_connection(origin)
+                connections.append(connection)
+            taken.add(id(connection))
+            pool_request.assign_to_connection(connection)
+        if closing:
+            gone = set(map(id, closing))
+            connections[:] = [c for c in connections if id(c) not in gone]
+        return closing
+
+    def _sweep(self, closing: list[Any]) -> None:
+        """Drop closed connections, close expired ones and the idle ones past the keep-alive limit."""
         kept: list[Any] = []
         idle: list[Any] = []
         for connection in self._connections:
             if connection.is_closed():
                 continue
-            if sweep and connection.has_expired():
+            if connection.has_expired():
                 closing.append(connection)
                 continue
             kept.append(connection)
@@ -70,44 +91,17 @@ class LinearPool(httpcore.AsyncConnectionPool):
                 idle.append(connection)
         surplus = len(idle) - self._max_keepalive_connections
         if surplus > 0:
-            dropped, idle = idle[:surplus], idle[surplus:]
-            gone = set(map(id, dropped))
+            gone = set(map(id, idle[:surplus]))
+            closing.extend(idle[:surplus])
             kept = [c for c in kept if id(c) not in gone]
-            closing.extend(dropped)
-
-        queued = [request for request in self._requests if request.is_queued()]
-        if queued:
-            available = [c for c in kept if c.is_available()]
-            taken: set[int] = set()
-            for pool_request in queued:
-                origin = pool_request.request.url.origin
-                connection = self._take(available, taken, origin, closing)
-                if connection is None:
-                    if len(kept) < self._max_connections:
-                        connection = self.create_connection(origin)
-                        kept.append(connection)
-                    else:
-                        spare = next((c for c in idle if id(c) not in taken and c in kept), None)
-                        if spare is None:
-                            continue  # stays queued until a connection frees up
-                        kept.remove(spare)
-                        closing.append(spare)
-                        connection = self.create_connection(origin)
-                        kept.append(connection)
-                taken.add(id(connection))
-                pool_request.assign_to_connection(connection)
-            if closing:
-                gone = set(map(id, closing))
-                kept = [c for c in kept if id(c) not in gone]
         self._connections[:] = kept
-        return closing
 
     @staticmethod
-    def _take(available: list[Any], taken: set[int], origin: Any, closing: list[Any]) -> Any:
+    def _take(connections: list[Any], taken: set[int], origin: Any, closing: list[Any]) -> Any:
         """The first available connection for `origin` not yet given out in this pass, checked
         for expiry (a server-closed idle connection is closed, not reused)."""
-        for connection in available:
-            if id(connection) in taken or not connection.can_handle_request(origin):
+        for connection in connections:
+            if id(connection) in taken or not connection.is_available() or not connection.can_handle_request(origin):
                 continue
             if connection.is_idle() and connection.has_expired():
                 taken.add(id(connection))
