@@ -14,7 +14,8 @@ issue 22), and a third of `moa batch`'s.
 - at most once per `SWEEP_SECONDS`, a sweep drops closed connections, closes expired ones
   (`has_expired()`: a readability check per idle socket) and the idle ones beyond
   `max_keepalive_connections` (counting idle ones);
-- queued requests take the first available connection for their origin, each connection
+- queued requests take the first available connection for their origin (a connection
+  given out moves to the back of the list, so free ones gather at the front), each connection
   once per pass (an HTTP/1.1 connection serves one request at a time), checked for expiry
   first, so a connection the server closed is never handed out (as before); else a new
   connection while under `max_connections`, else the place of an idle one;
@@ -60,7 +61,12 @@ class LinearPool(httpcore.AsyncConnectionPool):
         for pool_request in queued:
             origin = pool_request.request.url.origin
             connection = self._take(connections, taken, origin, closing)
-            if connection is None:
+            if connection is not None:
+                # To the back: the connections given out longest ago, the first to be free
+                # again, stay in front, where the next request's scan starts.
+                connections.remove(connection)
+                connections.append(connection)
+            else:
                 if len(connections) >= self._max_connections:
                     spare = next((c for c in connections if id(c) not in taken and c.is_idle()), None)
                     if spare is None:
