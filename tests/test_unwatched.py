@@ -14,10 +14,11 @@ from typing import Any
 import httpx
 
 from moa_cli import MoA
+from moa_cli.errors import ProviderError
 from moa_cli.events import AnswerDelta, CallDelta, CallFailed, CallFinished, CallFirstToken, Event
 from moa_cli.providers import pool
 from moa_cli.providers.chat_api import CONNECTION_LIMITS, byte_budget
-from moa_cli.types import TurnResult
+from moa_cli.types import CompletionRequest, Finish, TurnResult, Usage
 from tests.fakes.llm_server import FakeLLMServer, Reply, split_pieces
 from tests.test_serve import HI, call
 
@@ -180,3 +181,29 @@ def test_the_linear_pool_keeps_at_most_the_keepalive_limit_idle(llm_server: Fake
 
     before, after = asyncio.run(go())
     assert before == 20 and after <= 5
+
+
+def test_the_openai_sdk_asks_for_a_whole_answer_too(llm_server: FakeLLMServer) -> None:
+    from moa_cli.providers.openai_compat import OpenAICompatProvider
+
+    llm_server.script("m", Reply(text="one two three", finish_reason="length"))
+    llm_server.script("m", Reply(text="one two three four", end_after=2))
+    provider = OpenAICompatProvider("o", api_key="k", base_url=llm_server.base_url + "/v1", timeout=10, retries=0)
+    request = CompletionRequest(model="m", messages=[{"role": "user", "content": "q"}], max_tokens=50, stream=False)
+
+    async def go() -> tuple[list[object], BaseException | None]:
+        try:
+            items = [item async for item in provider.stream(request)]
+            try:
+                [item async for item in provider.stream(request)]
+            except ProviderError as exc:
+                return items, exc
+            return items, None
+        finally:
+            await provider.aclose()
+
+    items, error = asyncio.run(go())
+    assert items == ["one two three", Finish("length"), Usage(1, 3, 4)]  # the fake counts a word a token
+    assert isinstance(error, ProviderError) and error.kind == "cut_off"
+    assert [r.stream for r in llm_server.requests] == [False, False]
+    assert "stream_options" not in llm_server.requests[0].body
