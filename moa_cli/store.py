@@ -774,16 +774,24 @@ class TurnWriter:
 
 
 _writers: dict[Path, TurnWriter] = {}
+_given: dict[Path, TurnWriter] = {}  # absolute paths as given -> their writer
 _writers_lock = threading.Lock()
 
 
 def writer_for(path: Path | str) -> TurnWriter:
     """The process's writer for a log file (one thread per file, shared by every MoA)."""
-    key = Path(path).resolve()
+    given = Path(path)
+    with _writers_lock:
+        writer = _given.get(given)  # every turn asks: resolving costs a syscall per directory
+    if writer is not None:
+        return writer
+    key = given.resolve()
     with _writers_lock:
         writer = _writers.get(key)
         if writer is None:
             writer = _writers[key] = TurnWriter(key)
+        if given.is_absolute():
+            _given[given] = writer
         return writer
 
 
