@@ -138,6 +138,7 @@ class MoA:
         system: str | None = None,
         aggregator_sampling: Mapping[str, Any] | None = None,
         watch_references: bool | None = None,
+        watch_answer: bool | None = None,
     ) -> TurnResult:
         """Run one turn. `prompt` is a string or the whole conversation as messages.
 
@@ -148,11 +149,13 @@ class MoA:
         `watch_references`: whether `on_event` reads the references' pieces as they arrive
         (`CallDelta`, `CallFirstToken`). When False the references are asked for whole and
         those events are not sent: much less CPU per call. None (the default): True.
+        `watch_answer=False` asks for the answer whole too (one `AnswerDelta`): for callers
+        that only want the result (`moa batch`).
 
         The turn is logged (recorder.py) to `conversation_id` (a new conversation when None)
         unless the `log` setting is off; its cost is set on the result either way.
         """
-        return await self._turn(prompt, run_turn, on_event, system, aggregator_sampling, watch_references)
+        return await self._turn(prompt, run_turn, on_event, system, aggregator_sampling, watch_references, watch_answer)
 
     async def aaggregate(
         self,
@@ -163,6 +166,7 @@ class MoA:
         system: str | None = None,
         aggregator_sampling: Mapping[str, Any] | None = None,
         watch_references: bool | None = None,
+        watch_answer: bool | None = None,
     ) -> TurnResult:
         """Run only the aggregator over `proposals` made earlier (a stored turn's), calling no reference.
 
@@ -179,7 +183,9 @@ class MoA:
         ) -> Awaitable[TurnResult]:
             return run_aggregation(messages, plan, router, stored, sink)
 
-        return await self._turn(prompt, aggregate_only, on_event, system, aggregator_sampling, watch_references)
+        return await self._turn(
+            prompt, aggregate_only, on_event, system, aggregator_sampling, watch_references, watch_answer
+        )
 
     async def _turn(
         self,
@@ -189,12 +195,15 @@ class MoA:
         system: str | None,
         aggregator_sampling: Mapping[str, Any] | None,
         watch_references: bool | None = None,
+        watch_answer: bool | None = None,
     ) -> TurnResult:
         """`run` (the engine's run_turn or run_aggregation) recorded, through the router or a pool."""
         messages = build_messages(prompt, system or self.settings.system)
         plan = self.plan
-        if watch_references is not None and watch_references != plan.watch_references:
+        if watch_references is not None:
             plan = replace(plan, watch_references=watch_references)
+        if watch_answer is not None:
+            plan = replace(plan, watch_answer=watch_answer)
         if aggregator_sampling:
             unknown = set(aggregator_sampling) - AGGREGATOR_SAMPLING
             if unknown:

@@ -868,13 +868,16 @@ class _SharedPoolMoA(MoA):
         super().__init__(settings=settings, router=router)
 
     async def arun(self, prompt: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("watch_references", False)  # no one reads a batch's references as they stream
+        # No one reads a batch's calls as they stream: every one is asked for whole.
+        kwargs.setdefault("watch_references", False)
+        kwargs.setdefault("watch_answer", False)
         try:
             return await super().arun(prompt, **kwargs)
         finally:
             self._continue()
 
     async def aaggregate(self, prompt: Any, proposals: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("watch_answer", False)
         try:
             return await super().aaggregate(prompt, proposals, **kwargs)
         finally:

@@ -92,6 +92,10 @@ class Plan:
     # does, every call but the answer's is asked for whole (`CompletionRequest.stream`
     # False), with no per-piece events: a fraction of the CPU (issue 22).
     watch_references: bool = True
+    # Not a setting: whether someone reads the answer as it arrives (a terminal, a server's
+    # client, `MoA.astream`). When no one does (`moa batch`), the aggregator's call is asked
+    # for whole too, and the answer comes as one AnswerDelta.
+    watch_answer: bool = True
 
     @classmethod
     def from_settings(cls, settings: Any) -> Plan:
@@ -145,7 +149,7 @@ class _Turn:
             max_tokens=max_tokens or self.plan.max_tokens,
             seed=self.plan.seed if call.is_aggregator else self.plan.seed_for(call.layer, call.index),
             repeat_penalty=self.plan.repeat_penalty,
-            stream=(call.is_aggregator and answer) or self.plan.watch_references,
+            stream=self.plan.watch_answer if call.is_aggregator and answer else self.plan.watch_references,
         )
         if call.is_aggregator and self.plan.aggregator_sampling:
             # Per-turn values for the answer only (`moa serve` takes them from the request);
@@ -155,7 +159,9 @@ class _Turn:
                 request, **{k: v for k, v in self.plan.aggregator_sampling.items() if given.get(k) is None}
             )
         delta = AnswerDelta if call.is_aggregator and answer else CallDelta
-        watched = request.stream  # else no per-piece events: no one reads them
+        # Else no per-piece events for a reference: no one reads them. The answer's pieces
+        # are always events (one piece, when it came whole).
+        watched = request.stream or (call.is_aggregator and answer)
         limit = piece_limit(request.max_tokens)
         parts: list[str] = []
         usage: Usage | None = None

@@ -134,13 +134,13 @@ def test_serve_asks_for_its_references_whole(moa_env: dict[str, str], llm_server
     assert {r.model: r.stream for r in llm_server.requests} == {"alpha": False, "beta": False, "judge": True}
 
 
-def test_batch_asks_for_its_references_whole(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
+def test_batch_asks_for_every_call_whole(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
     source = tmp_path / "in.jsonl"
     source.write_text('{"id": 1, "prompt": "one?"}\n{"id": 2, "prompt": "two?"}\n')
     proc = moa(["batch", str(source), "-o", str(tmp_path / "out.jsonl"), "-r", "alpha,beta", "-a", "judge"])
     assert proc.returncode == 0, proc.stderr
     streams = {(r.model, r.stream) for r in llm_server.requests}
-    assert streams == {("alpha", False), ("beta", False), ("judge", True)}
+    assert streams == {("alpha", False), ("beta", False), ("judge", False)}  # no one reads the answer either
 
 
 def test_the_linear_pool_reuses_connections(llm_server: FakeLLMServer) -> None:
@@ -207,3 +207,14 @@ def test_the_openai_sdk_asks_for_a_whole_answer_too(llm_server: FakeLLMServer) -
     assert isinstance(error, ProviderError) and error.kind == "cut_off"
     assert [r.stream for r in llm_server.requests] == [False, False]
     assert "stream_options" not in llm_server.requests[0].body
+
+
+def test_an_answer_no_one_watches_comes_whole_as_one_delta(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
+    llm_server.script("judge", Reply(text="the final answer", finish_reason="length"))
+    events: list[Event] = []
+    moa = MoA(references=list(REFS), aggregator="judge")
+    result = asyncio.run(moa.arun("q", on_event=events.append, watch_references=False, watch_answer=False))
+    assert [r.stream for r in llm_server.requests] == [False, False, False]
+    assert [e.text for e in events if isinstance(e, AnswerDelta)] == ["the final answer"]
+    assert (result.answer, result.finish_reason) == ("the final answer", "length")
+    assert result.aggregator_usage is not None and result.aggregator_usage.completion_tokens == 3
