@@ -421,7 +421,8 @@ class ChatAPIProvider:
                 http: httpx.Response = response.http_response
                 body = http.aiter_bytes().__aiter__()
                 ended = False
-                if not request.stream and not _is_event_stream(http):
+                whole = not request.stream and not _is_event_stream(http)
+                if whole:
                     # Asked for whole (no one reads the pieces): one body, one JSON object.
                     async with asyncio.timeout_at(state.deadline):
                         raw_body = await _read_body(body, request.model, WIRE_FACTOR * budget, request.max_tokens)
@@ -466,7 +467,7 @@ class ChatAPIProvider:
                                 usage = item
                             else:
                                 finish = item.reason
-                if done and request.stream:
+                if done and not whole:
                     await _drain(body)
                 elif not done and finish is None and events == 0 and not decoder.saw_sse:
                     raise BadResponse(request.model, not_a_stream(http.headers.get("content-type", ""), head))
