@@ -55,6 +55,35 @@ def run(tmp: Path, n: int, parallel: int, name: str) -> tuple[float, list[float]
     return seconds, [json.loads(line)["seconds"] for line in lines]
 
 
+def floor_per_call(base_url: str, n: int, parallel: int) -> float:
+    """CPU seconds per call of bare httpx (no SDK, no moa): the same non-streamed request,
+    `parallel` at a time through one client. The Python HTTP stack's own cost: the floor."""
+    import httpx
+
+    from moa_cli.providers import pool
+    from moa_cli.providers.bounded import CONNECTION_LIMITS
+
+    body = {"model": "ref-a", "messages": [{"role": "user", "content": "Question?"}], "max_tokens": 512}
+
+    async def go() -> float:
+        async with httpx.AsyncClient(
+            transport=pool.transport(httpx.Limits(**CONNECTION_LIMITS)), base_url=base_url
+        ) as client:
+            slots = asyncio.Semaphore(parallel)
+
+            async def one() -> None:
+                async with slots:
+                    response = await client.post("/v1/chat/completions", json=body)
+                    json.loads(response.content)
+
+            await asyncio.gather(*(one() for _ in range(parallel)))  # warm: open the connections
+            started = _cpu()
+            await asyncio.gather(*(one() for _ in range(n)))
+            return (_cpu() - started) / n
+
+    return asyncio.run(go())
+
+
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -91,6 +120,8 @@ def main() -> None:
             f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
         )
         print(f"    peak RSS after (a): {rss_a:.1f} MiB")
+        floor = floor_per_call(base_url, 3 * args.items, 3 * args.parallel)
+        print(f"    the floor, bare httpx on the same server (no SDK, no moa): {floor * 1000:.2f} ms of CPU per call")
     server.terminate()
 
     fast = {m: (0.0, 0.0) for m in ("ref-a", "ref-b", "judge")}

@@ -221,8 +221,9 @@ def measure(upstream: Upstream, served: Served, model: str, refs: list[str], cli
             layer = [c for c in calls if c[0] in refs]
         if sample.error or len(final) != 1 or (model == "moa" and len(layer) != len(refs)):
             errors += 1
-            if sample.error and errors <= 3:
-                print(f"    ! {sample.prompt}: {sample.error}", file=sys.stderr)
+            if errors <= 3:
+                why = sample.error or f"{len(final)} aggregator and {len(layer)} reference calls recorded upstream"
+                print(f"    ! {sample.prompt}: {why}", file=sys.stderr)
             continue
         assert sample.ended is not None and sample.first is not None
         _, agg_received, agg_finished = final[0]

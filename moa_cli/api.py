@@ -152,6 +152,8 @@ class MoA:
         tools: Sequence[Mapping[str, Any]] | None = None,
         tool_choice: Any = None,
         response_format: Mapping[str, Any] | None = None,
+        watch_references: bool | None = None,
+        watch_answer: bool | None = None,
     ) -> TurnResult:
         """Run one turn. `prompt` is a string or the whole conversation as messages.
 
@@ -167,6 +169,11 @@ class MoA:
         round (then `structured.InvalidOutput`, a TurnFailed). Such a turn always synthesizes
         (a verbatim reference answer cannot call a tool), and its aggregator must not be a
         local model (ConfigError).
+        `watch_references`: whether `on_event` reads the references' pieces as they arrive
+        (`CallDelta`, `CallFirstToken`). When False the references are asked for whole and
+        those events are not sent: much less CPU per call. None (the default): True.
+        `watch_answer=False` asks for the answer whole too (one `AnswerDelta`): for callers
+        that only want the result (`moa batch`).
 
         The turn is logged (recorder.py) to `conversation_id` (a new conversation when None)
         unless the `log` setting is off; its cost is set on the result either way.
@@ -178,8 +185,14 @@ class MoA:
             from moa_cli.structured import run_checked
 
             agent, note, text = self._agent(prompt, system, tools or (), tool_choice, response_format)
-            return await self._turn(text, run_checked, on_event, system, aggregator_sampling, (agent, note))
-        return await self._turn(prompt, run_turn, on_event, system, aggregator_sampling)
+            return await self._turn(
+                text, run_checked, on_event, system, aggregator_sampling,
+                agent=(agent, note), watch_references=watch_references, watch_answer=watch_answer,
+            )  # fmt: skip
+        return await self._turn(
+            prompt, run_turn, on_event, system, aggregator_sampling,
+            watch_references=watch_references, watch_answer=watch_answer,
+        )  # fmt: skip
 
     def _agent(
         self,
@@ -225,6 +238,8 @@ class MoA:
         system: str | None = None,
         aggregator_sampling: Mapping[str, Any] | None = None,
         rerun_failed: bool = False,
+        watch_references: bool | None = None,
+        watch_answer: bool | None = None,
     ) -> TurnResult:
         """Run only the aggregator over `proposals` made earlier (a stored turn's), calling no reference.
 
@@ -244,7 +259,10 @@ class MoA:
         ) -> Awaitable[TurnResult]:
             return run_aggregation(messages, plan, router, stored, sink, rerun_failed=rerun_failed)
 
-        return await self._turn(prompt, aggregate_only, on_event, system, aggregator_sampling)
+        return await self._turn(
+            prompt, aggregate_only, on_event, system, aggregator_sampling,
+            watch_references=watch_references, watch_answer=watch_answer,
+        )  # fmt: skip
 
     async def _turn(
         self,
@@ -254,12 +272,18 @@ class MoA:
         system: str | None,
         aggregator_sampling: Mapping[str, Any] | None,
         agent: tuple[AgentSpec, str] | None = None,
+        watch_references: bool | None = None,
+        watch_answer: bool | None = None,
     ) -> TurnResult:
         """`run` (the engine's run_turn or run_aggregation) recorded, through the router or a pool."""
         messages = build_messages(prompt, system or self.settings.system)
         plan = self.plan
         if agent is not None:  # an agent's turn: always synthesized (a reference's prose calls no tool)
             plan = replace(plan, agent=agent[0], agent_note=agent[1], aggregation="synthesize")
+        if watch_references is not None:
+            plan = replace(plan, watch_references=watch_references)
+        if watch_answer is not None and agent is None:  # tool calls and JSON are checked as they stream
+            plan = replace(plan, watch_answer=watch_answer)
         if aggregator_sampling:
             unknown = set(aggregator_sampling) - AGGREGATOR_SAMPLING
             if unknown:

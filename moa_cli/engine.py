@@ -3,6 +3,8 @@
     layer 1          every reference answers the conversation as it is
     layer 2..R       every reference answers with layer k-1's answers in its system message
     aggregator       answers with layer R's answers in its system message; only it is streamed
+                     to the user (the references too, as CallDelta, when `Plan.watch_references`;
+                     else they are asked for whole)
 
 The engine knows nothing of terminals or HTTP: it talks to models only through the
 provider seam (`providers/base.py`), reports what happens through an event callback
@@ -101,6 +103,15 @@ class Plan:
     # `agent_note` is the tool text the references' system message carries (left out for it).
     agent: AgentSpec | None = None
     agent_note: str = ""
+    # Not a setting: whether someone reads the references' pieces as they arrive (CallDelta,
+    # CallFirstToken: a live progress view, a draft). The front end says so; when no one
+    # does, every call but the answer's is asked for whole (`CompletionRequest.stream`
+    # False), with no per-piece events: a fraction of the CPU (issue 22).
+    watch_references: bool = True
+    # Not a setting: whether someone reads the answer as it arrives (a terminal, a server's
+    # client, `MoA.astream`). When no one does (`moa batch`), the aggregator's call is asked
+    # for whole too, and the answer comes as one AnswerDelta.
+    watch_answer: bool = True
 
     @classmethod
     def from_settings(cls, settings: Any) -> Plan:
@@ -154,6 +165,7 @@ class _Turn:
             max_tokens=max_tokens or self.plan.max_tokens,
             seed=self.plan.seed if call.is_aggregator else self.plan.seed_for(call.layer, call.index),
             repeat_penalty=self.plan.repeat_penalty,
+            stream=self.plan.watch_answer if call.is_aggregator and answer else self.plan.watch_references,
         )
         if call.is_aggregator and self.plan.aggregator_sampling:
             # Per-turn values for the answer only (`moa serve` takes them from the request);
@@ -165,6 +177,9 @@ class _Turn:
         if call.is_aggregator and answer and self.plan.agent is not None:
             request = for_aggregator(request, self.plan.agent, self.plan.agent_note)
         delta = AnswerDelta if call.is_aggregator and answer else CallDelta
+        # Else no per-piece events for a reference: no one reads them. The answer's pieces
+        # are always events (one piece, when it came whole).
+        watched = request.stream or (call.is_aggregator and answer)
         limit = piece_limit(request.max_tokens)
         parts: list[str] = []
         tool_pieces: list[ToolCallDelta] = []
@@ -208,7 +223,8 @@ class _Turn:
                         item = ""
                     if not parts:
                         self.streamed.add(call)
-                        self.emit(CallFirstToken(call, time.perf_counter() - started))
+                        if watched:
+                            self.emit(CallFirstToken(call, time.perf_counter() - started))
                     parts.append(item)
                     if len(parts) > limit:
                         reason = (
@@ -216,7 +232,7 @@ class _Turn:
                             f"{self.plan.max_tokens}): cut"
                         )
                         return self._failed(call, BadResponse(call.model, reason), started)
-                    if item:
+                    if item and watched:
                         self.emit(delta(call, item))
             finally:
                 RETRY_NOTICE.reset(notice)

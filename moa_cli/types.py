@@ -111,6 +111,10 @@ class CompletionRequest:
     top_p: float | None = None  # None: the server's own (moa serve passes a request's to the aggregator)
     presence_penalty: float | None = None  # None: the server's own (likewise, from moa serve's request)
     frequency_penalty: float | None = None
+    # False: no one reads the pieces as they arrive (a reference of `moa serve`, `moa batch`,
+    # `--quiet`): the provider may ask for the answer whole and yield it as one piece.
+    stream: bool = True
+
     # An agent's aggregator call (tools.py): sent instead of `messages` when set (OpenAI-shaped,
     # with tool calls and results), and the tools and response format, passed on as they are.
     wire_messages: tuple[dict[str, Any], ...] | None = None

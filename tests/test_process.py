@@ -151,7 +151,8 @@ def test_closed_stdin_reads_as_empty(moa_env: dict[str, str], llm_server: FakeLL
 
 
 def start_slow_turn(moa_env: dict[str, str], llm_server: FakeLLMServer, *args: str) -> subprocess.Popen[str]:
-    """A turn whose two references stream for ~25 s; returns once both streams are open."""
+    """A turn whose two references take ~25 s; returns once both calls are open (streamed, or
+    asked for whole with -q)."""
     llm_server.script("alpha", Reply(text="word " * 500, token_delay=0.05))
     llm_server.script("beta", Reply(text="word " * 500, token_delay=0.05))
     proc = subprocess.Popen(
@@ -164,9 +165,9 @@ def start_slow_turn(moa_env: dict[str, str], llm_server: FakeLLMServer, *args: s
         text=True,
     )
     deadline = time.monotonic() + 20
-    while llm_server.active_streams < 2 and time.monotonic() < deadline and proc.poll() is None:
+    while llm_server.active_requests < 2 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
-    if llm_server.active_streams < 2:
+    if llm_server.active_requests < 2:
         proc.kill()
         pytest.fail(f"the turn never started: {proc.communicate()}")
     return proc

@@ -101,9 +101,11 @@ def test_help_shows_the_declared_defaults(tmp_path: Path) -> None:
 
 
 def test_the_plan_is_made_of_settings() -> None:
-    # aggregator_sampling is per turn (MoA.arun's argument, from a server request), not a setting;
+    # aggregator_sampling and what is watched are per turn (MoA.arun's arguments), not settings;
     # so is an agent's request (tools, response format: MoA.arun's tools= and response_format=).
-    assert {f.name for f in fields(Plan)} - set(SPECS) == {"aggregator_sampling", "agent", "agent_note"}
+    assert {f.name for f in fields(Plan)} - set(SPECS) == {
+        "aggregator_sampling", "agent", "agent_note", "watch_references", "watch_answer",
+    }  # fmt: skip
     s = load_settings({"references": ["a"], "aggregator": "b", "rounds": 2, "seed": 5}, {"TOGETHER_API_KEY": "k"})
     plan = plan_from_settings(s)
     assert (plan.references, plan.aggregator, plan.rounds, plan.seed) == (("a",), "b", 2, 5)

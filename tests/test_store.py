@@ -210,3 +210,30 @@ def test_nothing_secret_is_stored(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with Store(tmp_path / "logs.db") as store:
         turn = store.turn()
     assert turn.prompt == "my key is ****" and "****" in (turn.calls[0].error or "")
+
+
+def test_turns_waiting_for_the_writer_go_in_one_transaction_and_keep_their_order(tmp_path: Path) -> None:
+    writer = TurnWriter(tmp_path / "logs.db")
+    cid = new_conversation_id()
+    futures = [writer.submit(_turn(cid, f"prompt {i}")) for i in range(40)]
+    writer.flush()
+    ids = [f.result() for f in futures]
+    assert ids == sorted(ids) and len(set(ids)) == 40
+    with Store(tmp_path / "logs.db") as store:
+        turns = store.conversation(cid).turns
+        assert [t.prompt for t in turns] == [f"prompt {i}" for i in range(40)]
+        assert [t.seq for t in turns] == list(range(1, 41))
+    writer.close()
+
+
+def test_a_turn_that_cannot_be_written_fails_alone(tmp_path: Path) -> None:
+    writer = TurnWriter(tmp_path / "logs.db")
+    cid = new_conversation_id()
+    bad = _turn(cid, "bad", status="bogus")  # a CHECK constraint fails the group's transaction
+    futures = [writer.submit(_turn(cid, "one")), writer.submit(bad), writer.submit(_turn(cid, "two"))]
+    writer.flush()
+    assert futures[0].result() and futures[2].result()
+    assert isinstance(futures[1].exception(), sqlite3.IntegrityError)
+    writer.close()
+    with Store(tmp_path / "logs.db") as store:
+        assert [t.prompt for t in store.conversation(cid).turns] == ["one", "two"]

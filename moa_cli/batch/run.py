@@ -131,10 +131,11 @@ async def answer_item(moa: MoA, item: Item, stored: Sequence[Sequence[Proposal]]
     for number, turn in enumerate(item.turns):
         messages.append({"role": "user", "content": turn})
         try:
+            # No one reads a batch's calls as they stream: every one is asked for whole.
             if stored is None:
-                result = await moa.arun(messages)
+                result = await moa.arun(messages, watch_references=False, watch_answer=False)
             else:
-                result = await moa.aaggregate(messages, stored[number])
+                result = await moa.aaggregate(messages, stored[number], watch_answer=False)
         except TurnFailed as exc:
             return _failed(item, answers, results, redact(str(exc)), exc.kind, exc.status, started)
         except MoaError as exc:

@@ -60,7 +60,10 @@ def run_one_turn(
         view.start()
         try:
             async with moa:
-                return await moa.arun(prompt, on_event=view.handle, response_format=response_format)
+                return await moa.arun(
+                    prompt, on_event=view.handle, response_format=response_format,
+                    watch_references=view.watches_references,
+                )  # fmt: skip
         finally:
             view.stop()
 

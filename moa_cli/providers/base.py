@@ -9,6 +9,10 @@
               when the server said
     Usage     at most one, last: the token counts, when the server reported them
 
+With `request.stream` False no one reads the pieces as they arrive: a provider may ask its
+server for the answer whole and yield it as one piece (the chat APIs do; local models stream
+anyway). Everything else holds either way.
+
 A stream that ends normally is a complete answer. A provider that can tell its stream was
 cut (the server closed it before a finish reason or an end marker) raises `StreamCutOff`
 instead of ending. The provider bounds the whole call by its timeout (`ProviderTimeout`).

@@ -95,4 +95,9 @@ def capped_transport(client_class: type) -> Any:
     body caps above."""
     base = next(c for c in client_class.__mro__ if c.__name__ == "AsyncClient")
     lib = importlib.import_module(base.__module__.partition(".")[0])
-    return _classes(lib)[1](lib.AsyncHTTPTransport(limits=lib.Limits(**CONNECTION_LIMITS)))
+    inner = lib.AsyncHTTPTransport(limits=lib.Limits(**CONNECTION_LIMITS))
+    if lib.__name__ == "httpx":  # httpcore 1.0's pool is quadratic in connections (pool.py);
+        from moa_cli.providers.pool import linear  # httpx2's httpcore2 already assigns in one pass
+
+        inner = linear(inner)
+    return _classes(lib)[1](inner)

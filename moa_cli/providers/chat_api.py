@@ -11,6 +11,12 @@ reads by it. An error whose Retry-After is longer than the time left is not retr
 response hook sets `x-should-retry: false`, which the SDK obeys): the call ends at once
 and says why.
 
+A request with `stream` False (a reference no one watches) asks for the completion whole:
+one JSON body, read within the same deadline and byte bounds; a body that ends in the middle
+of its JSON was cut (`StreamCutOff`), and a server that streams anyway is read as a stream.
+At 100 chunks an answer, that is a few reads instead of a hundred, each through httpcore, h11,
+the SSE decoder and the JSON parser (issue 22).
+
 The body is decoded by the one SSE decoder (sse.py). A stream is complete when the server
 sent a `finish_reason` or `data: [DONE]`; one that ends without either was cut
 (`StreamCutOff`); a 200 body with no event at all (an HTML page, a JSON completion, an
@@ -333,6 +339,59 @@ async def _drain(lines: AsyncIterator[bytes]) -> None:
             raise
 
 
+def _is_event_stream(http: httpx.Response) -> bool:
+    return str(http.headers.get("content-type", "")).lower().startswith("text/event-stream")
+
+
+async def _read_body(body: AsyncIterator[bytes], model: str, limit: int, max_tokens: int) -> bytes:
+    """A whole (non-streamed) body, at most `limit` bytes. A connection lost before the body's
+    end (its Content-Length, its last chunk) is a connection error, as in a stream."""
+    parts: list[bytes] = []
+    size = 0
+    async for raw in body:
+        size += len(raw)
+        if size > limit:
+            raise BadResponse(model, _over_budget(limit, max_tokens))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def parse_completion(model: str, raw: bytes, content_type: str = "") -> tuple[str, str | None, Usage | None]:
+    """A whole `chat.completion`: its text, finish reason and usage.
+
+    A body that stops in the middle of its JSON was cut off (`StreamCutOff`); other invalid
+    JSON, or a completion of the wrong shape, is a `BadResponse`; `{"error": ...}` is the
+    server's error. A complete body is a complete answer, with or without a finish reason."""
+    try:
+        completion = json.loads(raw)
+    except ValueError as exc:
+        text = raw.decode("utf-8", "replace").rstrip()
+        ends_early = isinstance(exc, json.JSONDecodeError) and (
+            exc.pos >= len(text) - 1 or exc.msg.startswith("Unterminated string")
+        )
+        if ends_early and text[:1] == "{":
+            # The body ended cleanly in the middle of its JSON: the answer was cut short.
+            raise StreamCutOff(model, CUT_OFF_REASON) from None
+        if not text or "html" in content_type.lower() or text[:1] == "<" or text[:1] not in "{[":
+            raise BadResponse(model, not_a_stream(content_type, raw[:512]).replace(", not a stream", "")) from None
+        raise BadResponse(model, "bad response from server: invalid JSON in the completion") from None
+    if not isinstance(completion, dict):
+        raise BadResponse(model, "bad response from server: the completion is not an object")
+    if completion.get("error"):
+        raise _error_chunk(model, completion["error"])
+    choices = completion.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise BadResponse(model, "bad response from server: a completion without choices")
+    message = choices[0].get("message") or {}
+    if not isinstance(message, dict):
+        raise BadResponse(model, f"bad response from server: message is {_type_name(message)}, not an object")
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        raise BadResponse(model, f"bad response from server: message.content is {_type_name(content)}, not text")
+    reason = choices[0].get("finish_reason")
+    return content or "", str(reason) if reason else None, _usage(completion.get("usage"))
+
+
 class ChatAPIProvider:
     """Streams chat completions through a Stainless-generated SDK client."""
 
@@ -373,8 +432,8 @@ class ChatAPIProvider:
             "messages": list(request.wire_messages) if request.wire_messages is not None else request.messages,
             "temperature": request.temperature,
             "max_tokens": request.max_tokens,
-            "stream": True,
-            **self.usage_request,
+            "stream": request.stream,
+            **(self.usage_request if request.stream else {}),  # a whole completion carries its usage
         }
         if request.seed is not None:
             kwargs["seed"] = request.seed
@@ -415,6 +474,18 @@ class ChatAPIProvider:
                 http: httpx.Response = response.http_response
                 body = http.aiter_bytes().__aiter__()
                 ended = False
+                whole = not request.stream and not _is_event_stream(http)
+                if whole:
+                    # Asked for whole (no one reads the pieces): one body, one JSON object.
+                    async with asyncio.timeout_at(state.deadline):
+                        raw_body = await _read_body(body, request.model, WIRE_FACTOR * budget, request.max_tokens)
+                    content_type = str(http.headers.get("content-type", ""))
+                    text, finish, usage = parse_completion(request.model, raw_body, content_type)
+                    if len(text.encode("utf-8", "replace")) > budget:
+                        raise BadResponse(request.model, _over_budget(budget, request.max_tokens))
+                    done = True
+                    if text:
+                        yield text
                 while not done and not ended:
                     # The deadline spans only our own awaits, never a `yield`: the consumer's
                     # time between pieces is its own.
@@ -450,9 +521,9 @@ class ChatAPIProvider:
                                 usage = item
                             else:
                                 finish = item.reason
-                if done:
+                if done and not whole:
                     await _drain(body)
-                elif finish is None and events == 0 and not decoder.saw_sse:
+                elif not done and finish is None and events == 0 and not decoder.saw_sse:
                     raise BadResponse(request.model, not_a_stream(http.headers.get("content-type", ""), head))
         except ProviderError:
             raise

@@ -64,23 +64,27 @@ class SSEDecoder:
         self._buffer += self._utf8.decode(b"", final=True)
         yield from self._lines(final=True)
         if self._data:
-            yield from self._dispatch()
+            yield self._take()
 
     def _lines(self, *, final: bool) -> Iterator[Event]:
         buffer, self._buffer = self._buffer, ""
+        bare_lf = "\r" not in buffer  # the usual case: LF only, no regex needed
         if final:
             complete = buffer
         else:
-            cut = max(buffer.rfind("\n"), buffer.rfind("\r")) + 1
+            cut = (buffer.rfind("\n") if bare_lf else max(buffer.rfind("\n"), buffer.rfind("\r"))) + 1
             complete, self._buffer = buffer[:cut], buffer[cut:]
             if self.max_event is not None and len(self._buffer) > self.max_event:
                 raise EventTooLarge(f"an event line longer than {self.max_event} bytes")
-        lines = _BREAK.split(complete)
+        lines = complete.split("\n") if bare_lf else _BREAK.split(complete)
         if not final or complete.endswith(("\n", "\r")):
             lines.pop()  # what follows the last line break: empty, or kept for the next chunk
         for line in lines:
             if not line:
-                yield from self._dispatch()
+                if self._data:
+                    yield self._take()
+                else:
+                    self._event = ""
                 continue
             if line.startswith(":"):
                 self.saw_sse = True
@@ -102,8 +106,8 @@ class SSEDecoder:
             elif name == "retry" and value.isdigit():
                 self._retry = int(value)
 
-    def _dispatch(self) -> Iterator[Event]:
+    def _take(self) -> Event:
+        """Dispatch the pending event (there is data): one line of data is the common case."""
         data, event = self._data, self._event
         self._data, self._size, self._event = [], 0, ""
-        if data:
-            yield Event("\n".join(data), event or "message", self._id, self._retry)
+        return Event(data[0] if len(data) == 1 else "\n".join(data), event or "message", self._id, self._retry)

@@ -72,6 +72,12 @@ class TurnView:
         self.answer = AnswerView(out, markdown=markdown) if show_answer else None
         self.err = err
 
+    @property
+    def watches_references(self) -> bool:
+        """Whether the references' pieces are read as they arrive: the progress rows count
+        them (and the live table draws the draft); with --quiet there are no rows."""
+        return self.progress is not None
+
     def start(self) -> None:
         if self.progress:
             self.progress.start()

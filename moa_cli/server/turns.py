@@ -144,12 +144,18 @@ class Turn:
                 tools=r.tools,
                 tool_choice=r.tool_choice,
                 response_format=r.response_format,
+                watch_references=False,
             )
         if self.reuse:
             return await moa.aaggregate(
-                r.messages, self.reuse, on_event=self._on_event, aggregator_sampling=aggregator, rerun_failed=True
-            )
-        return await moa.arun(r.messages, on_event=self._on_event, aggregator_sampling=aggregator)
+                r.messages, self.reuse, on_event=self._on_event, aggregator_sampling=aggregator,
+                rerun_failed=True, watch_references=False,
+            )  # fmt: skip
+        # Only the answer streams to the client: no one reads the references' pieces (even
+        # --progress reasoning says only when each starts and ends), so they come whole.
+        return await moa.arun(
+            r.messages, on_event=self._on_event, aggregator_sampling=aggregator, watch_references=False
+        )
 
     async def _passthrough(self, spec: str) -> TurnResult:
         """One direct call to a provider model, reported like an aggregator's."""

@@ -153,32 +153,41 @@ class Store:
 
     def write_turn(self, turn: TurnRecord) -> int:
         """Write a turn and its calls in one transaction; the turn's id (also set on `turn`)."""
-        now = time.time()
+        return self.write_turns([turn])[0]
+
+    def write_turns(self, turns: Sequence[TurnRecord]) -> list[int]:
+        """Write turns and their calls in one transaction (all or none); their ids, in order."""
         with self.transaction() as db:
-            db.execute(
-                "INSERT INTO conversations (id, title, source, created_at, updated_at, lineup) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at",
-                (turn.conversation_id, title_of(turn.prompt), turn.source, turn.started_at, now, _dumps(turn.lineup)),
-            )
-            (seq,) = db.execute(
-                "SELECT coalesce(max(seq), 0) + 1 FROM turns WHERE conversation_id = ?", (turn.conversation_id,)
-            ).fetchone()
-            cursor = db.execute(
-                f"INSERT INTO turns ({_TURN_COLUMNS.replace('id, ', '', 1)}) VALUES ({', '.join('?' * 19)})",
-                (
-                    turn.conversation_id, seq, turn.system, turn.prompt, turn.answer, turn.status, turn.error,
-                    turn.error_kind, _dumps(turn.lineup), _dumps(turn.settings), turn.prompt_tokens,
-                    turn.completion_tokens, turn.total_tokens, turn.cost_usd, turn.priced_usd, turn.unpriced_calls,
-                    turn.started_at, turn.first_token, turn.duration,
-                ),
-            )  # fmt: skip
-            turn_id = int(cursor.lastrowid or 0)
-            db.executemany(
-                f"INSERT INTO calls (turn_id, {', '.join(_CALL_FIELDS)}) VALUES (?, {', '.join('?' * len(_CALL_FIELDS))})",
-                [(turn_id, *(_call_value(c, name) for name in _CALL_FIELDS)) for c in turn.calls],
-            )
-        turn.id, turn.seq = turn_id, seq
-        return turn_id
+            ids = [self._insert_turn(db, turn) for turn in turns]
+        for turn, (turn_id, seq) in zip(turns, ids, strict=True):
+            turn.id, turn.seq = turn_id, seq
+        return [turn_id for turn_id, _ in ids]
+
+    def _insert_turn(self, db: sqlite3.Connection, turn: TurnRecord) -> tuple[int, int]:
+        now = time.time()
+        db.execute(
+            "INSERT INTO conversations (id, title, source, created_at, updated_at, lineup) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at",
+            (turn.conversation_id, title_of(turn.prompt), turn.source, turn.started_at, now, _dumps(turn.lineup)),
+        )
+        (seq,) = db.execute(
+            "SELECT coalesce(max(seq), 0) + 1 FROM turns WHERE conversation_id = ?", (turn.conversation_id,)
+        ).fetchone()
+        cursor = db.execute(
+            f"INSERT INTO turns ({_TURN_COLUMNS.replace('id, ', '', 1)}) VALUES ({', '.join('?' * 19)})",
+            (
+                turn.conversation_id, seq, turn.system, turn.prompt, turn.answer, turn.status, turn.error,
+                turn.error_kind, _dumps(turn.lineup), _dumps(turn.settings), turn.prompt_tokens,
+                turn.completion_tokens, turn.total_tokens, turn.cost_usd, turn.priced_usd, turn.unpriced_calls,
+                turn.started_at, turn.first_token, turn.duration,
+            ),
+        )  # fmt: skip
+        turn_id = int(cursor.lastrowid or 0)
+        db.executemany(
+            f"INSERT INTO calls (turn_id, {', '.join(_CALL_FIELDS)}) VALUES (?, {', '.join('?' * len(_CALL_FIELDS))})",
+            [(turn_id, *(_call_value(c, name) for name in _CALL_FIELDS)) for c in turn.calls],
+        )
+        return turn_id, seq
 
     # -------------------------------------------------------------- reading
 

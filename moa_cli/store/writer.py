@@ -12,6 +12,8 @@ from pathlib import Path
 from moa_cli.store.db import Store
 from moa_cli.store.records import TurnRecord, db_path
 
+MAX_GROUP = 64  # turns the writer thread puts in one transaction, when that many are waiting
+
 
 class TurnWriter:
     """Writes turns on a thread of its own: `submit` only puts the record on a queue.
@@ -38,21 +40,38 @@ class TurnWriter:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            try:
-                if item is None:
-                    return
-                turn, future = item
-                if not future.set_running_or_notify_cancel():
-                    continue
+            items = [self._queue.get()]
+            # The turns that ended meanwhile (a server's, a batch's) go in the same transaction.
+            while items[-1] is not None and len(items) < MAX_GROUP:
                 try:
-                    if self._store is None:
-                        self._store = Store(self.path)
-                    future.set_result(self._store.write_turn(turn))
-                except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
-                    future.set_exception(exc)
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                group = [(turn, future) for turn, future in (i for i in items if i is not None)]
+                self._write([(t, f) for t, f in group if f.set_running_or_notify_cancel()])
             finally:
-                self._queue.task_done()
+                for _ in items:
+                    self._queue.task_done()
+            if items[-1] is None:
+                return
+
+    def _write(self, group: list[tuple[TurnRecord, Future[int]]]) -> None:
+        if not group:
+            return
+        try:
+            if self._store is None:
+                self._store = Store(self.path)
+            ids = self._store.write_turns([turn for turn, _ in group])
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+            if len(group) > 1:  # one turn's failure is its own: write them one by one
+                for one in group:
+                    self._write([one])
+                return
+            group[0][1].set_exception(exc)
+            return
+        for (_, future), turn_id in zip(group, ids, strict=True):
+            future.set_result(turn_id)
 
     def flush(self) -> None:
         """Wait until every turn submitted so far is written (or failed)."""
@@ -70,6 +89,7 @@ class TurnWriter:
 
 
 _writers: dict[Path, TurnWriter] = {}
+_given: dict[Path, TurnWriter] = {}  # absolute paths as given -> their writer
 
 
 _writers_lock = threading.Lock()
@@ -77,11 +97,18 @@ _writers_lock = threading.Lock()
 
 def writer_for(path: Path | str) -> TurnWriter:
     """The process's writer for a log file (one thread per file, shared by every MoA)."""
-    key = Path(path).resolve()
+    given = Path(path)
+    with _writers_lock:
+        writer = _given.get(given)  # every turn asks: resolving costs a syscall per directory
+    if writer is not None:
+        return writer
+    key = given.resolve()
     with _writers_lock:
         writer = _writers.get(key)
         if writer is None:
             writer = _writers[key] = TurnWriter(key)
+        if given.is_absolute():
+            _given[given] = writer
         return writer
 
 

@@ -128,13 +128,16 @@ class Reply:
     error_message: str | None = None  # default f"HTTP {status} from fake server"
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers
     # Streaming: after this many content chunks drop the connection (no final chunk,
-    # no [DONE]). Non-streaming: drop the connection without sending any response.
+    # no [DONE]). Non-streaming: 0 drops the connection without sending any response,
+    # more sends the headers and the start of the body first.
     cut_after: int | None = None
     usage: bool = True  # send usage (non-streaming body / final stream chunk)
     # Streaming: emit one `data: {not json` event after the first content chunk.
     # Non-streaming: the 200 body is not valid JSON.
     bad_json: bool = False
-    end_after: int | None = None  # streaming: end the body cleanly after n chunks, no finish, no [DONE]
+    # Streaming: end the body cleanly after n chunks, no finish, no [DONE]. Non-streaming: end
+    # it cleanly in the middle of the JSON, after n pieces of the text.
+    end_after: int | None = None
     stall_after: int | None = None  # streaming: after n chunks send nothing more, keep the connection
     error_chunk_after: int | None = None  # streaming: an error event after n chunks, then the end
     error_code: Any = None  # the error event's "code"
@@ -586,8 +589,22 @@ class FakeLLMServer:
         created = int(time.time())
 
         if not record.stream:
+            # The whole answer comes when it is all generated: token_delay per piece after the first.
+            generating = reply.token_delay * max(len(pieces) - 1, 0)
+            if ex.wake.is_set() or (generating > 0 and await ex.sleep(generating)):
+                await ex.abandon()
+                return
+            if reply.end_after is not None:  # a clean end in the middle of the JSON: a cut answer
+                record.status = 200
+                await ex.start(200, [(b"content-type", b"application/json")])
+                await ex.body(b'{"id": "' + completion_id.encode() + b'", "choices": [{"message": {"content": "')
+                await ex.body("".join(pieces[: reply.end_after]).encode(), more_body=False)
+                return
             if reply.cut_after is not None:
                 record.cut = True
+                if reply.cut_after > 0:  # headers and part of the body, then the connection drops
+                    await ex.start(200, [(b"content-type", b"application/json"), (b"content-length", b"100000")])
+                    await ex.body(b'{"id": "' + completion_id.encode() + b'", "choices": [{"message": {"content": "')
                 await ex.cut()
                 return
             if reply.bad_json:
@@ -604,7 +621,7 @@ class FakeLLMServer:
                             "message": {"role": "assistant", "content": text or None, "tool_calls": reply.calls()}
                             if reply.tool_calls
                             else {"role": "assistant", "content": text},
-                            "finish_reason": reply.finish_for() if reply.tool_calls else "stop",
+                            "finish_reason": reply.finish_for() if reply.tool_calls else reply.finish_reason,
                             "logprobs": None,
                         }
                     ],
