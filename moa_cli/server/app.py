@@ -319,14 +319,19 @@ class ResponsesStream(TurnStream):
             yield chunk
 
 
-@guarded
-async def create_response(request: Request) -> Response:
-    """`POST /v1/responses`: the subset agents use, as a chat-completions turn (responses.py)."""
+async def _accepted_body(request: Request) -> tuple[ServerState, bytes]:
+    """A turn's request let in (its key checked, the server not draining) and its body read."""
     state = _state(request)
     state.keys.check(request.headers)
     if state.drain.draining:
         raise errors.draining()
-    raw = await read_body(request, state.options.max_body)
+    return state, await read_body(request, state.options.max_body)
+
+
+@guarded
+async def create_response(request: Request) -> Response:
+    """`POST /v1/responses`: the subset agents use, as a chat-completions turn (responses.py)."""
+    state, raw = await _accepted_body(request)
     body = read_json(raw)
     chat = parse_chat(responses.to_chat(body))
 
@@ -343,11 +348,7 @@ async def create_response(request: Request) -> Response:
 
 @guarded
 async def chat_completions(request: Request) -> Response:
-    state = _state(request)
-    state.keys.check(request.headers)
-    if state.drain.draining:
-        raise errors.draining()
-    raw = await read_body(request, state.options.max_body)
+    state, raw = await _accepted_body(request)
     chat = parse_chat(read_json(raw))
 
     def stream(model: str, turn: Turn, finish: Callable[[], Awaitable[None]]) -> Response:

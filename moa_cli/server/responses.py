@@ -28,24 +28,14 @@ import uuid
 from typing import Any
 
 from moa_cli.server.errors import ApiError, bad_request
+from moa_cli.server.schema import text_of
 from moa_cli.types import ToolCall
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def _text_of(content: Any, where: str) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts: list[str] = []
-        for j, part in enumerate(content):
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind not in ("input_text", "output_text", "text") or not isinstance(part.get("text"), str):
-                shown = f" ({kind})" if isinstance(kind, str) else ""
-                raise bad_request(f"{where}.content[{j}]: only text parts are supported{shown}", f"{where}.content[{j}]", "unsupported_value")  # fmt: skip
-            texts.append(part["text"])
-        return "".join(texts)
-    raise bad_request(f"{where}.content must be a string or a list of text parts", f"{where}.content")
+#: The text parts of a Responses API message (chat completions has only "text").
+_TEXT_PARTS = ("input_text", "output_text", "text")
 
 
 def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -70,7 +60,7 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
             role = item.get("role")
             if role not in ("user", "system", "developer", "assistant"):
                 raise bad_request(f"{where}.role must be user, system, developer or assistant", f"{where}.role")
-            messages.append({"role": role, "content": _text_of(item.get("content"), where)})
+            messages.append({"role": role, "content": text_of(item.get("content"), where, _TEXT_PARTS)})
         elif kind == "function_call":
             call_id, name = item.get("call_id"), item.get("name")
             if not isinstance(call_id, str) or not isinstance(name, str):
@@ -84,7 +74,7 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
             output = item.get("output")
-            text = output if isinstance(output, str) else _text_of(output, where)
+            text = output if isinstance(output, str) else text_of(output, where, _TEXT_PARTS)
             messages.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": text})
         elif kind == "reasoning":
             continue  # a model's own reasoning summary: nothing for the mixture to read

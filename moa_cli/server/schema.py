@@ -249,7 +249,7 @@ def parse_messages(raw: Any, *, where_from: int = 0, last_user: bool = True) -> 
 
 
 def _content(content: Any, where: str) -> str:
-    return _unicode(_text_of(content, where), where)
+    return _unicode(text_of(content, where), where)
 
 
 def _unicode(text: str, where: str) -> str:
@@ -263,14 +263,16 @@ def _unicode(text: str, where: str) -> str:
     return text
 
 
-def _text_of(content: Any, where: str) -> str:
+def text_of(content: Any, where: str, kinds: tuple[str, ...] = ("text",)) -> str:
+    """A message's content as one string: a string, or a list of text parts (of `kinds`: the
+    Responses API also names them input_text and output_text); anything else is a 400."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         texts: list[str] = []
         for j, part in enumerate(content):
             kind = part.get("type") if isinstance(part, dict) else None
-            if kind != "text" or not isinstance(part.get("text"), str):
+            if kind not in kinds or not isinstance(part.get("text"), str):
                 shown = f" ({kind})" if isinstance(kind, str) else ""
                 raise bad_request(
                     f"{where}.content[{j}]: only text parts are supported{shown}",
