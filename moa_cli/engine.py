@@ -14,6 +14,10 @@ aggregator does, `TurnFailed` is raised with the calls' original exceptions. Eve
 stream is capped at `2 * max_tokens + 32` pieces, so a server that never stops cannot hold
 a turn. Cancelling the task that runs `run_turn` cancels every call and closes its stream.
 
+Before each call its prompt is fitted to the model's context window (fitting.py): what
+was shortened is a `ContextFitted` event and an entry of `TurnResult.fitted`; a prompt that
+cannot fit fails that call (kind "context") without sending it.
+
 `run_aggregation` runs the aggregator step alone over proposals made earlier (`moa batch
 --reuse-proposals`: compare aggregators without paying for the references again).
 """
@@ -35,11 +39,12 @@ from moa_cli.events import (
     CallFinished,
     CallFirstToken,
     CallStarted,
+    ContextFitted,
     Event,
     TurnDone,
 )
+from moa_cli.fitting import Fit, Parts, fit_call, with_references
 from moa_cli.logs import logger  # disabled until the CLI configures it
-from moa_cli.prompts import inject_references
 from moa_cli.providers.base import Provider, StreamItem
 from moa_cli.settings import DEFAULTS, SPECS
 from moa_cli.types import CallInfo, CompletionRequest, Finish, Message, Proposal, TurnResult, Usage
@@ -75,6 +80,7 @@ class Plan:
     rounds: int = DEFAULTS["rounds"]
     temperature: float = DEFAULTS["temperature"]
     max_tokens: int = DEFAULTS["max_tokens"]
+    reference_max_tokens: int | None = DEFAULTS["reference_max_tokens"]  # None: max_tokens
     num_proc: int | None = DEFAULTS["num_proc"]
     layer_deadline: float | None = DEFAULTS["layer_deadline"]
     aggregator_prompt: str = DEFAULTS["aggregator_prompt"]
@@ -85,11 +91,14 @@ class Plan:
     # Not a setting: CompletionRequest fields set for the aggregator's call alone, for one
     # turn (`moa serve` applies a request's temperature, max_tokens and seed this way).
     aggregator_sampling: Mapping[str, Any] = field(default_factory=dict)
+    # Not a setting: model spec -> its context window in tokens ([models."SPEC"] context = N).
+    contexts: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Any) -> Plan:
         """The plan of a `Settings`: each field that is a setting takes the setting's value."""
-        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls) if f.name in SPECS})
+        values = {f.name: getattr(settings, f.name) for f in fields(cls) if f.name in SPECS}
+        return cls(**values, contexts=dict(getattr(settings, "contexts", None) or {}))
 
     def seed_for(self, layer: int, index: int) -> int | None:
         """Distinct seeds per sample, so repeated models (Self-MoA) give distinct answers."""
@@ -115,11 +124,12 @@ class _Turn:
         self.errors: dict[CallInfo, ProviderError] = {}  # each failed call's own exception
         self.active: dict[str, set[CallInfo]] = {}  # provider name -> its calls in flight
         self.overlapped: set[CallInfo] = set()  # calls that shared their provider with another
+        self.fitted: list[dict[str, Any]] = []  # what fitting shortened, per call (fitting.py)
 
     async def call(
         self,
         call: CallInfo,
-        messages: list[Message],
+        messages: list[Message] | Parts,
         *,
         max_tokens: int | None = None,
         temperature: float | None = None,
@@ -128,14 +138,17 @@ class _Turn:
         """Run one model call to completion. Failures become a Proposal with `error`.
 
         `max_tokens` and `temperature` override the plan's (aggregation.py's selection call);
-        an aggregator call streams as the answer unless `answer` is False.
+        an aggregator call streams as the answer unless `answer` is False. `messages` given as
+        `Parts` may be shortened to fit the model's context window (fitting.py).
         """
         provider, model = self.router.resolve(call.model)
+        prompt = messages if isinstance(messages, Parts) else Parts(list(messages))
+        budget = self.plan.max_tokens if call.is_aggregator else self.plan.reference_max_tokens or self.plan.max_tokens
         request = CompletionRequest(
             model=model,
-            messages=messages,
+            messages=prompt.conversation,
             temperature=self.plan.temperature if temperature is None else temperature,
-            max_tokens=max_tokens or self.plan.max_tokens,
+            max_tokens=max_tokens or budget,
             seed=self.plan.seed if call.is_aggregator else self.plan.seed_for(call.layer, call.index),
             repeat_penalty=self.plan.repeat_penalty,
         )
@@ -146,6 +159,13 @@ class _Turn:
             request = replace(
                 request, **{k: v for k, v in self.plan.aggregator_sampling.items() if given.get(k) is None}
             )
+        try:
+            fitted = await fit_call(provider, model, call.model, prompt, request.max_tokens, self.plan.contexts)
+        except ProviderError as exc:  # ContextOverflow: never sent; or the local model failed to load
+            return self._failed(call, exc, time.perf_counter())
+        request = replace(request, messages=fitted.messages, max_tokens=fitted.max_tokens)
+        if fitted.changed:
+            self._fitted(call, fitted)
         delta = AnswerDelta if call.is_aggregator and answer else CallDelta
         limit = piece_limit(request.max_tokens)
         parts: list[str] = []
@@ -153,7 +173,9 @@ class _Turn:
         finish: str | None = None
         async with self.slots:
             started = time.perf_counter()
-            logger.debug("layer {} call {} -> {} ({} messages)", call.layer, call.model, provider.name, len(messages))
+            logger.debug(
+                "layer {} call {} -> {} ({} messages)", call.layer, call.model, provider.name, len(request.messages)
+            )
             self._enter(provider.name, call)
             self.emit(CallStarted(call))
             # Every provider's stream is an async generator: aclose() ends it where it stands.
@@ -186,7 +208,7 @@ class _Turn:
                     if len(parts) > limit:
                         reason = (
                             f"the stream ran far past max_tokens ({len(parts)} pieces for max_tokens "
-                            f"{self.plan.max_tokens}): cut"
+                            f"{request.max_tokens}): cut"
                         )
                         return self._failed(call, BadResponse(call.model, reason), started)
                     self.emit(delta(call, item))
@@ -202,6 +224,13 @@ class _Turn:
         )
         self.emit(CallFinished(call, text, seconds, usage, finish))
         return Proposal(call.model, call.layer, text=text, seconds=seconds, usage=usage, finish_reason=finish)
+
+    def _fitted(self, call: CallInfo, fitted: Fit) -> None:
+        message = fitted.summary(call.model)
+        details = {"model": call.model, "layer": call.layer, "index": call.index, "role": call.role, **fitted.to_dict()}
+        logger.info("layer {} call {}: {}", call.layer, call.model, message)
+        self.fitted.append(details)
+        self.emit(ContextFitted(call, message, details))
 
     def _enter(self, provider: str, call: CallInfo) -> None:
         active = self.active.setdefault(provider, set())
@@ -245,7 +274,7 @@ class _Turn:
             status=error.status,
         )
 
-    async def layer(self, layer: int, messages: list[Message]) -> list[Proposal]:
+    async def layer(self, layer: int, messages: list[Message] | Parts) -> list[Proposal]:
         """Run every reference of a layer; go on at the quorum or the deadline, whichever comes first.
 
         With a quorum K, the layer goes on as soon as K references have answered: the calls
@@ -303,7 +332,9 @@ class _Turn:
         answers: list[str] = []
         for layer in range(1, self.plan.rounds + 1):
             layer_messages = (
-                messages if layer == 1 else inject_references(messages, self.plan.aggregator_prompt, answers)
+                Parts(messages)
+                if layer == 1
+                else Parts(messages, tuple(answers), with_references(self.plan.aggregator_prompt))
             )
             results = await self.layer(layer, layer_messages)
             proposals.extend(results)
@@ -360,6 +391,7 @@ class _Turn:
             aggregation=self.plan.aggregation,
             selected=step.selected,
             warnings=step.warnings,
+            fitted=list(self.fitted),
         )
         self.emit(TurnDone(result))
         return result

@@ -6,8 +6,9 @@ The tags are public API: renaming one breaks front ends and users' callbacks.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from moa_cli.types import CallInfo, TurnResult, Usage
 
@@ -79,9 +80,31 @@ class TurnWarning:
 
 
 @dataclass(frozen=True, slots=True)
+class ContextFitted:
+    """A call's prompt was shortened to fit its model's context window (fitting.py), before it
+    was sent. `message` says what was done, in one line; `details` is its entry of
+    `TurnResult.fitted` (window, where it came from, prompt tokens, estimated or not, steps)."""
+
+    call: CallInfo
+    message: str
+    details: Mapping[str, Any]
+    type: Literal["context_fitted"] = "context_fitted"
+
+
+@dataclass(frozen=True, slots=True)
 class TurnDone:
     result: TurnResult
     type: Literal["turn_done"] = "turn_done"
 
 
-Event = CallStarted | CallFirstToken | CallDelta | AnswerDelta | CallFinished | CallFailed | TurnWarning | TurnDone
+Event = (
+    CallStarted
+    | CallFirstToken
+    | CallDelta
+    | AnswerDelta
+    | CallFinished
+    | CallFailed
+    | ContextFitted
+    | TurnWarning
+    | TurnDone
+)

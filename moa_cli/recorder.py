@@ -28,7 +28,7 @@ from typing import Any
 
 from moa_cli.engine import Plan
 from moa_cli.errors import ConfigError, TurnFailed
-from moa_cli.events import CallFailed, CallFinished, CallFirstToken, CallStarted, Event
+from moa_cli.events import CallFailed, CallFinished, CallFirstToken, CallStarted, ContextFitted, Event
 from moa_cli.logs import logger
 from moa_cli.pricing import Estimate, PriceBook, load_book, total, worst_case
 from moa_cli.providers.registry import split_spec
@@ -153,6 +153,7 @@ def estimate(
         aggregator=settings.aggregator,
         rounds=settings.rounds,
         max_tokens=settings.max_tokens,
+        reference_max_tokens=settings.reference_max_tokens,
         aggregator_prompt=settings.aggregator_prompt,
         split=splitter(settings),
         book=book,
@@ -234,7 +235,9 @@ class Recording:
         if record is None:
             provider, model = self._split(call.model)
             seed = self._plan.seed if call.is_aggregator else self._plan.seed_for(call.layer, call.index)
-            sent = {"temperature": self._plan.temperature, "max_tokens": self._plan.max_tokens, "seed": seed}
+            plan = self._plan
+            budget = plan.max_tokens if call.is_aggregator else plan.reference_max_tokens or plan.max_tokens
+            sent: dict[str, Any] = {"temperature": plan.temperature, "max_tokens": budget, "seed": seed}
             record = CallRecord(call.layer, call.index, call.role, call.model, provider, model, sent)
             self.calls[call] = record
         return record
@@ -255,6 +258,13 @@ class Recording:
                 record.completion_tokens = event.usage.completion_tokens
                 record.total_tokens = event.usage.total_tokens
             self.reported[event.call] = event.usage.cost if event.usage is not None else None
+        elif isinstance(event, ContextFitted):  # the log keeps what was shortened, per call
+            record = self._call(event.call)
+            record.settings = {
+                **record.settings,
+                "max_tokens": event.details.get("max_tokens"),
+                "fitted": dict(event.details),
+            }
         elif isinstance(event, CallFailed):
             record = self._call(event.call)
             record.error, record.error_kind, record.status = event.error, event.kind, event.status

@@ -21,6 +21,8 @@ FORBIDDEN: dict[str, set[str]] = {
     "stops.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp", "sqlite3"},
     "signals.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp", "sqlite3"},
     "config.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp"},
+    # Fitting prompts to context windows: stdlib and moa's value types only (the engine's helper).
+    "fitting.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp", "sqlite3"},
     "engine.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"},
     "api.py": {"rich", "prompt_toolkit", "typer", "together", "openai"},
     # batch: formats, sidecar and manifest only; its progress bar is cli/batch_cmd.py's business.

@@ -342,7 +342,7 @@ async def chat_completions(request: Request) -> Response:
         await finish()
     if turn.error is not None:
         raise turn.error
-    return JSONResponse(completion.whole(text, turn.finish_reason, turn.usage(), turn.moa()))
+    return JSONResponse(completion.whole(text, turn.finish_reason, turn.usage(), turn.moa()), headers=turn.headers())
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -404,7 +404,7 @@ def create_app(settings: Settings, options: ServeOptions | None = None) -> Starl
                 allow_origins=list(state.options.cors_origins),
                 allow_methods=["GET", "POST", "OPTIONS"],
                 allow_headers=["*"],  # the openai SDKs send a dozen X-Stainless-* headers
-                expose_headers=["Retry-After", "x-should-retry"],
+                expose_headers=["Retry-After", "x-should-retry", "X-MoA-References", "X-MoA-Degraded", "X-MoA-Fitted"],
                 max_age=600,
             )
         )
