@@ -100,7 +100,7 @@ def test_help_shows_the_declared_defaults(tmp_path: Path) -> None:
 
 def test_the_plan_is_made_of_settings() -> None:
     # aggregator_sampling is per turn (MoA.arun's argument, from a server request), not a setting.
-    assert {f.name for f in fields(Plan)} - set(SPECS) == {"aggregator_sampling"}
+    assert {f.name for f in fields(Plan)} - set(SPECS) == {"aggregator_sampling", "contexts"}  # contexts: [models]
     s = load_settings({"references": ["a"], "aggregator": "b", "rounds": 2, "seed": 5}, {"TOGETHER_API_KEY": "k"})
     plan = plan_from_settings(s)
     assert (plan.references, plan.aggregator, plan.rounds, plan.seed) == (("a",), "b", 2, 5)
@@ -209,7 +209,7 @@ def test_switching_lineups_keeps_the_flags(tmp_path: Path) -> None:
 
 def test_settings_context_fields_are_not_settings() -> None:
     context = {f.name for f in fields(Settings)} - set(SPECS)
-    assert context == {"providers", "lineups", "local_lineup", "paths", "env", "overrides", "sources"}
+    assert context == {"providers", "contexts", "lineups", "local_lineup", "paths", "env", "overrides", "sources"}
 
 
 # ---------------------------------------------------------------------------- bad values (issue 7)
