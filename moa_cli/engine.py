@@ -160,7 +160,10 @@ class _Turn:
                 request, **{k: v for k, v in self.plan.aggregator_sampling.items() if given.get(k) is None}
             )
         try:
-            fitted = await fit_call(provider, model, call.model, prompt, request.max_tokens, self.plan.contexts)
+            sharing = 1 if call.is_aggregator else self.plan.references.count(call.model)  # Self-MoA's samples
+            fitted = await fit_call(
+                provider, model, call.model, prompt, request.max_tokens, self.plan.contexts, sharing=sharing
+            )
         except ProviderError as exc:  # ContextOverflow: never sent; or the local model failed to load
             return self._failed(call, exc, time.perf_counter())
         request = replace(request, messages=fitted.messages, max_tokens=fitted.max_tokens)

@@ -83,6 +83,7 @@ class Window:
 
     tokens: int
     source: str  # "config", "provider", "llama.cpp" or "default"
+    shared: int = 1  # calls that share it at once, each with its own answer (a local model's samples)
 
     def describe(self) -> str:
         where = {
@@ -91,7 +92,8 @@ class Window:
             "llama.cpp": "llama.cpp's context",
             "default": "moa's default for a model whose window is unknown",
         }.get(self.source, self.source)
-        return f"{self.tokens:,} tokens, {where}"
+        shared = f", shared by {self.shared} calls" if self.shared > 1 else ""
+        return f"{self.tokens:,} tokens, {where}{shared}"
 
 
 def with_references(prompt: str) -> Build:
@@ -201,11 +203,11 @@ def fit(parts: Parts, window: Window, max_tokens: int, count: Counter, *, estima
     `count` gives a prompt's tokens. ContextOverflow when nothing fits.
     """
     steps: list[str] = []
-    if max_tokens > window.tokens // 2:
-        lowered = max(1, window.tokens // 2)
+    if max_tokens * window.shared > window.tokens // 2:
+        lowered = max(1, window.tokens // 2 // window.shared)
         steps.append(f"max_tokens lowered from {max_tokens:,} to {lowered:,}")
         max_tokens = lowered
-    room = window.tokens - max_tokens  # tokens the prompt may take
+    room = window.tokens - max_tokens * window.shared  # tokens the prompt may take
     conversation = list(parts.conversation)
     answers = list(parts.answers)
 
@@ -310,10 +312,20 @@ async def window_of(provider: Any, model: str, spec: str, contexts: Mapping[str,
 
 
 async def fit_call(
-    provider: Any, model: str, spec: str, parts: Parts, max_tokens: int, contexts: Mapping[str, int]
+    provider: Any,
+    model: str,
+    spec: str,
+    parts: Parts,
+    max_tokens: int,
+    contexts: Mapping[str, int],
+    *,
+    sharing: int = 1,
 ) -> Fit:
     """The request for one call, fitted to `spec`'s window; ContextOverflow if it cannot be.
 
+    `sharing` is how many calls of the turn's layer go to this model at once: a provider with
+    `shared_context = True` (a local model: one llama.cpp context, the prompt's cells shared)
+    needs room for each of their answers, so they run together rather than one by one.
     A provider may offer `async context_window(model) -> int | Window | None` and
     `async tokenizer(model) -> Callable[[list[Message]], int] | None` (both optional). A
     request short enough to fit any model (LOOKUP_ABOVE) is left as it is, with no lookup,
@@ -325,4 +337,6 @@ async def fit_call(
     if count is None and spec not in contexts and estimate_tokens(messages) + max_tokens <= LOOKUP_ABOVE:
         return Fit(messages, max_tokens, None, None, True)
     window = await window_of(provider, model, spec, contexts)
+    if sharing > 1 and getattr(provider, "shared_context", False):
+        window = Window(window.tokens, window.source, sharing)
     return fit(parts, window, max_tokens, count or estimate_tokens, estimated=count is None, model=spec)

@@ -26,6 +26,7 @@ Two optional methods feed the fitting of prompts to context windows (fitting.py)
 `async context_window(model) -> int | None`, the window as the provider says, and
 `async tokenizer(model) -> Callable[[list[Message]], int] | None`, the model's own count
 of a prompt's tokens. A provider without them gets moa's default window and an estimate.
+`shared_context = True` says the calls to one model share its window (a local model's samples).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class Gated:
         self.kind = getattr(inner, "kind", None)
         # read by the engine's empty-answer hint
         self.max_concurrency = max_concurrency or getattr(inner, "max_concurrency", None)
+        self.shared_context = getattr(inner, "shared_context", False)  # read by fitting.py
 
     def __repr__(self) -> str:
         return f"Gated({self._inner!r}, max_concurrency={self.max_concurrency})"

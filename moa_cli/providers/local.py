@@ -407,6 +407,8 @@ class LocalProvider:
     """Runs `local:` models in this process. Loaded models outlive the provider (see module doc)."""
 
     kind = "local"
+    #: Calls to one model share its one llama.cpp context (fitting.py leaves room for each answer).
+    shared_context = True
 
     def __init__(self, config: ProviderConfig, *, verbose: bool) -> None:
         self.name = config.name
