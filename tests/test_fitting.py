@@ -29,7 +29,34 @@ from tests.conftest import run_moa
 from tests.fakes.llm_server import FakeLLMServer, RecordedRequest, Reply
 from tests.fakes.serve_process import ServeProcess
 
-WORDS = "the of and to in is was for on that with as by at from it an were are which this be or has had not".split()
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "that",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "it",
+    "an",
+    "were",
+    "are",
+    "which",
+    "this",
+    "be",
+    "or",
+    "has",
+    "had",
+    "not",
+]
 MARK = "characters left out here by moa to fit the model's context"
 
 
@@ -242,7 +269,11 @@ def test_a_20000_token_stdin_through_a_hosted_line_up(cli, moa_home: Path, llm_s
     llm_server.set_default("alpha", Reply(text="alpha " * 2500))
     llm_server.set_default("beta", Reply(text="beta " * 2500))
     text = long_text(20000)
-    proc = cli(["ask", "--json", "--reference-max-tokens", "3000", "-r", "alpha,beta", "-a", "judge", "Summarise this."], input=text, timeout=60)
+    proc = cli(
+        ["ask", "--json", "--reference-max-tokens", "3000", "-r", "alpha,beta", "-a", "judge", "Summarise this."],
+        input=text,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["answer"] == "Answer from judge." and out["references"]["summary"] == "2 of 2 references"

@@ -322,7 +322,9 @@ def test_footer_names_the_references_left_out() -> None:
         Proposal("model-c", 1, error="deadline", timed_out=True),
     ]
     result = TurnResult("x", "agg", proposals, Usage(), 2.04)
-    assert footer_text(result) == "2.0s · tokens unknown · 4 calls · 1 of 3 references (model-b failed, model-c timed out)"
+    assert (
+        footer_text(result) == "2.0s · tokens unknown · 4 calls · 1 of 3 references (model-b failed, model-c timed out)"
+    )
 
 
 def test_streamed_pieces_are_not_called_tokens_until_the_provider_counts_them() -> None:
