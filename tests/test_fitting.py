@@ -313,7 +313,8 @@ def test_serve_says_a_degraded_answer_in_a_field_and_a_header(
 ) -> None:
     import openai
 
-    served = ServeProcess(["-r", "alpha,beta", "-a", "judge"], {**moa_env, "NO_PROXY": "127.0.0.1,localhost"})
+    args = ["-r", "alpha,beta", "-a", "judge", "--allow-overrides"]
+    served = ServeProcess(args, {**moa_env, "NO_PROXY": "127.0.0.1,localhost"})
     client = openai.OpenAI(base_url=served.base_url, api_key="none")
     try:
         llm_server.script("beta", Reply(status=500))
@@ -324,6 +325,11 @@ def test_serve_says_a_degraded_answer_in_a_field_and_a_header(
         assert body["moa"]["references"]["summary"] == "1 of 2 references (beta failed)"
         raw = client.chat.completions.with_raw_response.create(model="moa", messages=[{"role": "user", "content": "q"}])
         assert raw.headers["x-moa-references"] == "2/2" and "x-moa-degraded" not in raw.headers
+        llm_server.requests.clear()
+        client.chat.completions.create(
+            model="moa", messages=[{"role": "user", "content": "q"}], extra_body={"moa": {"reference_max_tokens": 40}}
+        )
+        assert {r.model: r.body["max_tokens"] for r in llm_server.requests} == {"alpha": 40, "beta": 40, "judge": 512}
     finally:
         client.close()
         served.stop()

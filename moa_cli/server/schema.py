@@ -23,7 +23,7 @@ from moa_cli.types import Message
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MAX_STOP_SEQUENCES = 4
 #: The line-up settings a request may change with `{"moa": {...}}` (with --allow-overrides).
-OVERRIDABLE = ("references", "aggregator", "rounds", "layer_deadline", "quorum", "aggregation")
+OVERRIDABLE = ("references", "aggregator", "rounds", "layer_deadline", "quorum", "aggregation", "reference_max_tokens")
 
 
 @dataclass(frozen=True, slots=True)
