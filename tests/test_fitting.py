@@ -291,6 +291,11 @@ def test_a_20000_token_stdin_through_a_hosted_line_up(cli, moa_home: Path, llm_s
     assert (fitted["judge"]["window"], fitted["judge"]["window_source"]) == (8192, "config")
     said = [line for line in proc.stderr.splitlines() if "shortened the prompt" in line]
     assert len(said) == 2 and any("for judge" in line and "8,192 tokens, from the config file" in line for line in said)
+    shown = cli(["logs", "show", str(out["turn_id"]), "--json"])  # the log keeps it, per call
+    assert shown.returncode == 0, shown.stderr
+    logged = {c["spec"]: c["settings"].get("fitted") for c in json.loads(shown.stdout)["calls"]}
+    assert logged["alpha"] is None and logged["beta"]["window"] == 16384 and logged["judge"]["window"] == 8192
+    assert logged["judge"]["steps"] == fitted["judge"]["steps"]
 
 
 def test_a_degraded_answer_says_so(cli, llm_server: FakeLLMServer) -> None:
