@@ -35,9 +35,10 @@ from moa_cli import (
 )
 from moa_cli.config import Settings, load_settings
 from moa_cli.engine import AGGREGATOR_SAMPLING, EventSink, Plan, Router, run_aggregation, run_turn
+from moa_cli.errors import ConfigError
 from moa_cli.events import AnswerDelta, Event
-from moa_cli.providers.registry import ProviderPool, check_lineup, lineup_specs
-from moa_cli.types import Message, Proposal, TurnResult
+from moa_cli.providers.registry import ProviderPool, check_lineup, lineup_specs, split
+from moa_cli.types import AgentSpec, Message, Proposal, TurnResult
 
 _DONE = object()
 
@@ -137,6 +138,9 @@ class MoA:
         on_event: EventSink | None = None,
         system: str | None = None,
         aggregator_sampling: Mapping[str, Any] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: Any = None,
+        response_format: Mapping[str, Any] | None = None,
     ) -> TurnResult:
         """Run one turn. `prompt` is a string or the whole conversation as messages.
 
@@ -144,10 +148,62 @@ class MoA:
         `max_tokens` or `seed` for the answer's
         call alone, in this turn (the references keep the settings' values).
 
+        `tools` (OpenAI tool objects, with `tool_choice`) and `response_format` (`json_object`
+        or `json_schema`) make it an agent's turn (tools.py, structured.py): `prompt` may then
+        hold assistant `tool_calls` and `tool` messages; the references read it all as text and
+        advise in prose; the aggregator gets the real tools and format, and the result's
+        `tool_calls` (finish_reason "tool_calls") or JSON `answer` are checked, with one repair
+        round (then `structured.InvalidOutput`, a TurnFailed). Such a turn always synthesizes
+        (a verbatim reference answer cannot call a tool), and its aggregator must not be a
+        local model (ConfigError).
+
         The turn is logged (recorder.py) to `conversation_id` (a new conversation when None)
         unless the `log` setting is off; its cost is set on the result either way.
         """
+        with_tool_calls = not isinstance(prompt, str) and any(
+            dict(m).get("role") == "tool" or dict(m).get("tool_calls") for m in prompt
+        )
+        if tools or with_tool_calls or (response_format is not None and response_format.get("type") != "text"):
+            from moa_cli.structured import run_checked
+
+            agent, note, text = self._agent(prompt, system, tools or (), tool_choice, response_format)
+            return await self._turn(text, run_checked, on_event, system, aggregator_sampling, (agent, note))
         return await self._turn(prompt, run_turn, on_event, system, aggregator_sampling)
+
+    def _agent(
+        self,
+        prompt: str | Sequence[Message],
+        system: str | None,
+        tools: Sequence[Mapping[str, Any]],
+        tool_choice: Any,
+        response_format: Mapping[str, Any] | None,
+    ) -> tuple[AgentSpec, str, list[Message]]:
+        """An agent's turn: its spec, the references' tool note and the conversation as text."""
+        from moa_cli.structured import check_response_format
+        from moa_cli.tools import conversation_as_text, reference_note
+
+        for i, tool in enumerate(tools):
+            function = tool.get("function") if isinstance(tool, Mapping) else None
+            if tool.get("type") != "function" or not isinstance(function, Mapping) or not function.get("name"):
+                raise ConfigError(f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ..., ...}}}}")
+        try:
+            formatted = check_response_format(dict(response_format) if response_format is not None else None)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        aggregator = self.settings.aggregator
+        if split(self.settings, aggregator)[0].kind == "local":
+            what = "call tools" if tools else "follow a JSON response format"
+            raise ConfigError(
+                f"the aggregator {aggregator} is a local (llama.cpp) model, and moa's local models do not {what}: "
+                "use a hosted aggregator (--aggregator); the references may stay local"
+            )
+        native = [dict(m) for m in build_messages(prompt, system or self.settings.system)]
+        note = reference_note([dict(t) for t in tools], tool_choice)
+        text = conversation_as_text(native, note)
+        if not text or text[-1]["role"] != "user":
+            raise ValueError("the conversation must end with a user message or a tool result")
+        spec = AgentSpec(tuple(native), tuple(dict(t) for t in tools), tool_choice, formatted)
+        return spec, note, text
 
     async def aaggregate(
         self,
@@ -157,8 +213,12 @@ class MoA:
         on_event: EventSink | None = None,
         system: str | None = None,
         aggregator_sampling: Mapping[str, Any] | None = None,
+        rerun_failed: bool = False,
     ) -> TurnResult:
         """Run only the aggregator over `proposals` made earlier (a stored turn's), calling no reference.
+
+        With `rerun_failed`, the last layer's references that failed (not those a quorum cut)
+        are called again first, over the same input: a retry that pays only for what failed.
 
         The aggregator answers `prompt` with the answered proposals of the last layer, as
         `arun` would have after its layers (engine.run_aggregation): a cheap way to compare
@@ -171,7 +231,7 @@ class MoA:
         def aggregate_only(
             messages: list[Message], plan: Plan, router: Router, sink: EventSink | None
         ) -> Awaitable[TurnResult]:
-            return run_aggregation(messages, plan, router, stored, sink)
+            return run_aggregation(messages, plan, router, stored, sink, rerun_failed=rerun_failed)
 
         return await self._turn(prompt, aggregate_only, on_event, system, aggregator_sampling)
 
@@ -182,10 +242,13 @@ class MoA:
         on_event: EventSink | None,
         system: str | None,
         aggregator_sampling: Mapping[str, Any] | None,
+        agent: tuple[AgentSpec, str] | None = None,
     ) -> TurnResult:
         """`run` (the engine's run_turn or run_aggregation) recorded, through the router or a pool."""
         messages = build_messages(prompt, system or self.settings.system)
         plan = self.plan
+        if agent is not None:  # an agent's turn: always synthesized (a reference's prose calls no tool)
+            plan = replace(plan, agent=agent[0], agent_note=agent[1], aggregation="synthesize")
         if aggregator_sampling:
             unknown = set(aggregator_sampling) - AGGREGATOR_SAMPLING
             if unknown:

@@ -38,6 +38,7 @@ from moa_cli.events import (
     CallFailed,
     CallFinished,
     CallFirstToken,
+    CallRetrying,
     CallStarted,
     ContextFitted,
     Event,
@@ -45,9 +46,20 @@ from moa_cli.events import (
 )
 from moa_cli.fitting import Fit, Parts, fit_call, with_references
 from moa_cli.logs import logger  # disabled until the CLI configures it
-from moa_cli.providers.base import Provider, StreamItem
+from moa_cli.providers.base import RETRY_NOTICE, Provider, StreamItem
 from moa_cli.settings import DEFAULTS, SPECS
-from moa_cli.types import CallInfo, CompletionRequest, Finish, Message, Proposal, TurnResult, Usage
+from moa_cli.tools import for_aggregator, join_tool_calls
+from moa_cli.types import (
+    AgentSpec,
+    CallInfo,
+    CompletionRequest,
+    Finish,
+    Message,
+    Proposal,
+    ToolCallDelta,
+    TurnResult,
+    Usage,
+)
 
 EventSink = Callable[[Event], None]
 
@@ -91,6 +103,10 @@ class Plan:
     # Not a setting: CompletionRequest fields set for the aggregator's call alone, for one
     # turn (`moa serve` applies a request's temperature, max_tokens and seed this way).
     aggregator_sampling: Mapping[str, Any] = field(default_factory=dict)
+    # Not a setting: an agent's request (tools.py), for the aggregator's answering call alone;
+    # `agent_note` is the tool text the references' system message carries (left out for it).
+    agent: AgentSpec | None = None
+    agent_note: str = ""
     # Not a setting: model spec -> its context window in tokens ([models."SPEC"] context = N).
     contexts: Mapping[str, int] = field(default_factory=dict)
 
@@ -169,9 +185,13 @@ class _Turn:
         request = replace(request, messages=fitted.messages, max_tokens=fitted.max_tokens)
         if fitted.changed:
             self._fitted(call, fitted)
+        if call.is_aggregator and answer and self.plan.agent is not None:
+            # After fitting: the (fitted) system message leads the agent's own conversation.
+            request = for_aggregator(request, self.plan.agent, self.plan.agent_note)
         delta = AnswerDelta if call.is_aggregator and answer else CallDelta
         limit = piece_limit(request.max_tokens)
         parts: list[str] = []
+        tool_pieces: list[ToolCallDelta] = []
         usage: Usage | None = None
         finish: str | None = None
         async with self.slots:
@@ -183,6 +203,10 @@ class _Turn:
             self.emit(CallStarted(call))
             # Every provider's stream is an async generator: aclose() ends it where it stands.
             stream = cast(AsyncGenerator[StreamItem, None], provider.stream(request))
+            # The generator runs in this task's context: its client's retries are told here.
+            notice = RETRY_NOTICE.set(
+                lambda status, wait, attempt: self.emit(CallRetrying(call, status, wait, attempt))
+            )
             try:
                 while True:
                     # Only the provider's errors are this model's failure; an error raised by
@@ -204,6 +228,10 @@ class _Turn:
                     if isinstance(item, Finish):
                         finish = item.reason
                         continue
+                    if isinstance(item, ToolCallDelta):  # an aggregator's tool call (tools.py)
+                        self.streamed.add(call)
+                        tool_pieces.append(item)
+                        item = ""
                     if not parts:
                         self.streamed.add(call)
                         self.emit(CallFirstToken(call, time.perf_counter() - started))
@@ -214,19 +242,24 @@ class _Turn:
                             f"{request.max_tokens}): cut"
                         )
                         return self._failed(call, BadResponse(call.model, reason), started)
-                    self.emit(delta(call, item))
+                    if item:
+                        self.emit(delta(call, item))
             finally:
+                RETRY_NOTICE.reset(notice)
                 self._leave(provider.name, call)
                 await stream.aclose()  # closes the HTTP stream if we stopped early
         text = "".join(parts)
-        if not text.strip():
+        tool_calls = join_tool_calls(tool_pieces)
+        if not text.strip() and not tool_calls:
             return self._failed(call, self._empty(call, provider), started)
         seconds = time.perf_counter() - started
         logger.debug(
             "layer {} call {} finished in {:.3f}s ({}), usage {}", call.layer, call.model, seconds, finish, usage
         )
         self.emit(CallFinished(call, text, seconds, usage, finish))
-        return Proposal(call.model, call.layer, text=text, seconds=seconds, usage=usage, finish_reason=finish)
+        return Proposal(
+            call.model, call.layer, text=text, seconds=seconds, usage=usage, finish_reason=finish, tool_calls=tool_calls
+        )
 
     def _fitted(self, call: CallInfo, fitted: Fit) -> None:
         message = fitted.summary(call.model)
@@ -277,21 +310,32 @@ class _Turn:
             status=error.status,
         )
 
-    async def layer(self, layer: int, messages: list[Message] | Parts) -> list[Proposal]:
+    async def layer(
+        self,
+        layer: int,
+        messages: list[Message] | Parts,
+        calls: list[CallInfo] | None = None,
+        answered_before: int = 0,
+    ) -> list[Proposal]:
         """Run every reference of a layer; go on at the quorum or the deadline, whichever comes first.
 
         With a quorum K, the layer goes on as soon as K references have answered: the calls
         still running (or waiting for a slot) are cancelled, their streams closed, and each is
         reported as cut by the quorum (kind "quorum"). The deadline, past which the layer goes
         on with whatever answers it has, still applies; neither ever goes on with no answer.
+
+        `calls`: only these (a retry's failed references), `answered_before` of the layer's
+        references having answered already: they count towards the quorum and the deadline.
         """
-        calls = [CallInfo(model, layer, i) for i, model in enumerate(self.plan.references)]
+        total = len(self.plan.references) if calls is None else len(calls) + answered_before
+        if calls is None:
+            calls = [CallInfo(model, layer, i) for i, model in enumerate(self.plan.references)]
         started = time.perf_counter()
         tasks = {asyncio.create_task(self.call(c, messages)): c for c in calls}
         results: dict[CallInfo, Proposal] = {}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.plan.layer_deadline if self.plan.layer_deadline else None
-        quorum = min(self.plan.quorum, len(calls)) if self.plan.quorum else None
+        quorum = min(self.plan.quorum, total) if self.plan.quorum else None
         pending = set(tasks)
         cut: ProviderError | None = None
         try:
@@ -301,11 +345,11 @@ class _Turn:
                 done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     results[tasks[task]] = task.result()
-                answered = sum(p.text is not None for p in results.values())
+                answered = answered_before + sum(p.text is not None for p in results.values())
                 if not pending:
                     break
                 if quorum is not None and answered >= quorum:
-                    reason = f"cut by the quorum ({answered} of {len(calls)} answered, quorum {quorum})"
+                    reason = f"cut by the quorum ({answered} of {total} answered, quorum {quorum})"
                     cut = ProviderError("", reason, kind="quorum")
                     break
                 if deadline is not None and loop.time() >= deadline and answered:
@@ -328,6 +372,36 @@ class _Turn:
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
         return [results[c] for c in calls]
+
+    async def rerun_failed(
+        self, messages: list[Message], given: list[Proposal]
+    ) -> tuple[list[Proposal], list[Usage | None]]:
+        """Run again the last layer's references that failed in `given` (a failed try's kept
+        proposals), over the same input they had; the quorum's cuts are not failures to redo.
+
+        Returns the proposals with the fresh outcomes in the failed ones' places, and the usage
+        of the calls made here (paid by this turn).
+        """
+        layer = max(p.layer for p in given)
+        mine = [(n, p) for n, p in enumerate(given) if p.layer == layer]
+        todo = [
+            (n, CallInfo(p.model, layer, i))
+            for i, (n, p) in enumerate(mine)
+            if p.text is None and p.error_kind != "quorum"
+        ]
+        answered = sum(p.text is not None for _, p in mine)
+        if not todo or (self.plan.quorum and answered >= self.plan.quorum):
+            return given, []
+        if layer == 1:
+            layer_messages = Parts(messages)
+        else:
+            earlier = [p.text for p in given if p.layer == layer - 1 and p.text is not None]
+            layer_messages = Parts(messages, tuple(earlier), with_references(self.plan.aggregator_prompt))
+        fresh = await self.layer(layer, layer_messages, [call for _, call in todo], answered)
+        merged = list(given)
+        for (n, _), proposal in zip(todo, fresh, strict=True):
+            merged[n] = proposal
+        return merged, [p.usage for p in fresh if p.text is not None]
 
     async def run(self, messages: list[Message]) -> TurnResult:
         started = time.perf_counter()
@@ -394,6 +468,7 @@ class _Turn:
             aggregation=self.plan.aggregation,
             selected=step.selected,
             warnings=step.warnings,
+            tool_calls=final.tool_calls,
             fitted=list(self.fitted),
         )
         self.emit(TurnDone(result))
@@ -418,8 +493,13 @@ async def run_aggregation(
     router: Router,
     proposals: Sequence[Proposal],
     on_event: EventSink | None = None,
+    *,
+    rerun_failed: bool = False,
 ) -> TurnResult:
     """Run only the aggregator step of a turn, over proposals made earlier (stored ones).
+
+    With `rerun_failed` (a retried request of `moa serve`), the last layer's references that
+    failed are called again first, as `run_turn` would have; their usage is this turn's.
 
     The aggregator (`plan.aggregator`, `plan.aggregation`, its prompt and sampling) answers
     `messages` with the answered proposals of the last layer in `proposals`, exactly as
@@ -433,9 +513,16 @@ async def run_aggregation(
     given = list(proposals)
     if not given:
         raise ValueError("no proposals to aggregate")
+    turn = _Turn(plan, router, on_event or _ignore)
+    started = time.perf_counter()
+    paid: list[Usage | None] = []
+    if rerun_failed:
+        given, paid = await turn.rerun_failed(list(messages), given)
     layer = max(p.layer for p in given)
     last = [p for p in given if p.layer == layer and p.text is not None]
+    if not last and rerun_failed:
+        reasons = "; ".join(f"{p.model}: {p.error}" for p in given if p.layer == layer)
+        raise TurnFailed(f"every reference model failed in layer {layer} ({reasons})", list(turn.errors.values()))
     if not last:
         raise ValueError(f"no proposal of the last layer ({layer}) has an answer to aggregate")
-    turn = _Turn(plan, router, on_event or _ignore)
-    return await turn.aggregate(list(messages), given, last, layer + 1, time.perf_counter(), [])
+    return await turn.aggregate(list(messages), given, last, layer + 1, started, paid)

@@ -27,6 +27,18 @@ class CallFirstToken:
 
 
 @dataclass(frozen=True, slots=True)
+class CallRetrying:
+    """The provider's client got an error it will retry (`status`, e.g. 429 or 503): the call
+    waits `wait` seconds (the server's Retry-After; None when the client backs off on its own)."""
+
+    call: CallInfo
+    status: int
+    wait: float | None
+    attempt: int  # 1 for the first retry
+    type: Literal["call_retrying"] = "call_retrying"
+
+
+@dataclass(frozen=True, slots=True)
 class CallDelta:
     """A piece of a reference model's answer (not shown to the user by default)."""
 
@@ -100,6 +112,7 @@ class TurnDone:
 Event = (
     CallStarted
     | CallFirstToken
+    | CallRetrying
     | CallDelta
     | AnswerDelta
     | CallFinished

@@ -36,6 +36,7 @@ from moa_cli.events import (
     CallFailed,
     CallFinished,
     CallFirstToken,
+    CallRetrying,
     CallStarted,
     ContextFitted,
     Event,
@@ -81,6 +82,19 @@ def kind_word(kind: str | None, timed_out: bool = False) -> str:
     if timed_out and kind in (None, "other"):  # made by a caller that set only `timed_out`
         return "timed out"
     return KIND_WORDS.get(kind or "other", "failed")
+
+
+def one_line(console: Console) -> bool:
+    """Whether a notice stays one line: yes for a file or a pipe (one line per notice, for grep
+    and logs), no on a terminal, where rich wraps it at word boundaries to the width."""
+    return not console.is_terminal
+
+
+def retry_word(event: CallRetrying) -> str:
+    """A row waiting to retry: "HTTP 429, waiting to retry (2s)" rather than "running ~0 tok"."""
+    wait = f" ({event.wait:.0f}s)" if event.wait is not None else ""
+    again = f", retry {event.attempt}" if event.attempt > 1 else ""
+    return f"HTTP {event.status}, waiting to retry{wait}{again}"
 
 
 def left_out_warning(event: CallFailed) -> Text:
@@ -151,6 +165,8 @@ class ProgressView:
                     row.parts.append(event.text)
             elif isinstance(event, CallFirstToken):
                 row.state = "streaming"
+            elif isinstance(event, CallRetrying):
+                row.state = retry_word(event)
             elif isinstance(event, CallFinished):
                 row.state, row.seconds = "done", event.seconds
                 if event.usage and event.usage.completion_tokens is not None:
@@ -166,7 +182,11 @@ class ProgressView:
                     soft_wrap=True,
                 )
         elif isinstance(event, CallFailed) and not event.call.is_aggregator:
-            self.console.print(left_out_warning(event), soft_wrap=True)
+            self.console.print(left_out_warning(event), soft_wrap=one_line(self.console))
+        elif isinstance(event, CallRetrying) and not self.animated:
+            self.console.print(
+                f"moa: {event.call.model} ({_label(event.call)}) {retry_word(event)}", markup=False, soft_wrap=True
+            )
         elif isinstance(event, CallFinished) and not self.animated and not event.call.is_aggregator:
             self.console.print(
                 f"moa: {event.call.model} ({_label(event.call)}) done in {event.seconds:.1f}s, {row.token_text('tokens')}",
@@ -187,7 +207,7 @@ class ProgressView:
             rows = list(self.rows.values())
         for row in rows:
             seconds = row.seconds if row.seconds is not None else now - row.started
-            if row.state in ("running", "streaming"):
+            if row.state in ("running", "streaming") or row.state.startswith("HTTP "):
                 icon: Any = Spinner("dots", style="cyan")
                 state = Text(row.state, style="cyan")
             elif row.state == "done":
@@ -534,7 +554,7 @@ class TurnView:
 
     def handle(self, event: Event) -> None:
         if isinstance(event, TurnWarning):  # aggregation.py's fallback, for one: said even with --quiet
-            self.err.print(Text(redact(f"moa: warning: {event.message}"), style="yellow"), soft_wrap=True)
+            self.err.print(Text(redact(f"moa: warning: {event.message}"), style="yellow"), soft_wrap=one_line(self.err))
             return
         if isinstance(event, ContextFitted):  # said once, even with --quiet: the input was shortened
             if event.message not in self._fitted:
@@ -550,7 +570,7 @@ class TurnView:
         if self.progress:
             self.progress.handle(event)
         elif isinstance(event, CallFailed) and not event.call.is_aggregator and event.kind != "quorum":
-            self.err.print(left_out_warning(event), soft_wrap=True)
+            self.err.print(left_out_warning(event), soft_wrap=one_line(self.err))
 
     def stop(self) -> None:
         """Stop every live region (after success, failure or cancellation)."""
@@ -565,8 +585,8 @@ class TurnView:
         return self.answer is not None and bool(self.answer.text)
 
     def footer(self, result: TurnResult) -> None:
-        self.err.print(Text(footer_text(result), style="dim"), soft_wrap=True)
+        self.err.print(Text(footer_text(result), style="dim"), soft_wrap=one_line(self.err))
 
     def incomplete(self, model: str) -> None:
         """Say that the text already on stdout is not a whole answer (the aggregator failed)."""
-        self.err.print(incomplete_notice(model), soft_wrap=True)
+        self.err.print(incomplete_notice(model), soft_wrap=one_line(self.err))

@@ -57,6 +57,48 @@ class Finish:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a tool call as a stream carries it (OpenAI's `delta.tool_calls[i]`).
+
+    The first piece of call `index` has its `id` and `name`; the rest add to `arguments`.
+    A provider yields these among the text pieces (tools.py joins them into `ToolCall`s).
+    """
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One function call the aggregator asked for: `arguments` is JSON text, as OpenAI sends it."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSpec:
+    """What an agent's request adds to a turn (tools.py): the aggregator's real tools and format.
+
+    `conversation` is the request's messages as OpenAI shapes them (assistant `tool_calls`,
+    `tool` results); the references see it as text, the aggregator as it is. `tools` are
+    OpenAI tool objects, `tool_choice` is passed on as given, `response_format` is
+    `{"type": "json_object"}` or `{"type": "json_schema", "json_schema": {...}}`.
+    """
+
+    conversation: tuple[dict[str, Any], ...] = ()
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CompletionRequest:
     """One chat-completion call, as the engine hands it to a provider."""
 
@@ -69,6 +111,12 @@ class CompletionRequest:
     top_p: float | None = None  # None: the server's own (moa serve passes a request's to the aggregator)
     presence_penalty: float | None = None  # None: the server's own (likewise, from moa serve's request)
     frequency_penalty: float | None = None
+    # An agent's aggregator call (tools.py): sent instead of `messages` when set (OpenAI-shaped,
+    # with tool calls and results), and the tools and response format, passed on as they are.
+    wire_messages: tuple[dict[str, Any], ...] | None = None
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +156,7 @@ class Proposal:
     error_kind: str | None = None
     status: int | None = None
     finish_reason: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)  # an aggregator's, with tools
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -149,6 +198,8 @@ class TurnResult:
     aggregation: str = "synthesize"
     selected: Proposal | None = None
     warnings: list[str] = field(default_factory=list)
+    # With tools (tools.py): the calls the aggregator asked for (finish_reason "tool_calls").
+    tool_calls: list[ToolCall] = field(default_factory=list)
     # What was shortened to fit a model's context window, one entry per call (fitting.py).
     fitted: list[dict[str, Any]] = field(default_factory=list)
 
@@ -196,6 +247,7 @@ class TurnResult:
         return {"model": self.selected.model, "layer": self.selected.layer, "index": index}
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"tool_calls": [c.to_dict() for c in self.tool_calls]} if self.tool_calls else {}
         return {
             "answer": self.answer,
             "aggregator": self.aggregator,
@@ -211,4 +263,5 @@ class TurnResult:
             },
             "references": self.references_dict(),
             "fitted": [dict(f) for f in self.fitted],
+            **extra,
         }

@@ -75,3 +75,33 @@ def test_max_cost_counts_the_answers_own_budget(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="could cost"):
         asyncio.run(moa.arun("hi", aggregator_sampling={"max_tokens": 1_000_000}))  # $1 of output
     assert [c.model for c in provider.calls] == ["a", "judge"]  # the refused turn sent nothing
+
+
+def test_rerun_failed_redoes_the_last_layers_failures_over_its_own_input(tmp_path: Path) -> None:
+    """Two rounds: layer 2's failed reference runs again over layer 1's answers, with its seed;
+    nothing that answered is called again; the usage is the re-run's and the aggregator's."""
+    from moa_cli.types import Proposal, Usage
+
+    provider = ScriptedProvider("fake").enqueue("b", "b again").enqueue("judge", "final")
+    moa = MoA(["a", "b"], "judge", env=env(tmp_path), router=ScriptedRouter(provider), rounds=2, seed=7)
+    kept = [
+        Proposal("a", 1, text="a one", usage=Usage(1, 1, 2)),
+        Proposal("b", 1, text="b one", usage=Usage(1, 1, 2)),
+        Proposal("a", 2, text="a two", usage=Usage(1, 1, 2)),
+        Proposal("b", 2, error="HTTP 500", error_kind="server"),
+    ]
+    result = asyncio.run(moa.aaggregate("hi", kept, rerun_failed=True))
+    assert [c.model for c in provider.calls] == ["b", "judge"]
+    rerun = provider.calls[0]
+    assert "a one" in str(rerun.messages) and "b one" in str(rerun.messages)  # layer 1's answers
+    assert rerun.seed == moa.plan.seed_for(2, 1)
+    assert [p.text for p in result.proposals] == ["a one", "b one", "a two", "b again"]
+    assert "b again" in str(provider.calls[1].messages) and result.answer == "final"
+    fresh, aggregator = result.proposals[3].usage, result.aggregator_usage
+    assert fresh is not None and aggregator is not None and fresh.total_tokens
+    assert result.usage.total_tokens == fresh.total_tokens + aggregator.total_tokens  # not the kept ones'
+    # Quorum met by what was kept: nothing is redone.
+    provider.calls.clear()
+    quorum = MoA(["a", "b"], "judge", env=env(tmp_path), router=ScriptedRouter(provider), rounds=2, quorum=1)
+    asyncio.run(quorum.aaggregate("hi", kept, rerun_failed=True))
+    assert [c.model for c in provider.calls] == ["judge"]

@@ -24,6 +24,9 @@ FORBIDDEN: dict[str, set[str]] = {
     # Fitting prompts to context windows: stdlib and moa's value types only (the engine's helper).
     "fitting.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp", "sqlite3"},
     "engine.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"},
+    # Agents' turns: tool calls (stdlib only, the engine imports it) and the checked turn (jsonschema).
+    "tools.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp", "sqlite3"},
+    "structured.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp", "sqlite3"},
     "api.py": {"rich", "prompt_toolkit", "typer", "together", "openai"},
     # batch: formats, sidecar and manifest only; its progress bar is cli/batch_cmd.py's business.
     "batch.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp"},
@@ -52,6 +55,7 @@ FORBIDDEN: dict[str, set[str]] = {
             "models.py",
             "options.py",
             "report.py",
+            "responses.py",
             "retries.py",
             "schema.py",
             "sse.py",

@@ -381,7 +381,7 @@ def done_ids(sidecar: Path) -> list[str]:
 def test_resume_after_kill_9_loses_nothing_and_asks_nothing_twice(
     cli, moa_env: dict[str, str], llm_server: FakeLLMServer, tmp_path: Path
 ) -> None:
-    n = 12
+    n = 30  # enough that a loaded machine cannot finish them all before the kill lands
     source, out = prompts_file(tmp_path, n), tmp_path / "out.jsonl"
     llm_server.default_reply = Reply(latency=0.1)
     args = [str(source), "-o", str(out), *LINEUP, "--parallel", "3"]

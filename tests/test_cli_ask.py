@@ -144,6 +144,24 @@ def test_429_then_success_is_retried_by_the_sdk(moa, llm_server: FakeLLMServer) 
     assert json.loads(proc.stdout)["proposals"][0]["text"] == "after retry"
 
 
+def test_a_call_waiting_to_retry_says_so_not_running(moa, llm_server: FakeLLMServer) -> None:
+    """A 429 with Retry-After: the progress line says the call waits to retry, with the status and
+    the wait, before the answer comes; a 400 (never retried) says nothing of the kind."""
+    llm_server.script("alpha", Reply(status=429, headers={"retry-after": "1"}), Reply(text="after retry"))
+    llm_server.script("beta", Reply(status=503, headers={"retry-after-ms": "1"}), Reply(status=503), Reply(text="b"))
+    proc = moa(["ask", *LINEUP, "--retries", "2", "q"])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert "moa: alpha (layer 1) HTTP 429, waiting to retry (1s)" in lines
+    assert "moa: beta (layer 1) HTTP 503, waiting to retry (0s)" in lines
+    assert "moa: beta (layer 1) HTTP 503, waiting to retry, retry 2" in lines
+    done = next(i for i, line in enumerate(lines) if line.startswith("moa: alpha (layer 1) done"))
+    assert lines.index("moa: alpha (layer 1) HTTP 429, waiting to retry (1s)") < done
+    llm_server.script("alpha", Reply(status=400))
+    refused = moa(["ask", *LINEUP, "--retries", "2", "q"])
+    assert "waiting to retry" not in refused.stderr and "alpha" in refused.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -227,3 +227,52 @@ def test_the_eval_module_draws_nothing() -> None:
         "together",
         "openai",
     }
+
+
+def _rendered(tables: list, width: int) -> list[str]:
+    from io import StringIO
+
+    from rich.console import Console
+
+    out = StringIO()
+    console = Console(file=out, width=width, color_system=None)
+    for table in tables:
+        console.print(table)
+    return out.getvalue().splitlines()
+
+
+@pytest.mark.parametrize("width", [80, 100, 200])
+def test_the_table_is_readable_at_any_width(width: int) -> None:
+    """At 100 columns the ten columns are split into two tables; no header or figure is wrapped."""
+    from moa_cli.cli.eval_cmd import report_tables
+
+    scored = [
+        ifeval.Scored(prompt("punctuation:no_comma"), _answer(f), [_answer(a), _answer(b)], None, False, 30, None, 2.0)
+        for f, a, b in [(True, False, True), (False, True, False), (True, True, True)]
+    ]  # fmt: skip
+    report = ifeval.build_report(scored)
+    tables = report_tables(report, "IFEval, 3 prompts", width)
+    assert len(tables) == (1 if width >= 200 else 2)
+    lines = _rendered(tables, width)
+    assert all(len(line) <= width for line in lines)
+    text = "\n".join(lines)
+    for header in ("prompt strict", "instr. loose", "wins/losses", "repeats", "seconds"):
+        assert header in text  # on one line, not broken over two
+    assert "66.7 (21–94)" in text and "100.0 (44–100)" in text  # whole figures with their intervals
+    if width >= 100:  # at 80 only the answer's name may wrap
+        assert text.count("best of references (upper bound)") == len(tables)
+
+
+def test_the_notes_name_the_strategy_that_picked() -> None:
+    """`consensus` gives a reference's answer verbatim too: its note must not say `select`."""
+    from types import SimpleNamespace
+
+    from moa_cli.cli.eval_cmd import report_notes
+
+    report = ifeval.Report([], selected={0: 2, 1: 1}, fallbacks=0, work_dir="/w")
+    consensus = report_notes(report, SimpleNamespace(aggregation="consensus"))
+    assert "consensus picked reference 1: 2, reference 2: 1" in consensus
+    assert not any("select" in note for note in consensus)
+    report.fallbacks = 1
+    chosen = report_notes(report, SimpleNamespace(aggregation="select"))
+    assert any(n.startswith("select picked") and "fell back to synthesize 1 times" in n for n in chosen)

@@ -175,3 +175,47 @@ def test_a_key_echoed_by_the_server_is_never_printed(cli, moa, llm_server: FakeL
     for output in outputs:
         assert KEY not in output
         assert KEY[:12] not in output
+
+
+OPENAI_FAULTS = [*FAULTS, Fault("TCP reset", Reply(text=TEXT, reset_after=2), "connection", "reset by the server")]
+
+
+@pytest.mark.parametrize("fault", OPENAI_FAULTS, ids=[f.name for f in OPENAI_FAULTS])
+def test_the_same_faults_through_an_openai_compatible_provider(
+    moa, llm_server: FakeLLMServer, moa_home, fault: Fault
+) -> None:
+    """The openai SDK 3.x runs on httpx2, not httpx: its transport errors must map to the same kinds
+    (a reset was "unexpected error: ReadError:" before)."""
+    (moa_home / "config.toml").write_text(
+        f'[providers.fakeai]\nkind = "openai"\nbase_url = "{llm_server.openai_base_url}"\n'
+    )
+    llm_server.script("alpha", fault.reply)
+    lineup = ["-r", "fakeai:alpha,fakeai:beta", "-a", "fakeai:judge", "--max-tokens", "40"]
+    proc = moa(["ask", *lineup, *fault.args, "--json", "q"])
+    assert proc.returncode == 0, proc.stderr
+    alpha = json.loads(proc.stdout)["proposals"][0]
+    assert alpha["error_kind"] == fault.kind, alpha
+    assert fault.reason in (alpha["error"] or ""), alpha
+    assert "unexpected error" not in proc.stderr
+
+
+@pytest.mark.parametrize("provider", ["together", "openai"])
+def test_a_huge_error_body_is_cut_not_read_whole(moa, llm_server: FakeLLMServer, moa_home, provider: str) -> None:
+    """A 500 whose body is 192 MiB: the SDK would read it all to build the message; moa's
+    transport stops at 64 KiB and drops the connection, so the server cannot send it all."""
+    (moa_home / "config.toml").write_text(
+        f'[providers.fakeai]\nkind = "openai"\nbase_url = "{llm_server.openai_base_url}"\n'
+    )
+    part = b"x" * 65536
+    parts = 3072
+    llm_server.script("alpha", Reply(status=500, raw=[part] * parts, raw_content_type="application/json"))
+    prefix = "fakeai:" if provider == "openai" else ""
+    lineup = ["-r", f"{prefix}alpha,{prefix}beta", "-a", f"{prefix}judge"]
+    proc = moa(["ask", *lineup, "--retries", "0", "--json", "q"])
+    assert proc.returncode == 0, proc.stderr
+    alpha = json.loads(proc.stdout)["proposals"][0]
+    assert alpha["status"] == 500 and alpha["error_kind"] == "other" and alpha["error"].endswith("…"), alpha
+    assert len(alpha["error"]) < 400  # one line, cut
+    llm_server.wait_until_idle(timeout=10)
+    sent = llm_server.requests_for("alpha")[0].raw_parts_sent
+    assert sent < parts // 4, sent  # what the socket buffers held, not the whole body

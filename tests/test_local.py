@@ -612,7 +612,7 @@ def test_models_lists_together_and_local(
 
     data = json.loads(run_models("--json").stdout)
     by_name = {p["name"]: p for p in data["providers"]}
-    assert list(by_name) == ["together", "local", "vllm"]
+    assert list(by_name) == ["together", "local", "ollama", "vllm"]  # Ollama needs no key: always shown
     assert [m["spec"] for m in by_name["together"]["models"]] == ["alpha/Model-A", "zeta/Model-B"]
     listed = {m["spec"]: m["note"] for m in by_name["local"]["models"]}
     assert list(listed) == ["local:smollm2", f"local:{gguf}", f"local:{tmp_path}/gone.gguf"]
@@ -644,3 +644,39 @@ def test_models_warns_in_one_line_when_together_is_unreachable(
     warnings = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(warnings) == 1 and warnings[0].startswith("moa: warning: could not list together models: ")
     assert "local:smollm2" in result.stdout
+
+
+def test_models_lists_what_an_openai_compatible_server_serves(
+    moa_env: dict[str, str], llm_server: FakeLLMServer, moa_home: Path
+) -> None:
+    """Its own list (GET /models) beside the config file's; an unreachable one warns in one line;
+    no password of its URL is printed."""
+    llm_server.models = ["served-b", "served-a"]
+    password_url = llm_server.base_url.replace("http://", "http://user:hunter2pass@")
+    (moa_home / "config.toml").write_text(
+        f'[providers.vllm]\nbase_url = "{password_url}"\nmodels = ["qwen-7b", "served-a"]\n'
+        '[providers.gone]\nbase_url = "http://127.0.0.1:1/v1"\nmodels = ["kept"]\n'
+    )
+    result = run_models("--json")
+    assert result.exit_code == 0, result.output
+    by_name = {p["name"]: p for p in json.loads(result.stdout)["providers"]}
+    vllm = {m["spec"]: m["note"] for m in by_name["vllm"]["models"]}
+    assert "vllm:served-a" in vllm and "vllm:served-b" in vllm and vllm["vllm:served-a"] == ""
+    assert vllm["vllm:qwen-7b"] == "in the config file, not listed by the server"
+    assert "hunter2pass" not in result.stdout + result.stderr and "****@" in by_name["vllm"]["about"]
+    assert [m["spec"] for m in by_name["gone"]["models"]] == ["gone:kept"]
+    warnings = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1 and warnings[0].startswith("moa: warning: could not list gone models: ")
+
+
+def test_models_shows_ollama_unconfigured_with_a_note_not_a_warning(moa_env: dict[str, str]) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 11434)) == 0:
+            pytest.skip("something listens on Ollama's port here")
+    result = run_models()
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.stdout.splitlines() if line.startswith("ollama:"))
+    assert "not answering" in line and "start it to use ollama:MODEL" in line
+    assert "ollama" not in result.stderr

@@ -284,6 +284,23 @@ def test_progress_shows_one_row_per_call_with_state_seconds_and_tokens() -> None
     assert re.search(r"agg\s+aggregator\s+running", rows[3])
 
 
+def test_a_row_waiting_to_retry_says_so_until_its_first_token() -> None:
+    from moa_cli.events import CallRetrying
+
+    console = plain_console()
+    view = ProgressView(console)
+    view.handle(CallStarted(A))
+    view.handle(CallRetrying(A, 429, 2.0, 1))
+    console.print(view)
+    row = lines_of(console.file.getvalue())[-1]  # type: ignore[attr-defined]
+    assert re.search(r"model-a\s+layer 1\s+HTTP 429, waiting to retry \(2s\)", row) and "running" not in row
+    view.handle(CallFirstToken(A, 2.1))
+    console.file.truncate(0)  # type: ignore[attr-defined]
+    console.file.seek(0)  # type: ignore[attr-defined]
+    console.print(view)
+    assert "streaming" in lines_of(console.file.getvalue())[-1]  # type: ignore[attr-defined]
+
+
 def test_progress_without_a_terminal_prints_plain_lines_and_warnings() -> None:
     console = plain_console()
     view = ProgressView(console)
@@ -428,3 +445,18 @@ def test_warnings_and_footers_never_show_a_key() -> None:
         assert "sk-live" not in footer_text(result)
     finally:
         redact.forget_secrets()
+
+
+def test_warnings_wrap_at_words_on_a_terminal_and_stay_one_line_in_a_file() -> None:
+    from moa_cli.events import TurnWarning
+    from moa_cli.render import TurnView
+
+    message = "select fell back to synthesizing because the selection call answered with no usable number at all"
+    terminal = Console(file=StringIO(), width=40, color_system=None, force_terminal=True)
+    TurnView(terminal, plain_console(), progress=False).handle(TurnWarning(message))
+    wrapped = [line.rstrip() for line in terminal.file.getvalue().splitlines()]  # type: ignore[attr-defined]
+    assert len(wrapped) > 2 and all(len(line) <= 40 for line in wrapped)
+    assert " ".join(wrapped) == f"moa: warning: {message}"  # broken between words only
+    piped = Console(file=StringIO(), width=40, color_system=None)  # not a terminal
+    TurnView(piped, plain_console(), progress=False).handle(TurnWarning(message))
+    assert piped.file.getvalue() == f"moa: warning: {message}\n"  # type: ignore[attr-defined]

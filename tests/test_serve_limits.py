@@ -3,11 +3,12 @@ subprocess, raw sockets, httpx and the official `openai` client, the fake LLM se
 
 Browser safety (Host, Origin, Content-Type), slow and huge peers (header and body deadlines,
 --max-connections, h11's head limit), the caps on a request's fan-out, retries that reuse the
-proposals, `tools` refused, and what the operator sees on stderr.
+proposals, tools refused by a local aggregator, and what the operator sees on stderr.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -183,16 +184,17 @@ def test_caps_on_references_and_upstream_calls_per_request(serve, llm_server: Fa
     assert fits.status_code == 200 and len(llm_server.requests) == 4
 
 
-def test_tools_are_refused_until_tool_calling_exists(serve, llm_server: FakeLLMServer) -> None:
-    served = serve()
+def test_a_local_aggregator_refuses_tools_and_json_formats_with_a_400(serve, llm_server: FakeLLMServer) -> None:
+    """The local (llama.cpp) line-up does not call tools or follow schemas: a 400 that says so, no model run."""
+    served = serve("-a", "local:smollm2")
+    tool = {"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}}
     with openai.OpenAI(base_url=served.base_url, api_key="none", max_retries=0) as client:
-        with pytest.raises(openai.BadRequestError) as refused:
-            client.chat.completions.create(
-                model="moa",
-                messages=HI,  # type: ignore[arg-type]
-                tools=[{"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}}],
-            )
-    assert "tool calling is not supported yet" in str(refused.value)
+        with pytest.raises(openai.BadRequestError) as tools:
+            client.chat.completions.create(model="moa", messages=HI, tools=[tool])  # type: ignore[arg-type, list-item]
+        with pytest.raises(openai.BadRequestError) as schema:
+            client.chat.completions.create(model="moa", messages=HI, response_format={"type": "json_object"})  # type: ignore[arg-type]
+    assert "local (llama.cpp) model" in str(tools.value) and tools.value.param == "tools"  # type: ignore[attr-defined]
+    assert "do not call tools or follow a JSON response format" in str(schema.value)
     assert llm_server.requests == []
 
 
@@ -222,21 +224,33 @@ def test_the_openai_clients_retry_pays_only_for_the_aggregator(serve, llm_server
 
 
 def test_a_retried_body_reruns_only_what_failed(serve, llm_server: FakeLLMServer) -> None:
-    """The same body again: only the aggregator; a reference that failed stays left out."""
-    llm_server.script("beta", Reply(status=500))
+    """The same body again: the reference that failed runs again, with the same input and seed,
+    and the aggregator; the one that answered is not paid for twice."""
+    llm_server.script("beta", Reply(status=500), Reply(status=500), Reply(text="beta at last"))
     llm_server.script("judge", Reply(status=503), Reply(status=503))
-    served = serve()
+    served = serve("--retries", "0")
     assert post(served).status_code == 503
-    assert post(served).status_code == 503  # the retry's proposals are kept again
+    assert calls(llm_server) == {"alpha": 1, "beta": 1, "judge": 1}
+    assert post(served).status_code == 503  # beta failed again; the kept proposals are kept again
+    assert calls(llm_server) == {"alpha": 1, "beta": 2, "judge": 2}
     again = post(served)
-    assert again.status_code == 200
-    assert calls(llm_server) == {"alpha": 1, "beta": 1, "judge": 3}
+    assert again.status_code == 200, again.text
+    assert calls(llm_server) == {"alpha": 1, "beta": 3, "judge": 3}
+    first, rerun = llm_server.requests_for("beta")[0].body, llm_server.requests_for("beta")[2].body
+    assert rerun["messages"] == first["messages"] and rerun.get("seed") == first.get("seed")
+    proposals = again.json()["moa"]["proposals"]
+    assert [(p["model"], p["status"], p.get("reused")) for p in proposals] == [
+        ("alpha", "ok", True),
+        ("beta", "ok", None),
+    ]
+    judged = llm_server.requests_for("judge")[-1].body["messages"]
+    assert "beta at last" in json.dumps(judged)  # the aggregator read the fresh answer
     # Another conversation under the same Idempotency-Key reuses nothing.
     llm_server.script("judge", Reply(status=503))
     assert post(served, headers={"Idempotency-Key": "k1"}).status_code == 503
     other = {**BODY, "messages": [{"role": "user", "content": "Something else?"}]}
     assert post(served, other, headers={"Idempotency-Key": "k1"}).status_code == 200
-    assert calls(llm_server) == {"alpha": 3, "beta": 3, "judge": 5}
+    assert calls(llm_server) == {"alpha": 3, "beta": 5, "judge": 5}
 
 
 def test_without_a_retry_window_a_retry_runs_the_whole_turn(serve, llm_server: FakeLLMServer) -> None:

@@ -21,6 +21,7 @@ from moa_cli.settings import DEFAULTS, SPECS, Settings
 
 # Command parameters that are not settings: what to run and how to show it.
 FRONT_END_OPTIONS = {"prompt", "json_output", "verbose", "quiet", "local", "resume", "cid"}
+FRONT_END_OPTIONS |= {"schema"}  # `moa ask --schema`: this turn's answer format, not a setting
 
 
 def parameters(command: object) -> set[str]:
@@ -99,8 +100,11 @@ def test_help_shows_the_declared_defaults(tmp_path: Path) -> None:
 
 
 def test_the_plan_is_made_of_settings() -> None:
-    # aggregator_sampling is per turn (MoA.arun's argument, from a server request), not a setting.
-    assert {f.name for f in fields(Plan)} - set(SPECS) == {"aggregator_sampling", "contexts"}  # contexts: [models]
+    # aggregator_sampling is per turn (MoA.arun's argument, from a server request), not a setting;
+    # so is an agent's request (tools, response format: MoA.arun's tools= and response_format=);
+    # contexts come from the config file's [models."SPEC"] tables.
+    expected = {"aggregator_sampling", "agent", "agent_note", "contexts"}
+    assert {f.name for f in fields(Plan)} - set(SPECS) == expected
     s = load_settings({"references": ["a"], "aggregator": "b", "rounds": 2, "seed": 5}, {"TOGETHER_API_KEY": "k"})
     plan = plan_from_settings(s)
     assert (plan.references, plan.aggregator, plan.rounds, plan.seed) == (("a",), "b", 2, 5)

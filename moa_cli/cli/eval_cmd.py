@@ -129,10 +129,60 @@ def _pct(rate: Any) -> str:
     return f"{100 * rate.value:.1f} ({100 * low:.0f}–{100 * high:.0f})"
 
 
-def print_report(report: Report, settings: Any) -> None:
-    """The report as one table on stdout, and what it was measured on."""
+_SCORES = ("answer", "prompt strict %", "prompt loose %", "instr. strict %", "instr. loose %")
+_EXTRAS = ("final wins/losses", "cut at limit", "repeats a line", "tokens", "seconds")
+
+
+def report_tables(report: Report, title: str, width: int) -> list[Any]:
+    """The report as one table, or as two (scores, then the rest) when one is wider than `width`.
+
+    Ten columns of "81.2 (70–89)" do not fit 100 columns: rich would wrap every header and
+    cell over several lines. Each half fits, with the answer's name repeated in both.
+    """
+    from rich.console import Console
     from rich.table import Table
 
+    def table(columns: tuple[str, ...], heading: str | None, names: dict[str, str] | None = None) -> Table:
+        made = Table(title=heading, title_justify="left", show_edge=False, pad_edge=False)
+        for column in columns:
+            name = (names or {}).get(column, column)
+            made.add_column(name, justify="left" if column == "answer" else "right", no_wrap=column != "answer")
+        return made
+
+    def cells(row: Any) -> dict[str, str]:
+        return {
+            "answer": row.name,
+            "prompt strict %": _pct(row.prompt_strict),
+            "prompt loose %": _pct(row.prompt_loose),
+            "instr. strict %": _pct(row.instruction_strict),
+            "instr. loose %": _pct(row.instruction_loose),
+            "final wins/losses": "" if row.wins is None else f"{row.wins}/{row.losses}",
+            "cut at limit": "" if row.cut_at_limit is None else f"{row.cut_at_limit.k}",
+            "repeats a line": "" if row.repeats is None else f"{row.repeats.k}",
+            "tokens": "" if row.tokens is None else f"{row.tokens:,.0f}",
+            "seconds": "" if row.seconds is None else f"{row.seconds:.1f}",
+        }
+
+    rows = [cells(row) for row in report.rows]
+    whole = table(_SCORES + _EXTRAS, title)
+    for row in rows:
+        whole.add_row(*(row[c] for c in _SCORES + _EXTRAS))
+    # The width the table needs with no cell wrapped: measured by rich, not guessed.
+    needed = Console(width=10_000).measure(whole).maximum
+    if needed <= width:
+        return [whole]
+    # Shorter headers (the "%" said once in the title; the notes explain wins/losses and repeats)
+    # keep each half within 100 columns.
+    scores = table(_SCORES, f"{title} · scores in %", {c: c.removesuffix(" %") for c in _SCORES})
+    extras = table(("answer", *_EXTRAS), None, {"final wins/losses": "wins/losses", "repeats a line": "repeats"})
+    for row in rows:
+        scores.add_row(*(row[c] for c in _SCORES))
+        extras.add_row(*(row[c] for c in ("answer", *_EXTRAS)))
+    return [scores, extras]
+
+
+def print_report(report: Report, settings: Any) -> None:
+    """The report as a table on stdout (two when the terminal is narrow), and what it was measured on."""
     from moa_cli.render import make_console
 
     console = make_console()
@@ -140,25 +190,17 @@ def print_report(report: Report, settings: Any) -> None:
         console.width = 200
     lineup = f"{', '.join(settings.references)} → {settings.aggregator} ({settings.aggregation})"
     title = f"IFEval, {len(report.scored)} prompts · {lineup}"
-    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    for column in ("answer", "prompt strict %", "prompt loose %", "instr. strict %", "instr. loose %"):
-        table.add_column(column, justify="left" if column == "answer" else "right", no_wrap=column != "answer")
-    for column in ("final wins/losses", "cut at limit", "repeats a line", "tokens", "seconds"):
-        table.add_column(column, justify="right")
-    for row in report.rows:
-        table.add_row(
-            row.name,
-            _pct(row.prompt_strict),
-            _pct(row.prompt_loose),
-            _pct(row.instruction_strict),
-            _pct(row.instruction_loose),
-            "" if row.wins is None else f"{row.wins}/{row.losses}",
-            "" if row.cut_at_limit is None else f"{row.cut_at_limit.k}",
-            "" if row.repeats is None else f"{row.repeats.k}",
-            "" if row.tokens is None else f"{row.tokens:,.0f}",
-            "" if row.seconds is None else f"{row.seconds:.1f}",
-        )
-    console.print(table)
+    for number, table in enumerate(report_tables(report, title, console.width)):
+        if number:
+            console.print()
+        console.print(table)
+    console.print()
+    for note in report_notes(report, settings):
+        console.print(note, style="dim", soft_wrap=True, highlight=False)
+
+
+def report_notes(report: Report, settings: Any) -> list[str]:
+    """The lines under the table: what the figures mean and what the run chose and cost."""
     notes = [
         "95% Wilson intervals in brackets; wins/losses: prompts the final answer passes and that one fails, strict.",
         "tokens: completion tokens per call (final answer: every call of the turn); seconds: per call (final: per turn).",
@@ -172,5 +214,4 @@ def print_report(report: Report, settings: Any) -> None:
         fell_back = f"; fell back to synthesize {report.fallbacks} times" if strategy == "select" else ""
         notes.append(f"{strategy} picked {picks or 'none'}{fell_back}")
     notes.append(f"per-prompt results: {Path(report.work_dir) / 'scores.jsonl'}")
-    for note in notes:
-        console.print(note, style="dim", soft_wrap=True, highlight=False)
+    return notes

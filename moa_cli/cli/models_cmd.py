@@ -54,6 +54,8 @@ def _is_configured(settings: Settings, config: ProviderConfig) -> bool:
     """Show a provider if it is moa's own (together, local), in the config file, or keyed."""
     if config.kind in ("together", "local"):
         return True
+    if config.name in defaults.BUILTIN_PROVIDERS and not config.api_key_env:
+        return True  # a keyless server of its own (Ollama): shown, and said whether it answers
     builtin = defaults.BUILTIN_PROVIDERS.get(config.name)
     from_file = builtin is None or config.models or config.base_url != builtin["base_url"]
     has_key = bool(config.api_key_env and settings.env.get(config.api_key_env, "").strip())
@@ -127,12 +129,42 @@ def _list_local(settings: Settings, config: ProviderConfig) -> ProviderListing:
     return listing
 
 
-def _list_other(settings: Settings, config: ProviderConfig) -> ProviderListing:
-    about = f"OpenAI-compatible API at {config.base_url}"
-    if config.api_key_env and not settings.env.get(config.api_key_env, "").strip():
-        about += f", {config.api_key_env} is not set"
+async def _list_other(settings: Settings, config: ProviderConfig) -> ProviderListing:
+    """An OpenAI-compatible server: the models it lists (`GET /models`) and those in the config file.
+
+    A configured server that cannot be listed gets a warning; a built-in keyless one that is
+    simply not running (Ollama on its default port) gets a note instead, not a warning.
+    """
+    from moa_cli.errors import MoaError
+    from moa_cli.redact import mask_url
+
+    about = f"OpenAI-compatible API at {mask_url(config.base_url or '')}"  # never a password in a URL
     listing = ProviderListing(config.name, config.kind, about)
-    listing.models = [ModelEntry(_spec(settings, config, m)) for m in config.models]
+    configured = [ModelEntry(_spec(settings, config, m)) for m in config.models]
+    if config.api_key_env and not settings.env.get(config.api_key_env, "").strip():
+        listing.about += f", {config.api_key_env} is not set"
+        listing.models = configured
+    else:
+        try:
+            ids = await _fetch(settings, config)
+        except MoaError as exc:
+            reason = exc.reason if isinstance(exc, ProviderError) else str(exc)
+            builtin = defaults.BUILTIN_PROVIDERS.get(config.name)
+            if builtin is not None and not config.models and config.base_url == builtin["base_url"]:
+                listing.about += f": not answering ({reason}); start it to use {config.name}:MODEL"
+            else:
+                listing.error = f"could not list {config.name} models: {reason}"
+                listing.about += ": could not list its models (see the warning)"
+            listing.models = configured
+        else:
+            listing.about += f", {len(ids)} models listed"
+            listing.models = [ModelEntry(_spec(settings, config, i)) for i in ids]
+            listed = set(ids)
+            listing.models += [
+                ModelEntry(entry.spec, "in the config file, not listed by the server")
+                for entry, name in zip(configured, config.models, strict=True)
+                if name not in listed
+            ]
     if not listing.models:
         listing.about += f"; no models in the config file: use {config.name}:MODEL"
     return listing
@@ -151,7 +183,7 @@ async def collect(settings: Settings) -> list[ProviderListing]:
             return await _list_together(settings, config)
         if config.kind == "local":
             return _list_local(settings, config)
-        return _list_other(settings, config)
+        return await _list_other(settings, config)
 
     return list(await asyncio.gather(*(one(c) for c in configs)))
 

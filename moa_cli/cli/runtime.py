@@ -35,10 +35,12 @@ def run_one_turn(
     quiet: bool = False,
     conversation_id: str | None = None,
     source: str = "ask",
+    response_format: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Run one turn with live progress on stderr and the answer on stdout (unless JSON).
 
     Returns the TurnResult and, with `json_output`, where the turn is in the log.
+    `response_format` (`moa ask --schema`): the answer is JSON checked against it (structured.py).
 
     When the aggregator fails after part of its answer reached stdout, stderr says that
     text is incomplete before the error propagates (exit 1).
@@ -58,7 +60,7 @@ def run_one_turn(
         view.start()
         try:
             async with moa:
-                return await moa.arun(prompt, on_event=view.handle)
+                return await moa.arun(prompt, on_event=view.handle, response_format=response_format)
         finally:
             view.stop()
 

@@ -3,6 +3,8 @@
 `stream(request)` turns a `CompletionRequest` into an async stream of
 
     str       the answer's text pieces, in order, as they arrive
+    ToolCallDelta   pieces of tool calls, among the text, when the request had `tools`
+                    (providers that cannot call tools never yield one)
     Finish    at most one, after the text: why the model stopped ("stop", "length", ...),
               when the server said
     Usage     at most one, last: the token counts, when the server reported them
@@ -33,11 +35,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
 from typing import Any, Protocol, cast, runtime_checkable
 
-from moa_cli.types import CompletionRequest, Finish, Usage
+from moa_cli.types import CompletionRequest, Finish, ToolCallDelta, Usage
 
-StreamItem = str | Finish | Usage
+StreamItem = str | ToolCallDelta | Finish | Usage
+
+#: Set by whoever runs a call (the engine), around its stream: a provider whose client retries
+#: after an error calls it with (HTTP status, seconds it will wait or None, retry number) before
+#: the wait, so a front end can say "waiting to retry" instead of "running ~0 tok". A context
+#: variable, not a stream item: the retry happens inside the client, before any item exists.
+RETRY_NOTICE: ContextVar[Callable[[int, float | None, int], None] | None] = ContextVar("moa_retry_notice", default=None)
 
 
 @runtime_checkable

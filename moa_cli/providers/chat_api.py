@@ -44,9 +44,10 @@ from moa_cli.errors import (
     kind_for_status,
 )
 from moa_cli.logs import logger  # disabled until the CLI configures it
+from moa_cli.providers.base import RETRY_NOTICE
 from moa_cli.providers.sse import EventTooLarge, SSEDecoder
 from moa_cli.redact import clean_server_text, mask_url, register_secret, register_url_secrets
-from moa_cli.types import CompletionRequest, Finish, Usage
+from moa_cli.types import CompletionRequest, Finish, ToolCallDelta, Usage
 
 CUT_OFF_REASON = "stream ended before the answer was complete (cut off)"
 
@@ -77,6 +78,13 @@ def _error_chunk(model: str, error: Any) -> ProviderError:
     return error_for(model, f"error mid-stream: {text}", kind=kind, status=status)
 
 
+def is_httpx_error(exc: BaseException, name: str) -> bool:
+    """Whether `exc` is an httpx error class called `name` (or a subclass), from httpx or from
+    httpx2, the fork the openai SDK 3.x uses (together's still uses httpx): an isinstance check
+    against one library misses the other's errors, and a reset became "unexpected error"."""
+    return any(c.__name__ == name and c.__module__.partition(".")[0] in ("httpx", "httpx2") for c in type(exc).__mro__)
+
+
 def _transport_reason(exc: BaseException) -> str:
     """Why a connection failed, in words, from the exception and its causes."""
     chain: list[BaseException] = []
@@ -91,10 +99,10 @@ def _transport_reason(exc: BaseException) -> str:
         if isinstance(error, ConnectionRefusedError) or "connection refused" in text:
             return "connection refused"
     for error in chain:
-        if isinstance(error, httpx.RemoteProtocolError):
+        if is_httpx_error(error, "RemoteProtocolError"):
             return "connection lost mid-stream"
     for error in chain:
-        if isinstance(error, httpx.ReadError):
+        if is_httpx_error(error, "ReadError"):
             return "the connection was reset by the server"  # a read failed with no reason: reset
     cause = chain[-1]
     detail = str(cause).strip() or "no reason given"
@@ -116,9 +124,9 @@ def map_error(model: str, exc: BaseException, timeout: float) -> ProviderError |
         return error_for(model, f"{said}: {detail}", status=status)
     name = type(exc).__name__
     # A read timeout mid-stream surfaces as raw httpx.ReadTimeout, not an SDK error.
-    if isinstance(exc, (httpx.TimeoutException, TimeoutError)) or name == "APITimeoutError":
+    if isinstance(exc, TimeoutError) or is_httpx_error(exc, "TimeoutException") or name == "APITimeoutError":
         return ProviderTimeout(model, f"timed out (timeout {timeout:g}s)")
-    if isinstance(exc, httpx.TransportError) or name == "APIConnectionError":
+    if is_httpx_error(exc, "TransportError") or name == "APIConnectionError":
         return ProviderConnectionError(model, clean_server_text(_transport_reason(exc)))
     if name in ("APIResponseValidationError", "JSONDecodeError", "APIError"):
         return BadResponse(model, clean_server_text(f"bad response from server: {exc}"))
@@ -161,6 +169,8 @@ class CallState:
     """What the response hook needs to know about the call in flight (and tells back)."""
 
     deadline: float  # loop time
+    retries: int = 0  # how many times the SDK retries (its max_retries)
+    errors: int = 0  # error responses seen so far
     last_status: int | None = None
     refused_wait: float | None = None  # the Retry-After that was longer than the time left
     refused_left: float = 0.0
@@ -203,10 +213,49 @@ async def watch_response(response: httpx.Response) -> None:
     if wait is not None and wait > left:
         state.refused_wait, state.refused_left = wait, left
         response.headers["x-should-retry"] = "false"
+        return
+    state.errors += 1
+    notice = RETRY_NOTICE.get()
+    if notice is not None and state.errors <= state.retries and sdk_retries(response):
+        notice(response.status_code, wait, state.errors)
 
 
-def parse_chunk(model: str, data: str) -> list[str | Finish | Usage]:
-    """One `chat.completion.chunk`: its text pieces, finish reason and usage, in that order.
+def sdk_retries(response: httpx.Response) -> bool:
+    """Whether the SDK retries this error response: its own rule (openai's and together's
+    `_should_retry`): the server's `x-should-retry` first, then 408, 409, 429 and 5xx."""
+    should: str = response.headers.get("x-should-retry") or ""
+    if should in ("true", "false"):
+        return should == "true"
+    return response.status_code in (408, 409, 429) or response.status_code >= 500
+
+
+def _tool_call_pieces(model: str, raw: Any) -> list[ToolCallDelta]:
+    """`delta.tool_calls`: each entry's index, id, function name and piece of arguments."""
+    if not isinstance(raw, list):
+        raise BadResponse(model, f"bad response from server: delta.tool_calls is {_type_name(raw)}, not a list")
+    pieces: list[ToolCallDelta] = []
+    for position, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise BadResponse(model, "bad response from server: a tool call is not an object")
+        function = entry.get("function") or {}
+        index = entry.get("index", position)
+        name, arguments = function.get("name"), function.get("arguments")
+        if not isinstance(index, int) or (arguments is not None and not isinstance(arguments, str)):
+            raise BadResponse(model, "bad response from server: a tool call of the wrong shape")
+        call_id = entry.get("id")
+        pieces.append(
+            ToolCallDelta(
+                index,
+                call_id if isinstance(call_id, str) and call_id else None,
+                name if isinstance(name, str) and name else None,
+                arguments or "",
+            )
+        )
+    return pieces
+
+
+def parse_chunk(model: str, data: str) -> list[str | ToolCallDelta | Finish | Usage]:
+    """One `chat.completion.chunk`: its text and tool-call pieces, finish reason and usage, in that order.
 
     Anything of the wrong shape (a string `delta`, `content` that is not text) is a
     `BadResponse`; an `{"error": ...}` object is the server's error."""
@@ -215,7 +264,7 @@ def parse_chunk(model: str, data: str) -> list[str | Finish | Usage]:
         raise BadResponse(model, "bad response from server: a stream chunk is not an object")
     if chunk.get("error"):
         raise _error_chunk(model, chunk["error"])
-    items: list[str | Finish | Usage] = []
+    items: list[str | ToolCallDelta | Finish | Usage] = []
     choices = chunk.get("choices") or []
     if not isinstance(choices, list):
         raise BadResponse(model, "bad response from server: choices is not a list")
@@ -231,6 +280,8 @@ def parse_chunk(model: str, data: str) -> list[str | Finish | Usage]:
             raise BadResponse(model, f"bad response from server: delta.content is {_type_name(content)}, not text")
         if content:
             items.append(content)
+        if delta.get("tool_calls"):
+            items.extend(_tool_call_pieces(model, delta["tool_calls"]))
         if choice.get("finish_reason"):
             finish = str(choice["finish_reason"])
     if finish is not None:
@@ -290,11 +341,6 @@ def windows_from(data: Any) -> dict[str, int]:
     return windows
 
 
-#: Connections per provider client. The together SDK's default (100, 20 kept alive) makes a
-#: server's 50 concurrent turns of 4 references queue for a connection before any request is
-#: sent (the openai SDK's own default is already 1000 / 100).
-CONNECTION_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30.0)
-
 #: After `[DONE]`, how long to wait for the body's end (normally already there).
 DRAIN_SECONDS = 0.5
 
@@ -307,8 +353,9 @@ async def _drain(lines: AsyncIterator[bytes]) -> None:
         async with asyncio.timeout(DRAIN_SECONDS):
             async for _ in lines:
                 pass
-    except (TimeoutError, httpx.HTTPError):
-        pass
+    except Exception as exc:  # httpx's or httpx2's HTTPError: the body is lost; anything else is raised
+        if not (isinstance(exc, TimeoutError) or is_httpx_error(exc, "HTTPError")):
+            raise
 
 
 class ChatAPIProvider:
@@ -346,11 +393,11 @@ class ChatAPIProvider:
             self._client = self._make_client()
         return self._client
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[str | Finish | Usage]:
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[str | ToolCallDelta | Finish | Usage]:
         client = self._get_client()
         kwargs: dict[str, Any] = {
             "model": request.model,
-            "messages": request.messages,
+            "messages": list(request.wire_messages) if request.wire_messages is not None else request.messages,
             "temperature": request.temperature,
             "max_tokens": request.max_tokens,
             "stream": True,
@@ -362,13 +409,19 @@ class ChatAPIProvider:
             value = getattr(request, name)
             if value is not None:
                 kwargs[name] = value
+        if request.tools:  # an agent's aggregator call (tools.py): passed on as the client sent them
+            kwargs["tools"] = list(request.tools)
+            if request.tool_choice is not None:
+                kwargs["tool_choice"] = request.tool_choice
+        if request.response_format is not None:
+            kwargs["response_format"] = request.response_format
         usage: Usage | None = None
         finish: str | None = None
         done = False
         loop = asyncio.get_running_loop()
         started = loop.time()
         # One deadline for the whole call: every attempt, the SDK's sleeps between them, the body.
-        state = CallState(deadline=started + self._timeout)
+        state = CallState(deadline=started + self._timeout, retries=self._retries)
         budget = byte_budget(request.max_tokens)
         decoder = SSEDecoder(max_event=budget + EVENT_SLACK)
         text_bytes = wire_bytes = events = 0
@@ -414,8 +467,9 @@ class ChatAPIProvider:
                             done = True
                             break
                         for item in parse_chunk(request.model, data):
-                            if isinstance(item, str):
-                                text_bytes += len(item.encode("utf-8", "replace"))
+                            if isinstance(item, (str, ToolCallDelta)):
+                                text = item if isinstance(item, str) else item.arguments
+                                text_bytes += len(text.encode("utf-8", "replace"))
                                 if text_bytes > budget:
                                     raise BadResponse(request.model, _over_budget(budget, request.max_tokens))
                                 yield item

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from moa_cli.providers.bounded import capped_transport
 from moa_cli.providers.chat_api import ChatAPIProvider, watch_response
 
 
@@ -24,5 +25,7 @@ class OpenAICompatProvider(ChatAPIProvider):
             base_url=self._base_url,
             timeout=self._timeout,
             max_retries=self._retries,
-            http_client=openai.DefaultAsyncHttpxClient(event_hooks={"response": [watch_response]}),
+            http_client=openai.DefaultAsyncHttpxClient(
+                transport=capped_transport(openai.DefaultAsyncHttpxClient), event_hooks={"response": [watch_response]}
+            ),
         )

@@ -8,7 +8,8 @@ import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
-from moa_cli.providers.chat_api import CONNECTION_LIMITS, ChatAPIProvider, watch_response
+from moa_cli.providers.bounded import capped_transport
+from moa_cli.providers.chat_api import ChatAPIProvider, watch_response
 
 
 def _resources_on_demand() -> None:
@@ -95,6 +96,6 @@ class TogetherProvider(ChatAPIProvider):
             timeout=self._timeout,
             max_retries=self._retries,
             http_client=together.DefaultAsyncHttpxClient(
-                limits=CONNECTION_LIMITS, event_hooks={"response": [watch_response]}
+                transport=capped_transport(together.DefaultAsyncHttpxClient), event_hooks={"response": [watch_response]}
             ),
         )

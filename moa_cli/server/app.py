@@ -3,7 +3,8 @@
     GET  /health                200 {"status": "ok"}
     GET  /health/ready          200, or 503 while draining
     GET  /v1/models             every served model (models.py); /v1/models/{id} one of them
-    POST /v1/chat/completions   one MoA turn (or one passthrough call), JSON or SSE
+    POST /v1/chat/completions   one MoA turn (or one passthrough call), JSON or SSE; tools, JSON formats
+    POST /v1/responses          the Responses API subset agents use (responses.py), as a chat turn
 
     app = create_app(settings, ServeOptions(...))     # `moa serve`, tests
     app_from_environment()                            # uvicorn's factory in each --workers process
@@ -33,7 +34,7 @@ from moa_cli.config import Settings
 from moa_cli.errors import ConfigError
 from moa_cli.logs import logger
 from moa_cli.providers.registry import ProviderPool, check_lineup, lineup_specs, split
-from moa_cli.server import errors, sse
+from moa_cli.server import errors, responses, sse
 from moa_cli.server.auth import Keys
 from moa_cli.server.errors import ApiError, bad_request
 from moa_cli.server.guard import Access, Guard, note
@@ -160,6 +161,18 @@ def settings_for(state: ServerState, served: Served, request: ChatRequest) -> Se
     return settings
 
 
+def _aggregator_can_act(settings: Settings, chat: ChatRequest) -> None:
+    """A local aggregator cannot call tools or follow a JSON format: a 400 before the turn starts."""
+    if split(settings, settings.aggregator)[0].kind == "local":
+        field = "tools" if chat.tools else "response_format" if chat.response_format else "messages"
+        raise bad_request(
+            f"{field}: the aggregator {settings.aggregator} is a local (llama.cpp) model, and moa's local models "
+            "do not call tools or follow a JSON response format; serve a line-up with a hosted aggregator",
+            field,
+            "unsupported_value",
+        )
+
+
 def upstream_calls(settings: Settings) -> int:
     """The most calls one turn of `settings` makes: references x rounds, plus the aggregator's
     (two with `select`, which may synthesize when the reply names no answer; none with consensus)."""
@@ -223,6 +236,8 @@ class TurnStream(StreamingResponse):
         if turn.error is not None:
             yield sse.event(turn.error.body())  # the openai client raises it as an APIError
             return
+        for chunk in completion.tool_calls(turn.tool_calls()):
+            yield chunk
         yield completion.finish(turn.finish_reason)
         if completion.include_usage:
             yield completion.usage(turn.usage(), turn.moa())
@@ -277,6 +292,57 @@ async def completions(request: Request) -> Response:
     raise errors.not_found("only chat completions are served: POST /v1/chat/completions", "unsupported_endpoint")
 
 
+class ResponsesStream(TurnStream):
+    """The SSE response of one turn asked through the Responses API (responses.py)."""
+
+    def __init__(self, turn: Turn, reply: responses.Reply, on_close: Callable[[], Awaitable[None]]) -> None:
+        StreamingResponse.__init__(
+            self, self._reply_events(turn, reply), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS
+        )
+        self._on_close = on_close
+
+    @staticmethod
+    async def _reply_events(turn: Turn, reply: responses.Reply) -> AsyncIterator[bytes]:
+        for chunk in reply.start():
+            yield chunk
+        async for kind, text in turn.pieces():
+            if kind == "text":
+                for chunk in reply.text(text):
+                    yield chunk
+            elif kind == "heartbeat":
+                yield sse.comment(text)
+        if turn.error is not None:
+            for chunk in reply.failed(turn.error):
+                yield chunk
+            return
+        for chunk in reply.finish(responses.status_of(turn.finish_reason), turn.tool_calls(), turn.usage(), turn.moa()):
+            yield chunk
+
+
+@guarded
+async def create_response(request: Request) -> Response:
+    """`POST /v1/responses`: the subset agents use, as a chat-completions turn (responses.py)."""
+    state = _state(request)
+    state.keys.check(request.headers)
+    if state.drain.draining:
+        raise errors.draining()
+    raw = await read_body(request, state.options.max_body)
+    body = read_json(raw)
+    chat = parse_chat(responses.to_chat(body))
+
+    def stream(model: str, turn: Turn, finish: Callable[[], Awaitable[None]]) -> Response:
+        return ResponsesStream(turn, responses.Reply(model, body), finish)
+
+    def whole(model: str, turn: Turn, text: str) -> Response:
+        reply = responses.Reply(model, body)
+        status = responses.status_of(turn.finish_reason)
+        return JSONResponse(
+            reply.response(status, text, turn.tool_calls(), turn.usage(), turn.moa()), headers=turn.headers()
+        )
+
+    return await _serve_turn(request, state, chat, raw, stream, whole)
+
+
 @guarded
 async def chat_completions(request: Request) -> Response:
     state = _state(request)
@@ -285,12 +351,39 @@ async def chat_completions(request: Request) -> Response:
         raise errors.draining()
     raw = await read_body(request, state.options.max_body)
     chat = parse_chat(read_json(raw))
+
+    def stream(model: str, turn: Turn, finish: Callable[[], Awaitable[None]]) -> Response:
+        return TurnStream(turn, sse.Completion(model, include_usage=chat.include_usage), finish)
+
+    def whole(model: str, turn: Turn, text: str) -> Response:
+        completion = sse.Completion(model)
+        return JSONResponse(
+            completion.whole(text, turn.finish_reason, turn.usage(), turn.moa(), turn.tool_calls()),
+            headers=turn.headers(),
+        )
+
+    return await _serve_turn(request, state, chat, raw, stream, whole)
+
+
+async def _serve_turn(
+    request: Request,
+    state: ServerState,
+    chat: ChatRequest,
+    raw: bytes,
+    stream: Callable[[str, Turn, Callable[[], Awaitable[None]]], Response],
+    whole: Callable[[str, Turn, str], Response],
+) -> Response:
+    """Run a parsed request's turn; `stream` or `whole` writes its response (chat or Responses),
+    given the served model's id."""
     note(request.scope, model=chat.model)
     served = state.catalogue.get(chat.model)
     settings = settings_for(state, served, chat)
+    if chat.agentic and settings is not None:
+        _aggregator_can_act(settings, chat)
     key = request_key(request.headers, raw)
     print_ = fingerprint(served.id, chat.messages, chat.overrides)
-    reuse = state.retries.take(key, print_) if settings is not None else None
+    # An agent's turn is not rebuilt from kept proposals: its repair round needs the whole turn.
+    reuse = state.retries.take(key, print_) if settings is not None and not chat.agentic else None
     try:
         await unless_disconnected(request, state.gate.enter())
     except ClientGone:
@@ -331,9 +424,8 @@ async def chat_completions(request: Request) -> Response:
             )
 
     turn.start()
-    completion = sse.Completion(served.id, include_usage=chat.include_usage)
     if chat.stream:
-        return TurnStream(turn, completion, finish)
+        return stream(served.id, turn, finish)
     try:
         text = await unless_disconnected(request, turn.collect())
     except ClientGone:
@@ -342,7 +434,7 @@ async def chat_completions(request: Request) -> Response:
         await finish()
     if turn.error is not None:
         raise turn.error
-    return JSONResponse(completion.whole(text, turn.finish_reason, turn.usage(), turn.moa()), headers=turn.headers())
+    return whole(served.id, turn, text)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -385,6 +477,7 @@ def create_app(settings: Settings, options: ServeOptions | None = None) -> Starl
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/responses", create_response, methods=["POST"]),
     ]
     options = state.options
     middleware = [

@@ -10,6 +10,8 @@
     429  rate_limit_error        the concurrency limit and the queue are full        Retry-After
     502  upstream_error          a permanent upstream failure (401/403/404/400, a bad or empty
                                  answer): x-should-retry: false, as a retry pays for the references again
+    502  upstream_error          the answer failed its JSON Schema (code invalid_json_output) or its tool
+                                 calls their check (invalid_tool_call), after one repair round
     503  upstream_error          a transient upstream failure (429, 5xx, timeouts)   Retry-After
     503  server_unavailable      the server is draining                              Retry-After
     504  timeout_error           the turn outlived --turn-timeout                    x-should-retry: false
@@ -103,6 +105,12 @@ def turn_timed_out(seconds: float) -> ApiError:
 
 def internal(message: str = "internal server error") -> ApiError:
     return ApiError(500, message, type="server_error", code="internal_error", headers={"x-should-retry": "false"})
+
+
+def invalid_output(message: str, what: str) -> ApiError:
+    """The aggregator's JSON or tool calls failed their check twice (structured.py)."""
+    code = "invalid_json_output" if what == "json" else "invalid_tool_call"
+    return ApiError(502, message, type="upstream_error", code=code, headers={"x-should-retry": "false"})
 
 
 def is_transient(kind: str, status: int | None) -> bool:

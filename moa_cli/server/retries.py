@@ -2,9 +2,10 @@
 
 A turn that fails after its references answered (the aggregator's 503, a timeout, a client
 that went away) leaves its proposals here for --retry-window seconds. The same request again
-(the same body, or the same `Idempotency-Key` header with the same conversation) runs only
-the aggregator over them: `MoA.aaggregate`, the mechanism `moa batch --reuse-proposals` uses.
-References that failed in that try stay left out, as they were.
+(the same body, or the same `Idempotency-Key` header with the same conversation) runs again
+only the references that failed in that try, then the aggregator over the whole: the answered
+proposals are not paid for twice (`MoA.aaggregate(..., rerun_failed=True)`; references a quorum
+cut are not redone, as the quorum was met).
 
 In-process and bounded (least recently kept dropped past --retry-entries, each kept at most
 the window): a retry that reaches another replica or worker runs the whole turn again.

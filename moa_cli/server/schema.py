@@ -3,8 +3,13 @@
 Lenient where clients are strict by habit: the fields they always send (`user`, `n: 1`,
 `logit_bias: {}`, `metadata`, `store`, `parallel_tool_calls`,
 `stream_options`, ...) are accepted, and unknown fields are ignored. Strict where an
-answer would not be what the client asked for: `n > 1`, `logprobs`, any tools (tool calling is not supported yet),
-a JSON response format, non-text content. Every 400 names the field (`param`).
+answer would not be what the client asked for: `n > 1`, `logprobs`, the legacy `functions`,
+non-text content. Every 400 names the field (`param`).
+
+Agents' fields (tools.py, structured.py): `tools` (function tools), `tool_choice`,
+`response_format` (`json_object`, `json_schema`; the schema is checked against its
+metaschema) and a history with assistant `tool_calls` and `tool` messages. Such a request
+keeps its messages as sent in `conversation`; `messages` is then that conversation as text.
 
 Sampling fields apply to the aggregator only: stop sequences would cut the proposals
 short, and the references keep the line-up's settings.
@@ -13,11 +18,14 @@ short, and the references keep the line-up's settings.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from moa_cli.server.errors import ApiError, bad_request
 from moa_cli.settings import INT32_MAX, INT64_MAX, INT64_MIN
+from moa_cli.structured import check_response_format
+from moa_cli.tools import conversation_as_text
 from moa_cli.types import Message
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -42,6 +50,16 @@ class ChatRequest:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # {"moa": {...}}: line-up changes
+    # An agent's request: the messages as sent (with tool calls and results), the tools and format.
+    conversation: tuple[dict[str, Any], ...] = ()
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+
+    @property
+    def agentic(self) -> bool:
+        """Tools, a JSON format or tool calls in the history: the turn goes through structured.py."""
+        return bool(self.tools or self.response_format or self.conversation)
 
 
 def parse_chat(body: Any) -> ChatRequest:
@@ -60,9 +78,24 @@ def parse_chat(body: Any) -> ChatRequest:
     max_tokens = _int(body, "max_completion_tokens", 1, INT32_MAX)
     if max_tokens is None:
         max_tokens = _int(body, "max_tokens", 1, INT32_MAX)
+    tools = _tools(body.get("tools"))
+    tool_choice = _tool_choice(body.get("tool_choice"), tools)
+    try:
+        response_format = check_response_format(body.get("response_format"))
+    except ValueError as exc:
+        raise bad_request(str(exc), "response_format") from None
+    raw_messages = body.get("messages")
+    with_tool_calls = isinstance(raw_messages, list) and any(
+        isinstance(m, dict) and (m.get("role") == "tool" or m.get("tool_calls")) for m in raw_messages
+    )
+    if tools or response_format is not None or with_tool_calls:
+        conversation = parse_conversation(raw_messages)
+        messages = conversation_as_text(conversation)
+    else:
+        conversation, messages = (), parse_messages(raw_messages)
     return ChatRequest(
         model=model.strip(),
-        messages=parse_messages(body.get("messages")),
+        messages=messages,
         stream=stream,
         include_usage=stream and include_usage,
         temperature=_number(body, "temperature", 0.0, 2.0),
@@ -73,6 +106,10 @@ def parse_chat(body: Any) -> ChatRequest:
         stop=_stop(body.get("stop")),
         seed=_int(body, "seed", INT64_MIN, INT64_MAX),
         overrides=_overrides(body.get("moa")),
+        conversation=conversation if with_tool_calls or tools or response_format else (),
+        tools=tools,
+        tool_choice=tool_choice if tools else None,
+        response_format=response_format,
     )
 
 
@@ -86,30 +123,115 @@ def _reject_what_changes_the_answer(body: dict[str, Any]) -> None:
         )
     if body.get("top_logprobs") is not None:
         raise bad_request("top_logprobs are not available", "top_logprobs", "unsupported_value")
-    for name in ("tools", "functions"):
-        if body.get(name):
-            # Agents would answer in prose and never call one: say so rather than drop them.
-            raise bad_request(
-                f"{name}: tool calling is not supported yet; send the request without {name}",
-                name,
-                "unsupported_value",
-            )
-    response_format = body.get("response_format")
-    if response_format is not None:
-        kind = response_format.get("type") if isinstance(response_format, dict) else None
-        if kind != "text":
-            raise bad_request(
-                "response_format must be text: moa cannot promise JSON output", "response_format", "unsupported_value"
-            )
+    if body.get("functions") or body.get("function_call"):
+        name = "functions" if body.get("functions") else "function_call"
+        raise bad_request(
+            f"{name}: the legacy function-calling fields are not supported; send tools (and tool_choice)",
+            name,
+            "unsupported_value",
+        )
 
 
-def parse_messages(raw: Any) -> list[Message]:
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _tools(raw: Any) -> tuple[dict[str, Any], ...]:
+    """Function tools, as sent; [] and null are none."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise bad_request("tools must be a list of function tools", "tools")
+    tools: list[dict[str, Any]] = []
+    for i, tool in enumerate(raw):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            raise bad_request(f'{where} must be {{"type": "function", "function": {{...}}}} (only function tools are supported)', where, "unsupported_value")  # fmt: skip
+        function = tool.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise bad_request(f"{where}.function.name is required", f"{where}.function.name")
+        if not _NAME.fullmatch(function["name"]):
+            raise bad_request(f"{where}.function.name must be 1-64 letters, digits, _ or -", f"{where}.function.name")
+        parameters = function.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise bad_request(
+                f"{where}.function.parameters must be a JSON Schema object", f"{where}.function.parameters"
+            )
+        tools.append(tool)
+    names = [t["function"]["name"] for t in tools]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate is not None:
+        raise bad_request(f"tools: two tools are named {duplicate!r}", "tools")
+    return tuple(tools)
+
+
+def _tool_choice(raw: Any, tools: tuple[dict[str, Any], ...]) -> Any:
+    if raw is None or raw in ("none", "auto", "required"):
+        return raw
+    if isinstance(raw, dict) and raw.get("type") == "function" and isinstance(raw.get("function"), dict):
+        name = raw["function"].get("name")
+        if tools and name not in {t["function"]["name"] for t in tools}:
+            raise bad_request(f"tool_choice names {name!r}, which is not one of the tools", "tool_choice")
+        return raw
+    raise bad_request('tool_choice must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}', "tool_choice")  # fmt: skip
+
+
+def parse_conversation(raw: Any) -> tuple[dict[str, Any], ...]:
+    """An agent's messages, kept as OpenAI shapes them: also assistant `tool_calls` and `tool` results.
+
+    Checked as parse_messages checks them; the last message is the user's or a tool result.
+    """
+    if not isinstance(raw, list) or not raw:
+        raise bad_request("messages must be a non-empty list", "messages")
+    out: list[dict[str, Any]] = []
+    ids: set[str] = set()
+    for i, item in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(item, dict):
+            raise bad_request(f"{where} must be an object with role and content", where)
+        role = item.get("role")
+        if role == "tool":
+            call_id = item.get("tool_call_id")
+            if not isinstance(call_id, str) or call_id not in ids:
+                raise bad_request(f"{where}.tool_call_id must name a tool call of an earlier assistant message", f"{where}.tool_call_id")  # fmt: skip
+            out.append({"role": "tool", "tool_call_id": call_id, "content": _content(item.get("content"), where)})
+            continue
+        if role == "assistant" and item.get("tool_calls"):
+            calls = _tool_calls(item["tool_calls"], where)
+            ids.update(c["id"] for c in calls)
+            content = item.get("content")
+            text = "" if content is None else _content(content, where)
+            out.append({"role": "assistant", "content": text or None, "tool_calls": calls})
+            continue
+        out.extend(dict(m) for m in parse_messages([item], where_from=i, last_user=False))
+    if out[-1]["role"] not in ("user", "tool"):
+        raise bad_request("the last message must be the user's or a tool result", f"messages[{len(out) - 1}].role")
+    return tuple(out)
+
+
+def _tool_calls(raw: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(raw, list):
+        raise bad_request(f"{where}.tool_calls must be a list", f"{where}.tool_calls")
+    calls: list[dict[str, Any]] = []
+    for j, call in enumerate(raw):
+        at = f"{where}.tool_calls[{j}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(call, dict) or not isinstance(call.get("id"), str) or not isinstance(function, dict):
+            raise bad_request(f"{at} must have an id and a function", at)
+        if not isinstance(function.get("name"), str) or not isinstance(function.get("arguments", ""), str):
+            raise bad_request(f"{at}.function needs a name and arguments (a JSON string)", f"{at}.function")
+        calls.append(
+            {"id": call["id"], "type": "function", "function": {"name": function["name"], "arguments": function.get("arguments", "")}}
+        )  # fmt: skip
+    return calls
+
+
+def parse_messages(raw: Any, *, where_from: int = 0, last_user: bool = True) -> list[Message]:
     if raw is None:
         raise bad_request("messages is required: a non-empty list", "messages")
     if not isinstance(raw, list) or not raw:
         raise bad_request("messages must be a non-empty list", "messages")
     messages: list[Message] = []
-    for i, item in enumerate(raw):
+    for i, item in enumerate(raw, start=where_from):
         where = f"messages[{i}]"
         if not isinstance(item, dict):
             raise bad_request(f"{where} must be an object with role and content", where)
@@ -119,10 +241,8 @@ def parse_messages(raw: Any) -> list[Message]:
             raise bad_request(
                 f"{where}.role {shown!r} is not supported (system, user or assistant)", f"{where}.role", "invalid_role"
             )
-        if role == "assistant" and item.get("tool_calls"):
-            raise bad_request(f"{where}: tool calls are not supported", f"{where}.tool_calls", "unsupported_value")
         messages.append({"role": _ROLES[role], "content": _content(item.get("content"), where)})  # type: ignore[typeddict-item]
-    if messages[-1]["role"] != "user":
+    if last_user and messages[-1]["role"] != "user":
         raise bad_request("the last message must be the user's", f"messages[{len(messages) - 1}].role")
     return messages
 
@@ -238,4 +358,4 @@ def read_json(raw: bytes) -> Any:
         raise bad_request("the request body nests too deeply") from None
 
 
-__all__ = ["OVERRIDABLE", "ApiError", "ChatRequest", "parse_chat", "parse_messages", "read_json"]
+__all__ = ["OVERRIDABLE", "ApiError", "ChatRequest", "parse_chat", "parse_conversation", "parse_messages", "read_json"]

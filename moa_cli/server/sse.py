@@ -1,7 +1,8 @@
 """chat.completion and chat.completion.chunk objects, and their Server-Sent Events encoding.
 
 A stream is: a role chunk (`delta: {"role": "assistant", "content": ""}`), content chunks as
-the aggregator's tokens arrive, a chunk with `finish_reason`, with `include_usage` one chunk
+the aggregator's tokens arrive, the tool calls once checked (per call, a chunk with its
+index, id and name, then its arguments in pieces, as OpenAI streams them), a chunk with `finish_reason`, with `include_usage` one chunk
 with `choices: []` and the usage, then `data: [DONE]`. An error after the start is one
 `data: {"error": {...}}` event and the end of the body. `: comment` lines keep proxies awake.
 """
@@ -13,6 +14,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+from moa_cli.types import ToolCall
+
+#: Characters of a tool call's arguments per streamed piece.
+ARGUMENT_PIECE = 24
 
 DONE = b"data: [DONE]\n\n"
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -61,14 +67,35 @@ class Completion:
     def reasoning(self, text: str) -> bytes:
         return self._chunk([{"index": 0, "delta": {"reasoning_content": text}, "finish_reason": None}])
 
+    def tool_calls(self, calls: list[ToolCall]) -> list[bytes]:
+        """The chunks of the answer's tool calls: each call's head, then its arguments in pieces."""
+        chunks: list[bytes] = []
+        for index, call in enumerate(calls):
+            head = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+            chunks.append(self._chunk([{"index": 0, "delta": {"tool_calls": [head]}, "finish_reason": None}]))
+            for start in range(0, len(call.arguments), ARGUMENT_PIECE):
+                piece = {"index": index, "function": {"arguments": call.arguments[start : start + ARGUMENT_PIECE]}}
+                chunks.append(self._chunk([{"index": 0, "delta": {"tool_calls": [piece]}, "finish_reason": None}]))
+        return chunks
+
     def finish(self, reason: str) -> bytes:
         return self._chunk([{"index": 0, "delta": {}, "finish_reason": reason}])
 
     def usage(self, usage: dict[str, Any] | None, moa: dict[str, Any]) -> bytes:
         return self._chunk([], usage=usage, moa=moa)
 
-    def whole(self, text: str, finish_reason: str, usage: dict[str, Any] | None, moa: dict[str, Any]) -> dict[str, Any]:
+    def whole(
+        self,
+        text: str,
+        finish_reason: str,
+        usage: dict[str, Any] | None,
+        moa: dict[str, Any],
+        tool_calls: list[ToolCall] | None = None,
+    ) -> dict[str, Any]:
         """The non-streaming `chat.completion` object."""
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if tool_calls:
+            message = {"role": "assistant", "content": text or None, "tool_calls": [c.to_dict() for c in tool_calls]}
         return {
             "id": self.id,
             "object": "chat.completion",
@@ -77,7 +104,7 @@ class Completion:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
+                    "message": message,
                     "finish_reason": finish_reason,
                     "logprobs": None,
                 }

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -39,7 +40,9 @@ from moa_cli.server.models import Served
 from moa_cli.server.schema import ChatRequest
 from moa_cli.settings import Settings
 from moa_cli.stops import StopMatcher
-from moa_cli.types import CallInfo, CompletionRequest, Finish, Proposal, TurnResult, Usage
+from moa_cli.structured import InvalidOutput
+from moa_cli.tools import join_tool_calls
+from moa_cli.types import CallInfo, CompletionRequest, Finish, Proposal, ToolCall, ToolCallDelta, TurnResult, Usage
 
 _END = object()
 _CLOSE_SECONDS = 5.0  # how long close() waits for a cancelled turn to close its streams
@@ -77,20 +80,30 @@ class Turn:
         self._timer: asyncio.TimerHandle | None = None
         self._calls: dict[CallInfo, dict[str, Any]] = {}  # each call as the events told it
         self._layer = (1, 0, 0)  # (layer, done, total) for the heartbeat comment
-        # A retry's proposals, kept by its failed try (retries.py): only the aggregator runs.
+        # A retry's proposals, kept by its failed try (retries.py): the references that failed
+        # in it run again, then the aggregator; those that answered are not paid for twice.
         self.reuse = reuse
         self._proposals: dict[CallInfo, Proposal] = {}  # each reference's outcome, for a retry
-        self._aggregating = False  # the references' layers are done
+        self._aggregating = bool(reuse)  # the references' layers are done (a retry's: in its first try)
         self.upstream_calls = 0
-        for i, proposal in enumerate(reuse or ()):
-            entry = self._blank(CallInfo(proposal.model, proposal.layer, i))
+        for proposal, call in zip(reuse or (), self._reused_calls(), strict=True):
+            entry = self._blank(call)
             entry.update(
                 status="ok" if proposal.text is not None else "failed", seconds=round(proposal.seconds, 3),
                 usage=proposal.usage.to_dict() if proposal.usage and proposal.usage.known else None,
                 finish_reason=proposal.finish_reason, error_kind=proposal.error_kind, http_status=proposal.status,
                 error=proposal.error, reused=True,
             )  # fmt: skip
-            self._calls[CallInfo(proposal.model, proposal.layer, i)] = entry
+            self._calls[call] = entry
+            self._proposals[call] = proposal
+
+    def _reused_calls(self) -> list[CallInfo]:
+        """The kept proposals' calls, indexed within their layer as the engine does."""
+        calls: list[CallInfo] = []
+        for proposal in self.reuse or ():
+            index = sum(c.layer == proposal.layer for c in calls)
+            calls.append(CallInfo(proposal.model, proposal.layer, index))
+        return calls
 
     # ------------------------------------------------------------------ running
 
@@ -123,9 +136,19 @@ class Turn:
         # The server's one pool, shared by every request: the engine's per-provider caps hold.
         moa = MoA(settings=settings, router=self.pool)
         moa.source = "serve"
+        if r.agentic:  # tools, a JSON format, tool calls in the history: structured.py
+            return await moa.arun(
+                list(r.conversation),  # type: ignore[arg-type]
+                on_event=self._on_event,
+                aggregator_sampling=aggregator,
+                tools=r.tools,
+                tool_choice=r.tool_choice,
+                response_format=r.response_format,
+            )
         if self.reuse:
-            self._aggregating = True
-            return await moa.aaggregate(r.messages, self.reuse, on_event=self._on_event, aggregator_sampling=aggregator)
+            return await moa.aaggregate(
+                r.messages, self.reuse, on_event=self._on_event, aggregator_sampling=aggregator, rerun_failed=True
+            )
         return await moa.arun(r.messages, on_event=self._on_event, aggregator_sampling=aggregator)
 
     async def _passthrough(self, spec: str) -> TurnResult:
@@ -133,6 +156,8 @@ class Turn:
         s = self.pool.settings
         r = self.request
         provider, model = self.pool.resolve(spec)
+        if r.agentic and getattr(provider, "kind", None) == "local":
+            raise ConfigError(f"{spec} is a local (llama.cpp) model: moa's local models do not call tools or follow a JSON response format")  # fmt: skip
         max_tokens = r.max_tokens or s.max_tokens
         request = CompletionRequest(
             model=model,
@@ -144,10 +169,19 @@ class Turn:
             presence_penalty=r.presence_penalty,
             frequency_penalty=r.frequency_penalty,
         )
+        if r.agentic:  # passed on as sent: a passthrough model is called as itself, unchecked
+            system = (
+                [{"role": "system", "content": s.system}] if s.system and r.conversation[0]["role"] != "system" else []
+            )
+            request = replace(
+                request, wire_messages=(*system, *r.conversation), tools=r.tools, tool_choice=r.tool_choice,
+                response_format=r.response_format,
+            )  # fmt: skip
         call = CallInfo(spec, 1, 0, "aggregator")
         self._on_event(CallStarted(call))
         started = time.perf_counter()
         parts: list[str] = []
+        tool_pieces: list[ToolCallDelta] = []
         usage: Usage | None = None
         finish: str | None = None
         stream = provider.stream(request)
@@ -157,6 +191,8 @@ class Turn:
                     usage = item
                 elif isinstance(item, Finish):
                     finish = item.reason
+                elif isinstance(item, ToolCallDelta):
+                    tool_pieces.append(item)
                 else:
                     parts.append(item)
                     if len(parts) > piece_limit(max_tokens):
@@ -165,13 +201,14 @@ class Turn:
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
         text = "".join(parts)
-        if not text.strip():
+        tool_calls = join_tool_calls(tool_pieces)
+        if not text.strip() and not tool_calls:
             raise EmptyAnswer(spec, "returned an empty answer")
         seconds = time.perf_counter() - started
         self._on_event(CallFinished(call, text, seconds, usage, finish))
         return TurnResult(
             answer=text, aggregator=spec, usage=usage or Usage(), seconds=seconds, aggregator_usage=usage,
-            finish_reason=finish, max_tokens=max_tokens,
+            finish_reason=finish, max_tokens=max_tokens, tool_calls=tool_calls,
         )  # fmt: skip
 
     def _put(self, item: Any) -> None:
@@ -293,6 +330,8 @@ class Turn:
         if exc is None:
             self.result = task.result()
             self.finish_reason = self.result.finish_reason or "stop"
+        elif isinstance(exc, InvalidOutput):
+            self.error = errors.invalid_output(str(exc), exc.what)
         elif isinstance(exc, TurnFailed):
             self.error = errors.from_turn_failed(exc)
         elif isinstance(exc, ProviderError):
@@ -328,10 +367,12 @@ class Turn:
         (its layers are done) and the turn did not end with an answer; else None."""
         if self.result is not None or not self._aggregating or self.served.spec is not None:
             return None
-        if self.reuse:
-            return self.reuse
         kept = tuple(self._proposals[c] for c in sorted(self._proposals, key=lambda c: (c.layer, c.index)))
         return kept if any(p.text is not None for p in kept) else None
+
+    def tool_calls(self) -> list[ToolCall]:
+        """The calls the answer made (tools.py), once the turn is done."""
+        return list(self.result.tool_calls) if self.result is not None else []
 
     def usage(self) -> dict[str, int | None] | None:
         """The turn's total usage as the providers reported it; None when any call did not say."""

@@ -48,9 +48,14 @@ Faults of a stream that the SDKs do not see, only moa's reading of it:
 * ``Reply(finish_reason="length")`` -> the final chunk's finish reason.
 * ``Reply(endless=True)`` -> the text's pieces repeated forever (``token_delay`` apart).
 * ``Reply(status=..., html=True)`` -> the error body is an HTML page (``text/html``).
-* ``Reply(raw=[b"...", ...], raw_content_type=...)`` -> a 200 whose body is those bytes,
+* ``Reply(raw=[b"...", ...], raw_content_type=...)`` -> a body of those bytes (status 200 unless given),
   each sent as it is (``token_delay`` apart): SSE split oddly, HTML, JSON, nothing.
 * ``Reply(reset_after=n)`` -> after n content chunks the connection is reset (RST).
+* ``Reply(tool_calls=[{"name": "f", "arguments": '{"a": 1}'}])`` -> the reply calls tools
+  (with no text unless ``text`` is given): streamed as OpenAI streams them (per call a
+  chunk with index, id and name, then the arguments in ``ARGUMENT_PIECE``-character pieces),
+  ``finish_reason`` "tool_calls" unless set; non-streaming in ``message.tool_calls``.
+  The request bodies (``tools``, ``tool_choice``, ``response_format``) are in ``body``.
 * ``error_message`` may hold ``{api_key}``: replaced by the key the request was sent
   with (``Authorization: Bearer KEY``), like servers that echo a wrong key back.
 
@@ -74,7 +79,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -90,6 +95,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _PIECE_RE = re.compile(r"\S+\s*|\s+")
+ARGUMENT_PIECE = 7  # characters of a tool call's arguments per streamed chunk
 
 _ERROR_TYPES: dict[int, tuple[str, str]] = {
     400: ("invalid_request_error", "invalid_request"),
@@ -135,12 +141,29 @@ class Reply:
     finish_reason: str = "stop"  # the final chunk's finish_reason
     endless: bool = False  # streaming: repeat the pieces forever
     html: bool = False  # an error status answers with an HTML page
-    raw: list[bytes] | None = None  # a 200 whose body is these bytes, sent as they are, one chunk each
+    raw: Sequence[bytes] | None = None  # a body of these bytes (with `status`), sent as they are, one chunk each
     raw_content_type: str = "text/event-stream"  # the content type of a `raw` body
     reset_after: int | None = None  # streaming: after n content chunks a TCP reset (RST), not a close
+    tool_calls: list[dict[str, str]] | None = None  # [{"name": ..., "arguments": ..., "id"?: ...}]
 
     def text_for(self, model: str) -> str:
+        if self.tool_calls is not None and self.text is None:
+            return ""
         return self.text if self.text is not None else f"Answer from {model}."
+
+    def calls(self) -> list[dict[str, Any]]:
+        """The tool calls in OpenAI's shape, each with an id."""
+        return [
+            {
+                "id": call.get("id", f"call_fake_{i}"),
+                "type": "function",
+                "function": {"name": call["name"], "arguments": call.get("arguments", "{}")},
+            }
+            for i, call in enumerate(self.tool_calls or [])
+        ]
+
+    def finish_for(self) -> str:
+        return "tool_calls" if self.tool_calls and self.finish_reason == "stop" else self.finish_reason
 
 
 @dataclass
@@ -162,6 +185,7 @@ class RecordedRequest:
     received_at: float = 0.0  # time.monotonic() at arrival
     client: tuple[str, int] | None = None  # the client's address: one port per TCP connection
     finished_at: float | None = None  # time.monotonic() when the handler returned
+    raw_parts_sent: int = 0  # parts of a `raw` body handed to the server before the client left
 
     @property
     def system(self) -> str | None:
@@ -537,6 +561,20 @@ class FakeLLMServer:
             await ex.abandon()
             return
         extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]
+        if reply.raw is not None:
+            record.status = reply.status
+            await ex.start(reply.status, [(b"content-type", reply.raw_content_type.encode("latin-1")), *extra])
+            for n, part in enumerate(reply.raw):
+                if ex.wake.is_set() or (n and reply.token_delay > 0 and await ex.sleep(reply.token_delay)):
+                    await ex.abandon()
+                    return
+                await ex.body(part)
+                record.raw_parts_sent += 1
+                # uvicorn drops a body for a closed connection without yielding: let the
+                # disconnect watcher run, or the loop "sends" every part into the void.
+                await asyncio.sleep(0)
+            await ex.body(b"", more_body=False)
+            return
         if reply.status != 200:
             record.status = reply.status
             message = _message_for(reply, record)
@@ -549,17 +587,6 @@ class FakeLLMServer:
                 await ex.send_bytes(reply.status, page, html_headers + extra, content_type=None)
                 return
             await ex.send_bytes(reply.status, _error_body(reply.status, message), extra)
-            return
-
-        if reply.raw is not None:
-            record.status = 200
-            await ex.start(200, [(b"content-type", reply.raw_content_type.encode("latin-1")), *extra])
-            for n, part in enumerate(reply.raw):
-                if ex.wake.is_set() or (n and reply.token_delay > 0 and await ex.sleep(reply.token_delay)):
-                    await ex.abandon()
-                    return
-                await ex.body(part)
-            await ex.body(b"", more_body=False)
             return
 
         text = reply.text_for(model)
@@ -589,8 +616,10 @@ class FakeLLMServer:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": text},
-                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": text or None, "tool_calls": reply.calls()}
+                            if reply.tool_calls
+                            else {"role": "assistant", "content": text},
+                            "finish_reason": reply.finish_for() if reply.tool_calls else "stop",
                             "logprobs": None,
                         }
                     ],
@@ -637,7 +666,14 @@ class FakeLLMServer:
                 events.append(("extra", b"data: {not json\n\n"))
         if reply.bad_json and not pieces:
             events.append(("extra", b"data: {not json\n\n"))
-        events.append(("final", chunk({}, reply.finish_reason, with_usage=reply.usage)))
+        for index, call in enumerate(reply.calls()):
+            head = {"index": index, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": ""}}  # fmt: skip
+            events.append(("content", chunk({"role": "assistant", "tool_calls": [head]}, None)))
+            arguments = call["function"]["arguments"]
+            for start in range(0, len(arguments), ARGUMENT_PIECE):
+                piece = {"index": index, "function": {"arguments": arguments[start : start + ARGUMENT_PIECE]}}
+                events.append(("content", chunk({"tool_calls": [piece]}, None)))
+        events.append(("final", chunk({}, reply.finish_for(), with_usage=reply.usage)))
         events.append(("extra", b"data: [DONE]\n\n"))
 
         sent_content = 0
