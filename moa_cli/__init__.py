@@ -19,6 +19,7 @@ __all__ = [
     "AuthenticationError",
     "BadResponse",
     "ConfigError",
+    "ContextOverflow",
     "DeadlineExceeded",
     "EmptyAnswer",
     "MissingKeyError",
@@ -56,6 +57,7 @@ _LAZY = {
     "ProviderConnectionError": "moa_cli.errors",
     "StreamCutOff": "moa_cli.errors",
     "BadResponse": "moa_cli.errors",
+    "ContextOverflow": "moa_cli.errors",
     "EmptyAnswer": "moa_cli.errors",
 }
 
@@ -65,6 +67,7 @@ if TYPE_CHECKING:  # pragma: no cover
         AuthenticationError,
         BadResponse,
         ConfigError,
+        ContextOverflow,
         DeadlineExceeded,
         EmptyAnswer,
         MissingKeyError,

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from moa_cli.events import AnswerDelta, Event, TurnWarning
-from moa_cli.prompts import inject_references, neutralise
+from moa_cli.fitting import Parts, with_references
+from moa_cli.prompts import neutralise
 from moa_cli.settings import AGGREGATIONS
 from moa_cli.types import CallInfo, Message, Proposal, Usage
 
@@ -64,7 +65,7 @@ class Caller(Protocol):
     async def call(
         self,
         call: CallInfo,
-        messages: list[Message],
+        messages: list[Message] | Parts,
         *,
         max_tokens: int | None = None,
         temperature: float | None = None,
@@ -155,7 +156,7 @@ async def _synthesize(
     caller: Caller, call: CallInfo, messages: list[Message], prompt: str, proposals: Sequence[Proposal]
 ) -> AggregatorStep:
     answers = [p.text for p in proposals if p.text is not None]
-    final = await caller.call(call, inject_references(messages, prompt, answers))
+    final = await caller.call(call, Parts(messages, tuple(answers), with_references(prompt)))
     return AggregatorStep(final, [final], failed_call=call if final.text is None else None)
 
 
@@ -173,7 +174,11 @@ async def _select(
         return _verbatim(caller, answered[0], aggregator, layer)
     answers = [p.text or "" for p in answered]
     reply = await caller.call(
-        judge, select_messages(messages, answers), max_tokens=SELECT_MAX_TOKENS, temperature=0.0, answer=False
+        judge,
+        Parts(messages, tuple(answers), select_messages),
+        max_tokens=SELECT_MAX_TOKENS,
+        temperature=0.0,
+        answer=False,
     )
     if reply.text is None:
         return AggregatorStep(reply, [reply], failed_call=judge)

@@ -26,6 +26,9 @@ Config file (`moa config path` shows where):
     api_key_env = "VLLM_API_KEY"          # omit for servers that need no key
     max_concurrency = 1                   # calls in flight to this provider at once
 
+    [models."ollama:llama3.2:1b"]         # a model, by its spec as in a line-up
+    context = 8192                        # its context window in tokens (fitting.py)
+
     [providers.local]
     threads = 2                           # llama.cpp threads while generating (default half the cores)
     repack = false                        # llama.cpp's weight repacking (default: off on AMX CPUs)
@@ -187,8 +190,29 @@ class _File:
 
     def top_level(self) -> dict[str, Any]:
         # [pricing."provider:model"] is read by pricing.py
-        table = {k: v for k, v in self.data.items() if k not in ("providers", "lineups", "pricing")}
+        table = {k: v for k, v in self.data.items() if k not in ("providers", "lineups", "pricing", "models")}
         return self.settings_table(table)
+
+    def contexts(self) -> dict[str, int]:
+        """[models."SPEC"] context = N: the context windows the user declares, by model spec."""
+        raw = self.data.get("models", {})
+        if not isinstance(raw, dict):
+            raise self.error("models", 'models must be a table: [models."SPEC"]')
+        contexts: dict[str, int] = {}
+        for spec, entry in raw.items():
+            if not isinstance(entry, dict):
+                raise self.error(spec, f'[models."{spec}"] must be a table')
+            unknown = set(entry) - {"context"}
+            if unknown:
+                key = sorted(unknown)[0]
+                raise self.error(key, f'[models."{spec}"]: unknown key {key!r} (known: context)')
+            context = entry.get("context")
+            if context is None:
+                continue
+            if isinstance(context, bool) or not isinstance(context, int) or not 256 <= context <= 100_000_000:
+                raise self.error("context", f'[models."{spec}"]: context must be a whole number of tokens, 256 or more')
+            contexts[spec] = context
+        return contexts
 
     def providers(self) -> dict[str, ProviderConfig]:
         raw = self.data.get("providers", {})
@@ -425,6 +449,7 @@ def load_settings(
     settings = Settings(
         **values,
         providers=providers,
+        contexts=file.contexts(),
         lineups=lineups,
         local_lineup=auto_local,
         paths=paths,

@@ -16,6 +16,10 @@ aggregator does, `TurnFailed` is raised with the calls' original exceptions. Eve
 stream is capped at `2 * max_tokens + 32` pieces, so a server that never stops cannot hold
 a turn. Cancelling the task that runs `run_turn` cancels every call and closes its stream.
 
+Before each call its prompt is fitted to the model's context window (fitting.py): what
+was shortened is a `ContextFitted` event and an entry of `TurnResult.fitted`; a prompt that
+cannot fit fails that call (kind "context") without sending it.
+
 `run_aggregation` runs the aggregator step alone over proposals made earlier (`moa batch
 --reuse-proposals`: compare aggregators without paying for the references again).
 """
@@ -39,10 +43,11 @@ from moa_cli.events import (
     CallFirstToken,
     CallRetrying,
     CallStarted,
+    ContextFitted,
     Event,
     TurnDone,
 )
-from moa_cli.prompts import inject_references
+from moa_cli.fitting import Fit, Parts, fit_call, with_references
 from moa_cli.providers.base import RETRY_NOTICE, Provider, StreamItem
 from moa_cli.settings import DEFAULTS, SPECS
 from moa_cli.tools import for_aggregator, join_tool_calls
@@ -89,6 +94,7 @@ class Plan:
     rounds: int = DEFAULTS["rounds"]
     temperature: float = DEFAULTS["temperature"]
     max_tokens: int = DEFAULTS["max_tokens"]
+    reference_max_tokens: int | None = DEFAULTS["reference_max_tokens"]  # None: max_tokens
     num_proc: int | None = DEFAULTS["num_proc"]
     layer_deadline: float | None = DEFAULTS["layer_deadline"]
     aggregator_prompt: str = DEFAULTS["aggregator_prompt"]
@@ -112,11 +118,14 @@ class Plan:
     # client, `MoA.astream`). When no one does (`moa batch`), the aggregator's call is asked
     # for whole too, and the answer comes as one AnswerDelta.
     watch_answer: bool = True
+    # Not a setting: model spec -> its context window in tokens ([models."SPEC"] context = N).
+    contexts: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Any) -> Plan:
         """The plan of a `Settings`: each field that is a setting takes the setting's value."""
-        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls) if f.name in SPECS})
+        values = {f.name: getattr(settings, f.name) for f in fields(cls) if f.name in SPECS}
+        return cls(**values, contexts=dict(getattr(settings, "contexts", None) or {}))
 
     def seed_for(self, layer: int, index: int) -> int | None:
         """Distinct seeds per sample, so repeated models (Self-MoA) give distinct answers."""
@@ -142,11 +151,12 @@ class _Turn:
         self.errors: dict[CallInfo, ProviderError] = {}  # each failed call's own exception
         self.active: dict[str, set[CallInfo]] = {}  # provider name -> its calls in flight
         self.overlapped: set[CallInfo] = set()  # calls that shared their provider with another
+        self.fitted: list[dict[str, Any]] = []  # what fitting shortened, per call (fitting.py)
 
     async def call(
         self,
         call: CallInfo,
-        messages: list[Message],
+        messages: list[Message] | Parts,
         *,
         max_tokens: int | None = None,
         temperature: float | None = None,
@@ -155,14 +165,17 @@ class _Turn:
         """Run one model call to completion. Failures become a Proposal with `error`.
 
         `max_tokens` and `temperature` override the plan's (aggregation.py's selection call);
-        an aggregator call streams as the answer unless `answer` is False.
+        an aggregator call streams as the answer unless `answer` is False. `messages` given as
+        `Parts` may be shortened to fit the model's context window (fitting.py).
         """
         provider, model = self.router.resolve(call.model)
+        prompt = messages if isinstance(messages, Parts) else Parts(list(messages))
+        budget = self.plan.max_tokens if call.is_aggregator else self.plan.reference_max_tokens or self.plan.max_tokens
         request = CompletionRequest(
             model=model,
-            messages=messages,
+            messages=prompt.conversation,
             temperature=self.plan.temperature if temperature is None else temperature,
-            max_tokens=max_tokens or self.plan.max_tokens,
+            max_tokens=max_tokens or budget,
             seed=self.plan.seed if call.is_aggregator else self.plan.seed_for(call.layer, call.index),
             repeat_penalty=self.plan.repeat_penalty,
             stream=self.plan.watch_answer if call.is_aggregator and answer else self.plan.watch_references,
@@ -174,7 +187,18 @@ class _Turn:
             request = replace(
                 request, **{k: v for k, v in self.plan.aggregator_sampling.items() if given.get(k) is None}
             )
+        try:
+            sharing = 1 if call.is_aggregator else self.plan.references.count(call.model)  # Self-MoA's samples
+            fitted = await fit_call(
+                provider, model, call.model, prompt, request.max_tokens, self.plan.contexts, sharing=sharing
+            )
+        except ProviderError as exc:  # ContextOverflow: never sent; or the local model failed to load
+            return self._failed(call, exc, time.perf_counter())
+        request = replace(request, messages=fitted.messages, max_tokens=fitted.max_tokens)
+        if fitted.changed:
+            self._fitted(call, fitted)
         if call.is_aggregator and answer and self.plan.agent is not None:
+            # After fitting: the (fitted) system message leads the agent's own conversation.
             request = for_aggregator(request, self.plan.agent, self.plan.agent_note)
         delta = AnswerDelta if call.is_aggregator and answer else CallDelta
         # Else no per-piece events for a reference: no one reads them. The answer's pieces
@@ -187,7 +211,9 @@ class _Turn:
         finish: str | None = None
         async with self.slots:
             started = time.perf_counter()
-            logger.debug("layer {} call {} -> {} ({} messages)", call.layer, call.model, provider.name, len(messages))
+            logger.debug(
+                "layer {} call {} -> {} ({} messages)", call.layer, call.model, provider.name, len(request.messages)
+            )
             self._enter(provider.name, call)
             self.emit(CallStarted(call, request.sampling()))
             # Every provider's stream is an async generator: aclose() ends it where it stands.
@@ -229,7 +255,7 @@ class _Turn:
                     if len(parts) > limit:
                         reason = (
                             f"the stream ran far past max_tokens ({len(parts)} pieces for max_tokens "
-                            f"{self.plan.max_tokens}): cut"
+                            f"{request.max_tokens}): cut"
                         )
                         return self._failed(call, BadResponse(call.model, reason), started)
                     if item and watched:
@@ -250,6 +276,13 @@ class _Turn:
         return Proposal(
             call.model, call.layer, text=text, seconds=seconds, usage=usage, finish_reason=finish, tool_calls=tool_calls
         )
+
+    def _fitted(self, call: CallInfo, fitted: Fit) -> None:
+        message = fitted.summary(call.model)
+        details = {"model": call.model, "layer": call.layer, "index": call.index, "role": call.role, **fitted.to_dict()}
+        logger.info("layer {} call {}: {}", call.layer, call.model, message)
+        self.fitted.append(details)
+        self.emit(ContextFitted(call, message, details))
 
     def _enter(self, provider: str, call: CallInfo) -> None:
         active = self.active.setdefault(provider, set())
@@ -294,7 +327,11 @@ class _Turn:
         )
 
     async def layer(
-        self, layer: int, messages: list[Message], calls: list[CallInfo] | None = None, answered_before: int = 0
+        self,
+        layer: int,
+        messages: list[Message] | Parts,
+        calls: list[CallInfo] | None = None,
+        answered_before: int = 0,
     ) -> list[Proposal]:
         """Run every reference of a layer; go on at the quorum or the deadline, whichever comes first.
 
@@ -372,10 +409,10 @@ class _Turn:
         if not todo or (self.plan.quorum and answered >= self.plan.quorum):
             return given, []
         if layer == 1:
-            layer_messages = messages
+            layer_messages = Parts(messages)
         else:
             earlier = [p.text for p in given if p.layer == layer - 1 and p.text is not None]
-            layer_messages = inject_references(messages, self.plan.aggregator_prompt, earlier)
+            layer_messages = Parts(messages, tuple(earlier), with_references(self.plan.aggregator_prompt))
         fresh = await self.layer(layer, layer_messages, [call for _, call in todo], answered)
         merged = list(given)
         for (n, _), proposal in zip(todo, fresh, strict=True):
@@ -388,7 +425,9 @@ class _Turn:
         answers: list[str] = []
         for layer in range(1, self.plan.rounds + 1):
             layer_messages = (
-                messages if layer == 1 else inject_references(messages, self.plan.aggregator_prompt, answers)
+                Parts(messages)
+                if layer == 1
+                else Parts(messages, tuple(answers), with_references(self.plan.aggregator_prompt))
             )
             results = await self.layer(layer, layer_messages)
             proposals.extend(results)
@@ -446,6 +485,7 @@ class _Turn:
             selected=step.selected,
             warnings=step.warnings,
             tool_calls=final.tool_calls,
+            fitted=list(self.fitted),
         )
         self.emit(TurnDone(result))
         return result

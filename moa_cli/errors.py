@@ -12,7 +12,9 @@
     │   ├── ProviderConnectionError   refused, reset, or the socket closed mid-body             connection
     │   │   └── StreamCutOff          the stream ended cleanly but before the answer was done   cut_off
     │   ├── BadResponse               invalid JSON, a stream far past max_tokens, ...           bad_response
-    │   └── EmptyAnswer               the model answered nothing                                empty
+    │   ├── EmptyAnswer               the model answered nothing                                empty
+    │   └── ContextOverflow           the prompt cannot be shortened to fit the model's window  context
+    │                                 (never sent: fitting.py)
     │   (ProviderError itself: any other status or failure, kind "other"; "cancelled" for a
     │    call a provider reports as cancelled on its side; "quorum" for a call the engine
     │    stopped because enough references of its layer had answered (--quorum): not a
@@ -46,6 +48,7 @@ ErrorKind = Literal[
     "empty",
     "cancelled",
     "quorum",
+    "context",
     "other",
 ]
 #: Every failure kind, in the order above.
@@ -119,6 +122,12 @@ class EmptyAnswer(ProviderError):
     default_kind: ClassVar[ErrorKind] = "empty"
 
 
+class ContextOverflow(ProviderError):
+    """The request cannot fit the model's context window, however it is shortened: not sent."""
+
+    default_kind: ClassVar[ErrorKind] = "context"
+
+
 #: What each kind is called in a footer or a progress row.
 KIND_WORDS: dict[str, str] = {
     "auth": "authentication failed",
@@ -132,6 +141,7 @@ KIND_WORDS: dict[str, str] = {
     "empty": "empty",
     "cancelled": "cancelled",
     "quorum": "cut by the quorum",
+    "context": "too long for its context",
     "other": "failed",
 }
 
@@ -170,6 +180,7 @@ _CLASSES: dict[str, type[ProviderError]] = {
     "cut_off": StreamCutOff,
     "bad_response": BadResponse,
     "empty": EmptyAnswer,
+    "context": ContextOverflow,
 }
 
 _STATUS_KINDS: dict[int, ErrorKind] = {401: "auth", 403: "auth", 404: "not_found", 429: "rate_limit"}

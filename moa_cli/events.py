@@ -6,6 +6,7 @@ The tags are public API: renaming one breaks front ends and users' callbacks.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -95,6 +96,18 @@ class TurnWarning:
 
 
 @dataclass(frozen=True, slots=True)
+class ContextFitted:
+    """A call's prompt was shortened to fit its model's context window (fitting.py), before it
+    was sent. `message` says what was done, in one line; `details` is its entry of
+    `TurnResult.fitted` (window, where it came from, prompt tokens, estimated or not, steps)."""
+
+    call: CallInfo
+    message: str
+    details: Mapping[str, Any]
+    type: Literal["context_fitted"] = "context_fitted"
+
+
+@dataclass(frozen=True, slots=True)
 class TurnDone:
     result: TurnResult
     type: Literal["turn_done"] = "turn_done"
@@ -108,6 +121,7 @@ Event = (
     | AnswerDelta
     | CallFinished
     | CallFailed
+    | ContextFitted
     | TurnWarning
     | TurnDone
 )

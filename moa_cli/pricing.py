@@ -277,8 +277,11 @@ def worst_case(
     book: PriceBook,
     aggregator_max_tokens: int | None = None,
     earlier_answers: int = 0,
+    reference_max_tokens: int | None = None,
 ) -> Estimate:
     """Every call of the turn at `max_tokens`; the injected answers counted at max_tokens each.
+
+    A reference writes at most `reference_max_tokens` when it is given (--reference-max-tokens).
 
     `split(spec)` gives (provider name, model name) for a spec. `aggregator_max_tokens` is the
     answer's own budget when a turn sets one (`moa serve` takes it from the request).
@@ -288,10 +291,11 @@ def worst_case(
     answer_budget = aggregator_max_tokens or max_tokens
     base = sum(estimate_tokens(m["content"]) + MESSAGE_OVERHEAD for m in messages)
     base += earlier_answers * (answer_budget + MESSAGE_OVERHEAD)
-    injected = estimate_tokens(aggregator_prompt) + len(references) * (max_tokens + MESSAGE_OVERHEAD)
+    reference_budget = reference_max_tokens or max_tokens
+    injected = estimate_tokens(aggregator_prompt) + len(references) * (reference_budget + MESSAGE_OVERHEAD)
     calls: list[tuple[str, int, int]] = []  # (spec, tokens in, most tokens out)
     for layer in range(1, rounds + 1):
-        calls += [(spec, base + (injected if layer > 1 else 0), max_tokens) for spec in references]
+        calls += [(spec, base + (injected if layer > 1 else 0), reference_budget) for spec in references]
     calls.append((aggregator, base + injected, answer_budget))
     priced = 0.0
     unpriced: list[str] = []

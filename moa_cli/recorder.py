@@ -28,7 +28,7 @@ from typing import Any
 
 from moa_cli.diagnostics import logger
 from moa_cli.errors import ConfigError, TurnFailed
-from moa_cli.events import CallFailed, CallFinished, CallFirstToken, CallStarted, Event
+from moa_cli.events import CallFailed, CallFinished, CallFirstToken, CallStarted, ContextFitted, Event
 from moa_cli.pricing import Estimate, PriceBook, load_book, total, worst_case
 from moa_cli.providers.registry import split_spec
 from moa_cli.redact import redact, redact_value
@@ -152,6 +152,7 @@ def estimate(
         aggregator=settings.aggregator,
         rounds=settings.rounds,
         max_tokens=settings.max_tokens,
+        reference_max_tokens=settings.reference_max_tokens,
         aggregator_prompt=settings.aggregator_prompt,
         split=splitter(settings),
         book=book,
@@ -239,7 +240,10 @@ class Recording:
         if isinstance(event, CallStarted):
             record = self._call(event.call)
             record.started = time.perf_counter() - self._t0
-            record.settings = dict(event.sent)  # what the request set, as sent (a call never sent: {})
+            # What the request set, as sent (a call never sent: {}); what fitting shortened,
+            # told just before the call started, is kept beside it.
+            fitted = {"fitted": record.settings["fitted"]} if "fitted" in record.settings else {}
+            record.settings = {**event.sent, **fitted}
         elif isinstance(event, CallFirstToken):
             record = self._call(event.call)
             record.first_token = event.seconds
@@ -253,6 +257,9 @@ class Recording:
                 record.completion_tokens = event.usage.completion_tokens
                 record.total_tokens = event.usage.total_tokens
             self.reported[event.call] = event.usage.cost if event.usage is not None else None
+        elif isinstance(event, ContextFitted):  # the log keeps what was shortened, per call
+            record = self._call(event.call)
+            record.settings = {**record.settings, "fitted": dict(event.details)}  # max_tokens: CallStarted's
         elif isinstance(event, CallFailed):
             record = self._call(event.call)
             record.error, record.error_kind, record.status = event.error, event.kind, event.status

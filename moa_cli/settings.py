@@ -264,6 +264,25 @@ class Settings:
             recorded=True,
         ),
     )
+    reference_max_tokens: int | None = setting(
+        None,
+        Spec(
+            "int",
+            "Most tokens per reference answer (default: --max-tokens). Shorter references make the "
+            "aggregator's prompt shorter and the turn faster.",
+            env="MOA_REFERENCE_MAX_TOKENS",
+            flags=("--reference-max-tokens",),
+            metavar="N",
+            checks=(at_least(1, INT32_MAX),),
+            settable=True,
+            lineup=True,
+            nullable=True,
+            show_default=False,
+            decides="references",
+            recorded=True,
+            overridable=True,
+        ),
+    )
     repeat_penalty: float = setting(
         1.0,
         Spec(
@@ -473,6 +492,7 @@ class Settings:
 
     # -- context: where things are and what was loaded (not settings a user sets one by one)
     providers: Mapping[str, Any] = field(default_factory=dict)  # name -> config.ProviderConfig
+    contexts: Mapping[str, int] = field(default_factory=dict)  # model spec -> [models."SPEC"] context
     lineups: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # name -> setting values
     local_lineup: bool = False  # the offline line-up is in use
     paths: Any = None  # config.Paths

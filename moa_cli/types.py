@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
 from moa_cli import defaults
+from moa_cli.errors import KIND_WORDS
 
 
 class Message(TypedDict):
@@ -214,10 +215,43 @@ class TurnResult:
     warnings: list[str] = field(default_factory=list)
     # With tools (tools.py): the calls the aggregator asked for (finish_reason "tool_calls").
     tool_calls: list[ToolCall] = field(default_factory=list)
+    # What was shortened to fit a model's context window, one entry per call (fitting.py).
+    fitted: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def failed(self) -> list[Proposal]:
         return [p for p in self.proposals if p.error is not None]
+
+    @property
+    def degraded(self) -> bool:
+        """A reference failed or timed out: the answer was made from fewer answers than asked
+        for (one cut by --quorum is the quorum at work, not a degradation)."""
+        return any(p.error is not None and p.error_kind != "quorum" for p in self.proposals)
+
+    def references_summary(self) -> str:
+        """`3 of 4 references (qwen timed out)`: how many reference calls answered, and why not."""
+        answered = sum(p.text is not None for p in self.proposals)
+        rounds = len({p.layer for p in self.proposals})
+        noun = "references" if rounds <= 1 else "reference answers"
+        text = f"{answered} of {len(self.proposals)} {noun}"
+        failed = self.failed
+        if failed:
+            words = (
+                "timed out"
+                if p.timed_out and p.error_kind in (None, "other")
+                else KIND_WORDS.get(p.error_kind or "other", "failed")
+                for p in failed
+            )
+            text += f" ({', '.join(f'{p.model} {w}' for p, w in zip(failed, words, strict=True))})"
+        return text
+
+    def references_dict(self) -> dict[str, Any]:
+        return {
+            "asked": len(self.proposals),
+            "answered": sum(p.text is not None for p in self.proposals),
+            "degraded": self.degraded,
+            "summary": self.references_summary(),
+        }
 
     def _selected_dict(self) -> dict[str, Any] | None:
         """The proposal `select` chose: its model, layer and position in the line-up (from 0)."""
@@ -242,5 +276,7 @@ class TurnResult:
                 "selected": self._selected_dict(),
                 "warnings": list(self.warnings),
             },
+            "references": self.references_dict(),
+            "fitted": [dict(f) for f in self.fitted],
             **extra,
         }

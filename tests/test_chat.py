@@ -134,7 +134,7 @@ def test_rounds_above_one_pass_on_only_the_answers_that_exist(server: FakeLLMSer
         assert "Answer from ref-a." in (request.system or "")
         assert "None" not in (request.system or "")
         assert "<response_2>" not in (request.system or "")  # only one answer came through
-    assert "left out: ref-b (failed)" in run.err
+    assert "3 of 4 reference answers (ref-b failed)" in run.err
     assert run.out == "Final answer.\n"
 
 

@@ -23,6 +23,7 @@ EXPECTED = {
     "ProviderConnectionError",
     "StreamCutOff",
     "BadResponse",
+    "ContextOverflow",
     "EmptyAnswer",
     "TurnFailed",
     "__version__",

@@ -87,7 +87,7 @@ def test_a_fault_in_a_reference(moa, llm_server: FakeLLMServer, fault: Fault, js
             word = {"cut_off": "cut off", "connection": "connection failed", "timeout": "timed out"}.get(
                 fault.kind, "failed"
             )
-            assert footer.endswith(f"left out: alpha ({word})")
+            assert footer.endswith(f"(alpha {word})")
         assert "token limit" not in footer  # only the aggregator's finish reason is the answer's
 
 

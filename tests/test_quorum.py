@@ -188,7 +188,7 @@ def test_the_footer_names_the_cut() -> None:
     result = TurnResult(
         "x", "j", [Proposal("a", 1, text="a"), Proposal("d", 1, error="cut", error_kind="quorum")], Usage(), 1.0
     )
-    assert footer_text(result).endswith("left out: d (cut by the quorum)")
+    assert footer_text(result).endswith("references (d cut by the quorum)")
 
 
 # ---------------------------------------------------------------------------- through the SDK and the fake server
@@ -240,7 +240,7 @@ def test_the_quorum_in_json_and_the_footer(moa, llm_server: FakeLLMServer) -> No
     assert llm_server.wait_until_idle(timeout=3.0)
     proc = moa(["ask", *lineup, "--quorum", "2", "q"])
     assert proc.returncode == 0, proc.stderr
-    assert "left out: c (cut by the quorum)" in proc.stderr
+    assert "c cut by the quorum)" in proc.stderr
     assert "moa: c (layer 1) cut by the quorum after" in proc.stderr
     proc = moa(["ask", *lineup, "--quorum", "4", "q"])
     assert proc.returncode == 2

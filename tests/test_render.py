@@ -339,7 +339,9 @@ def test_footer_names_the_references_left_out() -> None:
         Proposal("model-c", 1, error="deadline", timed_out=True),
     ]
     result = TurnResult("x", "agg", proposals, Usage(), 2.04)
-    assert footer_text(result) == "2.0s · tokens unknown · 4 calls · left out: model-b (failed), model-c (timed out)"
+    assert (
+        footer_text(result) == "2.0s · tokens unknown · 4 calls · 1 of 3 references (model-b failed, model-c timed out)"
+    )
 
 
 def test_streamed_pieces_are_not_called_tokens_until_the_provider_counts_them() -> None:
@@ -382,7 +384,7 @@ def test_the_footer_and_the_row_name_the_kind(kind: str, word: str) -> None:
     result = TurnResult(
         "x", "agg", [Proposal("model-a", 1, text="a"), Proposal("model-b", 1, error="why", error_kind=kind)]
     )
-    assert footer_text(result).endswith(f"left out: model-b ({word})")
+    assert footer_text(result).endswith(f"1 of 2 references (model-b {word})")
     console = plain_console()
     view = ProgressView(console)
     view.handle(CallStarted(B))

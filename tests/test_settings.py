@@ -102,9 +102,10 @@ def test_help_shows_the_declared_defaults(tmp_path: Path) -> None:
 
 def test_the_plan_is_made_of_settings() -> None:
     # aggregator_sampling and what is watched are per turn (MoA.arun's arguments), not settings;
-    # so is an agent's request (tools, response format: MoA.arun's tools= and response_format=).
+    # so is an agent's request (tools, response format: MoA.arun's tools= and response_format=);
+    # contexts come from the config file's [models."SPEC"] tables.
     assert {f.name for f in fields(Plan)} - set(SPECS) == {
-        "aggregator_sampling", "agent", "agent_note", "watch_references", "watch_answer",
+        "aggregator_sampling", "agent", "agent_note", "watch_references", "watch_answer", "contexts",
     }  # fmt: skip
     s = load_settings({"references": ["a"], "aggregator": "b", "rounds": 2, "seed": 5}, {"TOGETHER_API_KEY": "k"})
     plan = plan_from_settings(s)
@@ -245,7 +246,7 @@ def test_switching_lineups_keeps_the_flags(tmp_path: Path) -> None:
 
 def test_settings_context_fields_are_not_settings() -> None:
     context = {f.name for f in fields(Settings)} - set(SPECS)
-    assert context == {"providers", "lineups", "local_lineup", "paths", "env", "overrides", "sources"}
+    assert context == {"providers", "contexts", "lineups", "local_lineup", "paths", "env", "overrides", "sources"}
 
 
 # ---------------------------------------------------------------------------- bad values (issue 7)

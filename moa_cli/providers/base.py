@@ -27,6 +27,12 @@ server has passed through `redact.clean_server_text`.
 Two optional attributes feed the engine's hints in warnings, nothing else: `kind`, the
 provider's kind ("together", "openai", "local", "scripted"), and `max_concurrency`, the
 calls it lets through at once when it caps them.
+
+Two optional methods feed the fitting of prompts to context windows (fitting.py):
+`async context_window(model) -> int | None`, the window as the provider says, and
+`async tokenizer(model) -> Callable[[list[Message]], int] | None`, the model's own count
+of a prompt's tokens. A provider without them gets moa's default window and an estimate.
+`shared_context = True` says the calls to one model share its window (a local model's samples).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
-from typing import Protocol, cast, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from moa_cli.types import CompletionRequest, Finish, ToolCallDelta, Usage
 
@@ -85,6 +91,7 @@ class Gated:
         self.kind = getattr(inner, "kind", None)
         # read by the engine's empty-answer hint
         self.max_concurrency = max_concurrency or getattr(inner, "max_concurrency", None)
+        self.shared_context = getattr(inner, "shared_context", False)  # read by fitting.py
 
     def __repr__(self) -> str:
         return f"Gated({self._inner!r}, max_concurrency={self.max_concurrency})"
@@ -100,6 +107,14 @@ class Gated:
 
     async def list_models(self) -> list[str]:
         return await self._inner.list_models()
+
+    async def context_window(self, model: str) -> Any:
+        ask = getattr(self._inner, "context_window", None)
+        return await ask(model) if ask is not None else None
+
+    async def tokenizer(self, model: str) -> Any:
+        ask = getattr(self._inner, "tokenizer", None)
+        return await ask(model) if ask is not None else None
 
     async def aclose(self) -> None:
         await self._inner.aclose()

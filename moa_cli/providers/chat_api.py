@@ -322,6 +322,31 @@ def not_a_stream(content_type: str, head: bytes) -> str:
     return f"bad response from server: not an event stream ({kind})"
 
 
+#: Fields of a `/models` entry that give a model's context window, in order of preference:
+#: OpenRouter and Together say `context_length`, vLLM `max_model_len`, llama.cpp's server
+#: `n_ctx` (or, in its `meta`, the trained `n_ctx_train`).
+WINDOW_FIELDS = ("context_length", "max_model_len", "context_window", "max_context_length", "n_ctx", "n_ctx_train")
+#: Seconds a model list may take when it is asked for a window (a turn waits for it).
+WINDOW_LOOKUP_SECONDS = 10.0
+
+
+def windows_from(data: Any) -> dict[str, int]:
+    """Model id -> context window, from a `/models` response, for the entries that say."""
+    items = data.get("data", []) if isinstance(data, dict) else data
+    windows: dict[str, int] = {}
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict) or not item.get("id"):
+            continue
+        places = [item, *(item.get(k) for k in ("meta", "top_provider"))]
+        for name in WINDOW_FIELDS:
+            found = [p.get(name) for p in places if isinstance(p, dict)]
+            value = next((v for v in found if isinstance(v, int) and not isinstance(v, bool) and v > 0), None)
+            if value is not None:
+                windows[str(item["id"])] = value
+                break
+    return windows
+
+
 #: After `[DONE]`, how long to wait for the body's end (normally already there).
 DRAIN_SECONDS = 0.5
 
@@ -413,6 +438,8 @@ class ChatAPIProvider:
         # otherwise be counted in the first call's time.
         self._client: Any = self._make_client()
         _ = self._client.chat.completions  # a lazy property that imports every API resource (~0.5 s)
+        self._windows: dict[str, int] | None = None  # model id -> context window, once asked
+        self._windows_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     def __repr__(self) -> str:  # never show the key
         return f"{type(self).__name__}(name={self.name!r}, base_url={mask_url(self._base_url or '')!r})"
@@ -556,6 +583,32 @@ class ChatAPIProvider:
             yield Finish(finish)
         if usage is not None:
             yield usage
+
+    async def context_window(self, model: str) -> int | None:
+        """The model's context window as the server's model list says (None: it does not).
+
+        The list is asked for once per provider, on the first call that needs a window
+        (fitting.py); a list that cannot be had counts as saying nothing, and is not asked again.
+        """
+        if self._windows is None:
+            loop = asyncio.get_running_loop()
+            if self._windows_lock is None or self._windows_lock[0] is not loop:
+                self._windows_lock = (loop, asyncio.Lock())
+            async with self._windows_lock[1]:
+                if self._windows is None:
+                    self._windows = await self._fetch_windows()
+        return self._windows.get(model)
+
+    async def _fetch_windows(self) -> dict[str, int]:
+        try:
+            async with asyncio.timeout(min(self._timeout, WINDOW_LOOKUP_SECONDS)):
+                data: Any = await self._get_client().get(self.models_path, cast_to=object)
+        except Exception as exc:  # noqa: BLE001 - no window known: fitting uses its default
+            logger.debug("{}: no model list for context windows: {!r}", self.name, exc)
+            return {}
+        windows = windows_from(data)
+        logger.debug("{}: context windows of {} models from its model list", self.name, len(windows))
+        return windows
 
     async def list_models(self) -> list[str]:
         """The ids of the server's chat models (`GET .../models`); errors mapped as for stream()."""

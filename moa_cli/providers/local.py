@@ -34,7 +34,7 @@ import importlib.util
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,10 +43,11 @@ from typing import Any, NamedTuple
 from moa_cli.config import ProviderConfig
 from moa_cli.diagnostics import logger  # disabled until the CLI configures it
 from moa_cli.errors import ConfigError, ProviderError
+from moa_cli.fitting import Window
 from moa_cli.providers import crash
 from moa_cli.providers.cpu import RepackChoice, choose_repack, cpu_flags
 from moa_cli.providers.llama_runtime import LoadError, Request, Runtime, Sampling, check_runtime
-from moa_cli.types import CompletionRequest, Finish, Usage
+from moa_cli.types import CompletionRequest, Finish, Message, Usage
 
 INSTALL_HINT = 'pip install "moa-chat[local]"'
 
@@ -406,6 +407,8 @@ class LocalProvider:
     """Runs `local:` models in this process. Loaded models outlive the provider (see module doc)."""
 
     kind = "local"
+    #: Calls to one model share its one llama.cpp context (fitting.py leaves room for each answer).
+    shared_context = True
 
     def __init__(self, config: ProviderConfig, *, verbose: bool) -> None:
         self.name = config.name
@@ -419,6 +422,26 @@ class LocalProvider:
         """The bundled models whose package is installed, then the GGUF files in the config."""
         names = [name for name in BUNDLED if bundled_model_path(name) is not None]
         return names + [Path(path).name.removesuffix(".gguf") for path in self._config.models]
+
+    async def _runtime(self, model: str) -> Runtime:
+        """The loaded model for `local:<model>` (loaded on its worker thread the first time)."""
+        try:
+            path = resolve_model(model, self._config)
+        except ConfigError as exc:
+            raise ProviderError(model, str(exc)) from None
+        try:
+            return await _shared(path, self._config).loaded(self._verbose)
+        except ProviderError as exc:
+            raise ProviderError(model, exc.reason) from None
+
+    async def context_window(self, model: str) -> Window:
+        """llama.cpp's context for the model (min(MAX_CONTEXT, the model's trained context))."""
+        return Window((await self._runtime(model)).n_ctx, "llama.cpp")
+
+    async def tokenizer(self, model: str) -> Callable[[list[Message]], int]:
+        """The model's own count of a prompt's tokens, in its chat template (exact)."""
+        runtime = await self._runtime(model)
+        return lambda messages: len(runtime.prompt(messages)[0])
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[str | Finish | Usage]:
         try:

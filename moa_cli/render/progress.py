@@ -29,6 +29,7 @@ from moa_cli.events import (
     CallFirstToken,
     CallRetrying,
     CallStarted,
+    ContextFitted,
     Event,
     TurnDone,
     TurnWarning,
@@ -132,7 +133,7 @@ class ProgressView:
             live.stop()
 
     def handle(self, event: Event) -> None:
-        if isinstance(event, (TurnDone, TurnWarning)):  # not a call's: TurnView says warnings
+        if isinstance(event, (TurnDone, TurnWarning, ContextFitted)):  # TurnView says these
             return
         with self._lock:
             if isinstance(event, CallStarted):

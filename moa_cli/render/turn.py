@@ -9,12 +9,13 @@ from rich.text import Text
 from moa_cli.events import (
     AnswerDelta,
     CallFailed,
+    ContextFitted,
     Event,
     TurnWarning,
 )
 from moa_cli.redact import redact
 from moa_cli.render.answer import AnswerView
-from moa_cli.render.progress import ProgressView, incomplete_notice, kind_word, left_out_warning, one_line
+from moa_cli.render.progress import ProgressView, incomplete_notice, left_out_warning, one_line
 from moa_cli.types import TurnResult
 
 
@@ -43,10 +44,8 @@ def footer_text(result: TurnResult) -> str:
         from moa_cli.pricing import cost_text
 
         parts.append(cost_text(result.priced_usd or 0.0, result.unpriced_calls, calls))
-    failed = result.failed
-    if failed:
-        names = ", ".join(f"{p.model} ({kind_word(p.error_kind, p.timed_out)})" for p in failed)
-        parts.append(f"left out: {names}")
+    if result.failed:  # "3 of 4 references (model-b timed out)": the answer is made of fewer
+        parts.append(result.references_summary())
     if result.finish_reason == "length":
         limit = f" (max_tokens {result.max_tokens})" if result.max_tokens is not None else ""
         parts.append(f"answer cut at the token limit{limit}")
@@ -71,6 +70,7 @@ class TurnView:
         self.progress = ProgressView(err, draft=draft) if progress else None
         self.answer = AnswerView(out, markdown=markdown) if show_answer else None
         self.err = err
+        self._fitted: set[str] = set()  # what was said about fitting this turn: each once
 
     @property
     def watches_references(self) -> bool:
@@ -85,6 +85,11 @@ class TurnView:
     def handle(self, event: Event) -> None:
         if isinstance(event, TurnWarning):  # aggregation.py's fallback, for one: said even with --quiet
             self.err.print(Text(redact(f"moa: warning: {event.message}"), style="yellow"), soft_wrap=one_line(self.err))
+            return
+        if isinstance(event, ContextFitted):  # said once, even with --quiet: the input was shortened
+            if event.message not in self._fitted:
+                self._fitted.add(event.message)
+                self.err.print(Text(redact(f"moa: {event.message}"), style="yellow"), soft_wrap=one_line(self.err))
             return
         if isinstance(event, AnswerDelta):
             if self.answer is not None:

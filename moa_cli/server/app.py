@@ -341,7 +341,9 @@ async def create_response(request: Request) -> Response:
     def whole(model: str, turn: Turn, text: str) -> Response:
         reply = responses.Reply(model, body)
         status = responses.status_of(turn.finish_reason)
-        return JSONResponse(reply.response(status, text, turn.tool_calls(), turn.usage(), turn.moa()))
+        return JSONResponse(
+            reply.response(status, text, turn.tool_calls(), turn.usage(), turn.moa()), headers=turn.headers()
+        )
 
     return await _serve_turn(request, state, chat, raw, stream, whole)
 
@@ -356,7 +358,10 @@ async def chat_completions(request: Request) -> Response:
 
     def whole(model: str, turn: Turn, text: str) -> Response:
         completion = sse.Completion(model)
-        return JSONResponse(completion.whole(text, turn.finish_reason, turn.usage(), turn.moa(), turn.tool_calls()))
+        return JSONResponse(
+            completion.whole(text, turn.finish_reason, turn.usage(), turn.moa(), turn.tool_calls()),
+            headers=turn.headers(),
+        )
 
     return await _serve_turn(request, state, chat, raw, stream, whole)
 
@@ -493,7 +498,7 @@ def create_app(settings: Settings, options: ServeOptions | None = None) -> Starl
                 allow_origins=list(state.options.cors_origins),
                 allow_methods=["GET", "POST", "OPTIONS"],
                 allow_headers=["*"],  # the openai SDKs send a dozen X-Stainless-* headers
-                expose_headers=["Retry-After", "x-should-retry"],
+                expose_headers=["Retry-After", "x-should-retry", "X-MoA-References", "X-MoA-Degraded", "X-MoA-Fitted"],
                 max_age=600,
             )
         )

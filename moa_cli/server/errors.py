@@ -31,7 +31,7 @@ from moa_cli.redact import redact
 #: Seconds a client is asked to wait after a 429 or 503.
 RETRY_AFTER_SECONDS = 5
 
-PERMANENT_KINDS = frozenset({"auth", "not_found", "bad_response", "empty", "other", "cancelled"})
+PERMANENT_KINDS = frozenset({"auth", "not_found", "bad_response", "empty", "context", "other", "cancelled"})
 _PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 422})
 TRANSIENT_KINDS = frozenset({"rate_limit", "timeout", "deadline", "connection", "cut_off", "quorum"})
 

@@ -386,6 +386,20 @@ class Turn:
             return None
         return self.result.usage.to_dict()
 
+    def headers(self) -> dict[str, str]:
+        """Response headers that summarise the turn (a whole response only: a stream's headers
+        go out before the turn is done, and its last chunk's `moa` says the same)."""
+        if self.result is None or self.served.spec is not None:
+            return {}
+        references = self.result.references_dict()
+        headers = {"X-MoA-References": f"{references['answered']}/{references['asked']}"}
+        if references["degraded"]:
+            summary = references["summary"].encode("ascii", "replace").decode("ascii")
+            headers["X-MoA-Degraded"] = " ".join(summary.split())
+        if self.result.fitted:
+            headers["X-MoA-Fitted"] = str(len(self.result.fitted))
+        return headers
+
     def moa(self) -> dict[str, Any]:
         calls = list(self._calls.values())
         for call in calls:
@@ -399,6 +413,10 @@ class Turn:
             "usage_complete": self.usage() is not None,
             "seconds": round(time.perf_counter() - self.started, 3),
         }
+        if self.result is not None and self.served.spec is None:
+            # "3 of 4 references (qwen timed out)", and what was shortened to fit a context window
+            info["references"] = self.result.references_dict()
+            info["fitted"] = [dict(f) for f in self.result.fitted]
         s = self.settings
         if s is not None:
             info["lineup"] = {

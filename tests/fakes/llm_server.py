@@ -266,6 +266,10 @@ class FakeLLMServer:
         self.default_reply: Reply = Reply()
         self.unknown_models_404: bool = False
         self.models: list[str] = []  # extra ids for GET /v1/models (also "known" for 404 mode)
+        # Extra fields of a model's GET /v1/models entry, e.g. {"m": {"context_length": 8192}}
+        # (a model named here is listed too); `model_lists` counts the GETs.
+        self.model_fields: dict[str, dict[str, Any]] = {}
+        self.model_lists = 0
         self.requests: list[RecordedRequest] = []
         self._queues: dict[str, deque[Reply]] = {}
         self._defaults: dict[str, Reply] = {}
@@ -399,6 +403,8 @@ class FakeLLMServer:
             self._defaults.clear()
             self.requests = []
             self.models = []
+            self.model_fields = {}
+            self.model_lists = 0
             self.unknown_models_404 = False
             self.default_reply = Reply()
 
@@ -435,7 +441,7 @@ class FakeLLMServer:
 
     def known_models(self) -> list[str]:
         with self._lock:
-            names = list(self.models) + list(self._queues) + list(self._defaults)
+            names = list(self.models) + list(self.model_fields) + list(self._queues) + list(self._defaults)
         return list(dict.fromkeys(names))
 
     def _choose_locked(self, model: str) -> Reply | None:
@@ -463,8 +469,17 @@ class FakeLLMServer:
                 return
             await self._chat(scope, receive, send, path)
         elif path in ("/v1/models", "/models") and method == "GET":
+            with self._lock:
+                self.model_lists += 1
             data = [
-                {"id": m, "object": "model", "created": 0, "owned_by": "fake", "type": "chat"}
+                {
+                    "id": m,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "fake",
+                    "type": "chat",
+                    **self.model_fields.get(m, {}),
+                }
                 for m in self.known_models()
             ]
             await _send_json(send, 200, {"object": "list", "data": data})
