@@ -61,6 +61,18 @@ def build_messages(prompt: str | Sequence[Message], system: str | None = None) -
     return messages
 
 
+def _agentic(
+    prompt: str | Sequence[Message],
+    tools: Sequence[Mapping[str, Any]] | None,
+    response_format: Mapping[str, Any] | None,
+) -> bool:
+    """Whether a turn is an agent's: tools, a JSON format, or tool calls in the conversation."""
+    with_tool_calls = not isinstance(prompt, str) and any(
+        dict(m).get("role") == "tool" or dict(m).get("tool_calls") for m in prompt
+    )
+    return bool(tools) or with_tool_calls or (response_format is not None and response_format.get("type") != "text")
+
+
 class MoA:
     """A configured Mixture-of-Agents. Cheap to create; providers connect on first use."""
 
@@ -178,10 +190,7 @@ class MoA:
         The turn is logged (recorder.py) to `conversation_id` (a new conversation when None)
         unless the `log` setting is off; its cost is set on the result either way.
         """
-        with_tool_calls = not isinstance(prompt, str) and any(
-            dict(m).get("role") == "tool" or dict(m).get("tool_calls") for m in prompt
-        )
-        if tools or with_tool_calls or (response_format is not None and response_format.get("type") != "text"):
+        if _agentic(prompt, tools, response_format):
             from moa_cli.structured import run_checked
 
             agent, note, text = self._agent(prompt, system, tools or (), tool_choice, response_format)
@@ -240,11 +249,16 @@ class MoA:
         rerun_failed: bool = False,
         watch_references: bool | None = None,
         watch_answer: bool | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: Any = None,
+        response_format: Mapping[str, Any] | None = None,
     ) -> TurnResult:
         """Run only the aggregator over `proposals` made earlier (a stored turn's), calling no reference.
 
         With `rerun_failed`, the last layer's references that failed (not those a quorum cut)
         are called again first, over the same input: a retry that pays only for what failed.
+        `tools`, `tool_choice` and `response_format` make it an agent's turn, as in `arun`:
+        the aggregator's answer is checked, with one repair round over the same proposals.
 
         The aggregator answers `prompt` with the answered proposals of the last layer, as
         `arun` would have after its layers (engine.run_aggregation): a cheap way to compare
@@ -259,6 +273,20 @@ class MoA:
         ) -> Awaitable[TurnResult]:
             return run_aggregation(messages, plan, router, stored, sink, rerun_failed=rerun_failed)
 
+        if _agentic(prompt, tools, response_format):
+            from moa_cli.structured import run_checked
+
+            agent, note, text = self._agent(prompt, system, tools or (), tool_choice, response_format)
+
+            def checked(
+                messages: list[Message], plan: Plan, router: Router, sink: EventSink | None
+            ) -> Awaitable[TurnResult]:
+                return run_checked(messages, plan, router, sink, first_step=aggregate_only)
+
+            return await self._turn(
+                text, checked, on_event, system, aggregator_sampling,
+                agent=(agent, note), watch_references=watch_references, watch_answer=watch_answer,
+            )  # fmt: skip
         return await self._turn(
             prompt, aggregate_only, on_event, system, aggregator_sampling,
             watch_references=watch_references, watch_answer=watch_answer,

@@ -1,6 +1,6 @@
 """Agents' turns: tool calls and structured output checked, with one repair round.
 
-    run_checked(messages, plan, router, sink)      the engine's run_turn, then the checks
+    run_checked(messages, plan, router, sink)      the engine's run_turn (or `first_step`), then the checks
 
 With `response_format` (`json_object`, or `json_schema`, strict or not) the aggregator's
 call carries the format (a provider that supports it constrains the answer), and the answer
@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -29,6 +29,9 @@ from moa_cli.errors import BadResponse, TurnFailed
 from moa_cli.events import AnswerDelta, Event, TurnDone
 from moa_cli.tools import check_tool_calls
 from moa_cli.types import CallInfo, Message, TurnResult, Usage
+
+#: A turn's first step, as the engine's run_turn: (messages, plan, router, sink) -> result.
+Step = Callable[[list[Message], Plan, Router, EventSink | None], Awaitable[TurnResult]]
 
 __all__ = ["InvalidOutput", "check_answer", "check_response_format", "run_checked"]
 
@@ -111,8 +114,16 @@ def _repair_message(problem: str, response_format: dict[str, Any] | None) -> str
     return f"That reply cannot be used: {problem}. Reply again with {wanted}, and nothing else."
 
 
-async def run_checked(messages: list[Message], plan: Plan, router: Router, sink: EventSink | None) -> TurnResult:
-    """A turn of an agent's plan (`plan.agent`): run_turn, checked, with one repair round."""
+async def run_checked(
+    messages: list[Message],
+    plan: Plan,
+    router: Router,
+    sink: EventSink | None,
+    *,
+    first_step: Step = run_turn,
+) -> TurnResult:
+    """A turn of an agent's plan (`plan.agent`): `first_step` (the whole turn, or the aggregator
+    over kept proposals when `moa serve` retries), checked, with one repair round."""
     agent = plan.agent
     assert agent is not None
     emit = sink or (lambda _: None)
@@ -134,7 +145,7 @@ async def run_checked(messages: list[Message], plan: Plan, router: Router, sink:
             event = dataclasses.replace(event, call=dataclasses.replace(call, index=call.index + 1))  # type: ignore[arg-type]
         emit(event)
 
-    first = await run_turn(messages, plan, router, filtered)
+    first = await first_step(messages, plan, router, filtered)
     problem, text = _problem(first, agent.tools, formatted)
     result = first
     if problem is not None:

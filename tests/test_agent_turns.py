@@ -85,6 +85,25 @@ def _answer(event: Any, into: list[str]) -> None:
         into.append(event.text)
 
 
+def test_aaggregate_with_a_schema_repairs_over_the_given_proposals(
+    moa_env: dict[str, str], llm_server: FakeLLMServer
+) -> None:
+    """An agent's aggregation over kept proposals (what `moa serve` does on a retry): the
+    aggregator alone, checked and repaired once, with the same proposals; no reference is called."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
+    moa = MoA(["alpha", "beta"], "judge", env=moa_env)
+    ada = Reply(text='{"name": "Ada", "age": 36}')
+    llm_server.script("judge", ada, Reply(text="Ada, 36"), ada)
+    made = asyncio.run(moa.arun("A person?", response_format=fmt))
+    result = asyncio.run(moa.aaggregate("A person?", made.proposals, response_format=fmt))
+    assert json.loads(result.answer) == {"name": "Ada", "age": 36}
+    assert any(w.startswith("repaired: ") for w in result.warnings)
+    assert [len(llm_server.requests_for(m)) for m in ("alpha", "beta", "judge")] == [1, 1, 3]
+    first, repair = (r.body for r in llm_server.requests_for("judge")[1:])
+    assert first["response_format"]["type"] == repair["response_format"]["type"] == "json_schema"
+    assert "Answer from alpha." in json.dumps(first["messages"])  # the given proposals were read
+
+
 def test_the_conversation_as_the_references_read_it() -> None:
     call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
     text = conversation_as_text(

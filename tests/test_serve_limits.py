@@ -253,6 +253,41 @@ def test_a_retried_body_reruns_only_what_failed(serve, llm_server: FakeLLMServer
     assert calls(llm_server) == {"alpha": 3, "beta": 5, "judge": 5}
 
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def test_an_agents_retry_pays_only_for_what_failed(serve, llm_server: FakeLLMServer) -> None:
+    """An agent's request (tools) retried by the openai client after an aggregator 503: the
+    references are not paid for twice, the tool call comes back checked; other tools reuse nothing."""
+    call = {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Oslo"}'}
+    llm_server.script("judge", Reply(status=503), Reply(tool_calls=[call]))
+    served = serve()
+    asked = [{"role": "user", "content": "Weather in Oslo?"}]
+    with openai.OpenAI(base_url=served.base_url, api_key="none", max_retries=1) as client:
+        answer = client.chat.completions.create(model="moa", messages=asked, tools=[WEATHER])  # type: ignore[arg-type,list-item]
+    assert answer.choices[0].finish_reason == "tool_calls"
+    made = answer.choices[0].message.tool_calls
+    assert made is not None and [(c.function.name, c.function.arguments) for c in made] == [  # type: ignore[union-attr]
+        ("get_weather", '{"city": "Oslo"}')
+    ]
+    assert calls(llm_server) == {"alpha": 1, "beta": 1, "judge": 2}  # not 2, 2, 2
+    assert [p.get("reused") for p in answer.model_extra["moa"]["proposals"]] == [True, True]  # type: ignore[index]
+    assert llm_server.requests_for("judge")[-1].body["tools"] == [WEATHER]  # the retry still offers the tools
+
+    # The same messages with another tool list is another request: nothing is reused.
+    llm_server.script("judge", Reply(status=503))
+    assert post(served, {**BODY, "messages": asked, "tools": [WEATHER]}).status_code == 503
+    other = {**WEATHER, "function": {**WEATHER["function"], "name": "get_forecast"}}
+    assert post(served, {**BODY, "messages": asked, "tools": [other]}).status_code == 200
+    assert calls(llm_server) == {"alpha": 3, "beta": 3, "judge": 4}
+
+
 def test_without_a_retry_window_a_retry_runs_the_whole_turn(serve, llm_server: FakeLLMServer) -> None:
     llm_server.script("judge", Reply(status=503))
     served = serve("--retry-window", "0")

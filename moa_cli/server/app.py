@@ -382,9 +382,8 @@ async def _serve_turn(
     if chat.agentic and settings is not None:
         _aggregator_can_act(settings, chat)
     key = request_key(request.headers, raw)
-    print_ = fingerprint(served.id, chat.messages, chat.overrides)
-    # An agent's turn is not rebuilt from kept proposals: its repair round needs the whole turn.
-    reuse = state.retries.take(key, print_) if settings is not None and not chat.agentic else None
+    print_ = fingerprint(served.id, chat.messages, chat.overrides, chat.agent_fields())
+    reuse = state.retries.take(key, print_) if settings is not None else None
     try:
         await unless_disconnected(request, state.gate.enter())
     except ClientGone:

@@ -42,9 +42,12 @@ def request_key(headers: Mapping[str, str], body: bytes) -> str:
     return f"{caller}:body:{hashlib.sha256(body).hexdigest()}"
 
 
-def fingerprint(model: str, messages: Sequence[Any], overrides: Mapping[str, Any]) -> str:
-    """What decides the proposals: a kept try is reused only by a request with the same."""
-    text = json.dumps([model, list(messages), dict(overrides)], sort_keys=True, default=str)
+def fingerprint(
+    model: str, messages: Sequence[Any], overrides: Mapping[str, Any], agent: Mapping[str, Any] | None = None
+) -> str:
+    """What decides the proposals: a kept try is reused only by a request with the same
+    (an agent's request: also the same conversation as sent, tools, tool_choice and format)."""
+    text = json.dumps([model, list(messages), dict(overrides), dict(agent or {})], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

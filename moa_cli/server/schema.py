@@ -62,6 +62,17 @@ class ChatRequest:
         """Tools, a JSON format or tool calls in the history: the turn goes through structured.py."""
         return bool(self.tools or self.response_format or self.conversation)
 
+    def agent_fields(self) -> dict[str, Any]:
+        """What an agent's request adds to the messages (empty for a plain chat request)."""
+        if not self.agentic:
+            return {}
+        return {
+            "conversation": list(self.conversation),
+            "tools": list(self.tools),
+            "tool_choice": self.tool_choice,
+            "response_format": self.response_format,
+        }
+
 
 def parse_chat(body: Any) -> ChatRequest:
     """The request, or ApiError(400) naming the first field that is wrong."""

@@ -137,14 +137,22 @@ class Turn:
         moa = MoA(settings=settings, router=self.pool)
         moa.source = "serve"
         if r.agentic:  # tools, a JSON format, tool calls in the history: structured.py
+            agent: dict[str, Any] = {
+                "tools": r.tools,
+                "tool_choice": r.tool_choice,
+                "response_format": r.response_format,
+            }
+            if self.reuse:
+                return await moa.aaggregate(
+                    list(r.conversation), self.reuse, on_event=self._on_event,  # type: ignore[arg-type]
+                    aggregator_sampling=aggregator, rerun_failed=True, watch_references=False, **agent,
+                )  # fmt: skip
             return await moa.arun(
                 list(r.conversation),  # type: ignore[arg-type]
                 on_event=self._on_event,
                 aggregator_sampling=aggregator,
-                tools=r.tools,
-                tool_choice=r.tool_choice,
-                response_format=r.response_format,
                 watch_references=False,
+                **agent,
             )
         if self.reuse:
             return await moa.aaggregate(
