@@ -272,7 +272,7 @@ class _Turn:
         logger.debug(
             "layer {} call {} finished in {:.3f}s ({}), usage {}", call.layer, call.model, seconds, finish, usage
         )
-        self.emit(CallFinished(call, text, seconds, usage, finish))
+        self.emit(CallFinished(call, text, seconds, usage, finish, tuple(tool_calls)))
         return Proposal(
             call.model, call.layer, text=text, seconds=seconds, usage=usage, finish_reason=finish, tool_calls=tool_calls
         )

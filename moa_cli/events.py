@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from moa_cli.types import CallInfo, TurnResult, Usage
+from moa_cli.types import CallInfo, ToolCall, TurnResult, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +62,15 @@ class AnswerDelta:
 
 @dataclass(frozen=True, slots=True)
 class CallFinished:
-    """A call answered. `finish_reason` is "length" when max_tokens cut it, None if unknown."""
+    """A call answered. `finish_reason` is "length" when max_tokens cut it, None if unknown;
+    `tool_calls` are the calls an aggregator with tools asked for (as it wrote them, unchecked)."""
 
     call: CallInfo
     text: str
     seconds: float
     usage: Usage | None
     finish_reason: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
     type: Literal["call_finished"] = "call_finished"
 
 

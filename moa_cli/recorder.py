@@ -252,6 +252,7 @@ class Recording:
         elif isinstance(event, CallFinished):
             record = self._call(event.call)
             record.text, record.duration, record.finish_reason = event.text, event.seconds, event.finish_reason
+            record.tool_calls = [c.to_dict() for c in event.tool_calls] or None
             if event.usage is not None and event.usage.known:
                 record.prompt_tokens = event.usage.prompt_tokens
                 record.completion_tokens = event.usage.completion_tokens
@@ -281,6 +282,7 @@ class Recording:
             call.text = redact(call.text) if call.text else call.text
             call.error = redact(call.error) if call.error else call.error
             call.settings = redact_value(call.settings)
+            call.tool_calls = redact_value(call.tool_calls)
         costs = total([c.cost_usd for _, c in calls])
         if error is None and result is not None:
             status, message, kind = "ok", None, None
@@ -301,6 +303,7 @@ class Recording:
             source=self.source,
             system=redact(system) if system else None,
             answer=redact(result.answer) if result is not None else None,
+            tool_calls=redact_value([c.to_dict() for c in result.tool_calls]) if result and result.tool_calls else None,
             error=redact(message) if message else None,
             error_kind=kind,
             lineup=redact_value(lineup_of(self.settings)),

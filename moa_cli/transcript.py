@@ -117,6 +117,22 @@ def json_text(conversation: Conversation, meta: dict[str, Any] | None = None) ->
 # ---------------------------------------------------------------------------- a logged conversation
 
 
+def tool_call_lines(calls: Sequence[dict[str, Any]]) -> list[str]:
+    """An agent's answer that called tools: each call's name and its JSON arguments."""
+    lines: list[str] = []
+    for call in calls:
+        function = call.get("function") or {}
+        lines += [
+            f"**Tool call** `{function.get('name')}` ({call.get('id')}):",
+            "",
+            "```json",
+            str(function.get("arguments")),
+            "```",
+            "",
+        ]
+    return lines
+
+
 def cost_line(turn: TurnRecord) -> str:
     from moa_cli.pricing import cost_text
 
@@ -143,7 +159,8 @@ def turn_markdown(turn: TurnRecord, *, proposals: bool = False, heading: str = "
         lines += system_lines(turn.system)
     lines += prompt_lines(turn.prompt)
     if turn.answer is not None:
-        lines += answer_lines(turn.answer)
+        lines += answer_lines(turn.answer) if turn.answer or not turn.tool_calls else []
+        lines += tool_call_lines(turn.tool_calls or [])
     elif turn.error:
         lines += [f"*{turn.status}: {turn.error}*", ""]
     if proposals:

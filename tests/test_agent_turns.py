@@ -46,6 +46,29 @@ def test_arun_with_tools_returns_the_aggregators_tool_calls(moa_env: dict[str, s
     assert any(e.type == "turn_done" for e in events)
 
 
+def test_the_log_keeps_the_tool_calls(moa_env: dict[str, str], llm_server: FakeLLMServer, cli: Any) -> None:
+    """The turn's checked calls and each aggregator call's own: `moa logs show` prints them."""
+    bad = {"id": "c1", "name": "get_weather", "arguments": "{city: Oslo"}
+    good = {"id": "c2", "name": "get_weather", "arguments": '{"city": "Oslo"}'}
+    llm_server.script("judge", Reply(tool_calls=[bad]), Reply(tool_calls=[good]))
+    moa = MoA(["alpha"], "judge", env=moa_env)
+    result = asyncio.run(moa.arun("Weather in Oslo?", tools=[WEATHER]))
+    assert moa.last_recording is not None and moa.last_recording.written is not None
+    turn_id = moa.last_recording.written.result(timeout=10)
+    shown = cli(["logs", "show", str(turn_id), "--json"])
+    assert shown.returncode == 0, shown.stderr
+    stored = json.loads(shown.stdout)
+    assert stored["tool_calls"] == [c.to_dict() for c in result.tool_calls]
+    assert stored["tool_calls"][0]["function"]["arguments"] == '{"city": "Oslo"}'
+    aggregator = [c["tool_calls"] for c in stored["calls"] if c["role"] == "aggregator"]
+    assert [[c["function"]["arguments"] for c in calls] for calls in aggregator] == [
+        ["{city: Oslo"],
+        ['{"city": "Oslo"}'],
+    ]
+    text = cli(["logs", "show", str(turn_id)])
+    assert "**Tool call** `get_weather` (c2):" in text.stdout and '{"city": "Oslo"}' in text.stdout
+
+
 def test_arun_with_a_schema_validates_and_repairs_once(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
     fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
     llm_server.script("judge", Reply(text='{"name": "Ada", "age": "old"}'), Reply(text='{"name": "Ada", "age": 36}'))

@@ -21,6 +21,7 @@ from moa_cli.store import (
     TurnWriter,
     new_conversation_id,
 )
+from moa_cli.store.schema import MIGRATIONS, statements
 from tests.conftest import ROOT
 
 
@@ -34,15 +35,44 @@ def _turn(cid: str, prompt: str, answer: str | None = "an answer", status: str =
 def test_wal_busy_timeout_and_migrations_recorded_once(tmp_path: Path) -> None:
     path = tmp_path / "logs.db"
     with Store(path) as store:
-        assert store.schema_versions() == [SCHEMA_VERSION]
+        assert store.schema_versions() == list(range(1, SCHEMA_VERSION + 1))
         assert store._query("PRAGMA journal_mode")[0][0] == "wal"
         assert store._query("PRAGMA busy_timeout")[0][0] == 5000
     with Store(path) as store:  # reopening applies nothing twice
-        assert store.schema_versions() == [SCHEMA_VERSION]
+        assert store.schema_versions() == list(range(1, SCHEMA_VERSION + 1))
     with sqlite3.connect(path) as db:
         db.execute("INSERT INTO schema_migrations VALUES (99, 'from the future', 0)")
     with pytest.raises(StoreError, match="newer moa"):
         Store(path)
+
+
+def test_a_log_from_before_tool_calls_is_migrated_and_keeps_its_turns(tmp_path: Path) -> None:
+    """A log written at schema 1 (no tool_calls columns) opens, gains them, reads its old turns
+    with none, and stores an agent's tool calls (NULL and [] kept apart)."""
+    path = tmp_path / "logs.db"
+    with sqlite3.connect(path) as db:  # what moa 0.2 left: migration 1 only
+        db.execute(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+        for statement in statements(MIGRATIONS[0][2]):
+            db.execute(statement)
+        db.execute("INSERT INTO schema_migrations VALUES (1, 'v1', 0)")
+        db.execute("INSERT INTO conversations VALUES ('C1', 't', 'ask', 0, 0, '{}')")
+        db.execute(
+            "INSERT INTO turns (conversation_id, seq, prompt, answer, status, started_at) VALUES ('C1', 1, 'old', 'a', 'ok', 0)"
+        )
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    with Store(path) as store:
+        assert store.schema_versions() == list(range(1, SCHEMA_VERSION + 1))
+        (old,) = store.conversation("C1").turns
+        assert old.prompt == "old" and old.tool_calls is None
+        turn = _turn("C1", "weather?", answer="")
+        turn.tool_calls = [call]
+        turn.calls[1].tool_calls = [call]
+        store.write_turn(turn)
+        _, new = store.conversation("C1", with_calls=True).turns
+        assert new.tool_calls == [call]
+        assert [c.tool_calls for c in new.calls] == [None, [call]]
 
 
 def test_a_turn_and_its_calls_are_one_transaction(tmp_path: Path) -> None:

@@ -2,10 +2,12 @@
 
     conversations    id (time-sortable text), title, source, created/updated, line-up
       turns          id (INTEGER), conversation, seq, system, prompt, answer, status, error,
-                     line-up and settings, usage and cost totals, start, first token, duration
+                     line-up and settings, usage and cost totals, start, first token, duration,
+                     the answer's tool calls (an agent's turn; NULL: none)
         calls        one per model call (references and aggregator): layer, slot, provider,
                      model, settings sent, text or error (kind, HTTP status), finish_reason,
-                     tokens, the price used and where it came from, cost, start, first token
+                     tokens, the price used and where it came from, cost, start, first token,
+                     tool calls (an aggregator's, as written)
     turns_fts        FTS5 over prompt and answer, keyed on turns.id (an explicit INTEGER
                      PRIMARY KEY: implicit rowids may change on VACUUM)
     prices           the providers' published catalogues, with their fetch time
@@ -54,17 +56,26 @@ def _loads(text: str | None) -> Any:
     return json.loads(text) if text else {}
 
 
+def _dumps_or_null(value: Any) -> str | None:
+    """JSON text, or NULL for None (a column where "none" and "empty" differ)."""
+    return None if value is None else _dumps(value)
+
+
+def _loads_or_none(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
 _TURN_COLUMNS = (
     "id, conversation_id, seq, system, prompt, answer, status, error, error_kind, lineup, settings, "
     "prompt_tokens, completion_tokens, total_tokens, cost_usd, priced_usd, unpriced_calls, started_at, "
-    "first_token, duration"
+    "first_token, duration, tool_calls"
 )
 
 
 _CALL_FIELDS = (
     "layer", "slot", "role", "spec", "provider", "model", "settings", "text", "error", "error_kind", "status",
     "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens", "price_input", "price_output",
-    "price_source", "cost_usd", "started", "first_token", "duration",
+    "price_source", "cost_usd", "started", "first_token", "duration", "tool_calls",
 )  # fmt: skip
 
 
@@ -174,12 +185,12 @@ class Store:
             "SELECT coalesce(max(seq), 0) + 1 FROM turns WHERE conversation_id = ?", (turn.conversation_id,)
         ).fetchone()
         cursor = db.execute(
-            f"INSERT INTO turns ({_TURN_COLUMNS.replace('id, ', '', 1)}) VALUES ({', '.join('?' * 19)})",
+            f"INSERT INTO turns ({_TURN_COLUMNS.replace('id, ', '', 1)}) VALUES ({', '.join('?' * 20)})",
             (
                 turn.conversation_id, seq, turn.system, turn.prompt, turn.answer, turn.status, turn.error,
                 turn.error_kind, _dumps(turn.lineup), _dumps(turn.settings), turn.prompt_tokens,
                 turn.completion_tokens, turn.total_tokens, turn.cost_usd, turn.priced_usd, turn.unpriced_calls,
-                turn.started_at, turn.first_token, turn.duration,
+                turn.started_at, turn.first_token, turn.duration, _dumps_or_null(turn.tool_calls),
             ),
         )  # fmt: skip
         turn_id = int(cursor.lastrowid or 0)
@@ -285,6 +296,7 @@ class Store:
         for row in rows:
             values = {name: row[name] for name in _CALL_FIELDS}
             values["settings"] = _loads(values["settings"])
+            values["tool_calls"] = _loads_or_none(values["tool_calls"])
             calls.append(CallRecord(**values, id=row["id"]))
         return calls
 
@@ -418,6 +430,8 @@ class Store:
 
 def _call_value(call: CallRecord, name: str) -> Any:
     value = getattr(call, name)
+    if name == "tool_calls":
+        return _dumps_or_null(value)
     return _dumps(value) if name == "settings" else value
 
 
@@ -443,6 +457,7 @@ def _turn(row: sqlite3.Row) -> TurnRecord:
         started_at=row["started_at"],
         first_token=row["first_token"],
         duration=row["duration"],
+        tool_calls=_loads_or_none(row["tool_calls"]),
         title=row["title"],
         source=row["source"],
     )

@@ -48,6 +48,7 @@ class CallRecord:
     error_kind: str | None = None
     status: int | None = None  # HTTP status of a failure
     finish_reason: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an aggregator's, as OpenAI shapes them
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
@@ -76,6 +77,7 @@ class TurnRecord:
     source: str = "api"
     system: str | None = None
     answer: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # the answer's tool calls (an agent's turn), checked
     error: str | None = None
     error_kind: str | None = None
     lineup: dict[str, Any] = field(default_factory=dict)

@@ -97,6 +97,14 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        2,
+        "tool calls of turns and calls",
+        """
+        ALTER TABLE turns ADD COLUMN tool_calls TEXT;
+        ALTER TABLE calls ADD COLUMN tool_calls TEXT;
+        """,
+    ),
 ]
 
 
