@@ -224,10 +224,10 @@ class MoA:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         aggregator = self.settings.aggregator
-        if split(self.settings, aggregator)[0].kind == "local":
-            what = "call tools" if tools else "follow a JSON response format"
+        # A JSON format binds a local model through a grammar (providers/local.py); tool calls do not.
+        if (tools or _agentic(prompt, None, None)) and split(self.settings, aggregator)[0].kind == "local":
             raise ConfigError(
-                f"the aggregator {aggregator} is a local (llama.cpp) model, and moa's local models do not {what}: "
+                f"the aggregator {aggregator} is a local (llama.cpp) model, and moa's local models do not call tools: "
                 "use a hosted aggregator (--aggregator); the references may stay local"
             )
         native = [dict(m) for m in build_messages(prompt, system or self.settings.system)]

@@ -201,12 +201,37 @@ def test_moa_ask_schema_refuses_a_bad_schema(cli: Any, llm_server: FakeLLMServer
     assert llm_server.requests == []
 
 
-def test_moa_ask_schema_with_a_local_aggregator_is_exit_2(cli: Any, llm_server: FakeLLMServer) -> None:
-    proc = cli(["ask", "-r", "alpha", "-a", "local:smollm2", "--schema", '{"type": "object"}', "Hi"])
-    assert proc.returncode == 2, proc.stderr
-    assert "local (llama.cpp) model" in proc.stderr and "follow a JSON response format" in proc.stderr
-    assert proc.stderr.count("\n") == 1 and proc.stdout == ""
-    assert llm_server.requests == []
+def test_moa_ask_schema_offline_holds_the_local_model_to_the_schema(cli: Any, llm_server: FakeLLMServer) -> None:
+    """The embedded model as aggregator: a grammar built from the schema binds its sampling, so
+    even a 135M model writes JSON that validates; a fake reference reads the question as text."""
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    proc = cli(
+        ["ask", "-q", "-r", "alpha", "-a", "local:smollm2", "--schema", json.dumps(schema), "Invent a person"],
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    person = json.loads(proc.stdout)
+    assert set(person) == {"name", "age"} and isinstance(person["age"], int) and len(person["name"]) <= 12
+    assert len(llm_server.requests_for("alpha")) == 1  # the reference stays a hosted one: no format sent
+    assert "response_format" not in llm_server.requests_for("alpha")[0].body
+
+
+def test_grammars_for_local_models() -> None:
+    pytest.importorskip("llama_cpp")
+    from moa_cli.providers.local import grammar_for
+
+    assert grammar_for(None) is None and grammar_for({"type": "text"}) is None
+    assert "root" in (grammar_for({"type": "json_object"}) or "")
+    person = grammar_for({"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}}) or ""
+    assert '"\\"age\\""' in person and "root ::=" in person
+    with pytest.raises(ValueError, match="cannot be turned into a grammar"):
+        grammar_for(
+            {"type": "json_schema", "json_schema": {"name": "p", "schema": {"$ref": "https://example.com/s.json"}}}
+        )
 
 
 def test_an_openai_compatible_aggregator_gets_the_tools_and_format(

@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -680,3 +681,18 @@ def test_models_shows_ollama_unconfigured_with_a_note_not_a_warning(moa_env: dic
     line = next(line for line in result.stdout.splitlines() if line.startswith("ollama:"))
     assert "not answering" in line and "start it to use ollama:MODEL" in line
     assert "ollama" not in result.stderr
+
+
+@pytest.mark.local
+def test_a_json_format_binds_sampling_through_a_grammar(provider: LocalProvider, bundled: Path) -> None:
+    """Sampled (not greedy) and asked for prose, the model still writes only what the schema's
+    grammar allows; without the format the same request writes prose."""
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+    story = request(STORY, 48, temperature=0.9)
+    free, _ = asyncio.run(collect(provider, story))
+    assert not "".join(free).lstrip().startswith("{")
+    pieces, usage, finish = asyncio.run(collect_all(provider, replace(story, response_format=fmt)))
+    assert json.loads("".join(pieces)) in ({"ok": True}, {"ok": False}) and finish == "stop"
+    assert usage is not None and usage.completion_tokens is not None and usage.completion_tokens < 48
+    assert not runtime(bundled).check_grammar("root ::= (")  # llama.cpp refuses it: checked before a call

@@ -77,6 +77,7 @@ class Sampling:
     repeat_penalty: float | None = None
     presence_penalty: float | None = None  # OpenAI's meanings, as llama.cpp's penalties sampler has them
     frequency_penalty: float | None = None
+    grammar: str | None = None  # GBNF (root rule `root`): only tokens it allows are sampled
 
 
 @dataclass(eq=False)
@@ -478,12 +479,25 @@ class Runtime:
 
     # ------------------------------------------------------------------------ tokens out
 
+    def check_grammar(self, grammar: str) -> bool:
+        """Whether llama.cpp compiles this GBNF grammar (it only reads the vocabulary)."""
+        sampler = self._llama.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+        if not sampler:
+            return False
+        self._llama.llama_sampler_free(sampler)
+        return True
+
     def _sampler(self, sampling: Sampling) -> Any:
         llama = self._llama
         chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
         penalty = 1.0 if sampling.repeat_penalty is None else sampling.repeat_penalty
         frequency, presence = sampling.frequency_penalty or 0.0, sampling.presence_penalty or 0.0
         parts = [llama.llama_sampler_init_penalties(self._n_vocab, PENALTY_LAST_N, penalty, frequency, presence)]
+        if sampling.grammar is not None:  # first: what follows picks among the tokens it allows
+            grammar = llama.llama_sampler_init_grammar(self._vocab, sampling.grammar.encode(), b"root")
+            if not grammar:  # checked on submit (check_grammar): only a changed llama.cpp gets here
+                raise RuntimeError("llama.cpp could not compile the grammar")
+            parts.insert(0, grammar)
         if sampling.temperature <= 0:
             parts.append(llama.llama_sampler_init_greedy())
         else:
@@ -631,6 +645,7 @@ DRIVER_FUNCTIONS: dict[str, int] = {
     "llama_sampler_chain_init": 1,
     "llama_sampler_free": 1,
     "llama_sampler_init_dist": 1,
+    "llama_sampler_init_grammar": 3,
     "llama_sampler_init_greedy": 0,
     "llama_sampler_init_min_p": 2,
     "llama_sampler_init_penalties": 5,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import json
 import os
 import threading
 import time
@@ -100,6 +101,28 @@ def bundled_model_path(name: str = "smollm2") -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def grammar_for(response_format: dict[str, Any] | None) -> str | None:
+    """The GBNF grammar that holds a local model to an OpenAI `response_format` (None: free text).
+
+    `json_object` is any JSON object; `json_schema` is its schema, turned into a grammar by
+    llama-cpp-python's port of llama.cpp's own converter. ValueError names what it cannot take
+    (remote `$ref`s, for one); the answer is still validated against the schema afterwards
+    (structured.py), as a grammar cannot say everything a schema does.
+    """
+    kind = (response_format or {}).get("type")
+    if kind not in ("json_object", "json_schema"):
+        return None
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf  # the [local] extra's own
+
+    if kind == "json_object":  # its root is an object, as json_object asks
+        return str(JSON_GBNF)
+    schema = (response_format or {}).get("json_schema", {}).get("schema") or {}
+    try:
+        return str(json_schema_to_gbnf(json.dumps(schema)))
+    except Exception as exc:  # noqa: BLE001 - the converter raises several kinds for what it lacks
+        raise ValueError(f"the JSON schema cannot be turned into a grammar for a local model: {exc}") from None
 
 
 def _looks_like_path(model: str) -> bool:
@@ -479,6 +502,12 @@ class LocalProvider:
             prompt = runtime.prompt(request.messages)
         except Exception as exc:  # noqa: BLE001 - a template that fails on these messages
             raise ProviderError(request.model, f"the model's chat template failed: {exc}") from None
+        try:
+            grammar = grammar_for(request.response_format)
+        except ValueError as exc:
+            raise ProviderError(request.model, str(exc)) from None
+        if grammar is not None and not runtime.check_grammar(grammar):
+            raise ProviderError(request.model, "llama.cpp could not compile the grammar for this response format")
         sampling = Sampling(
             request.temperature,
             request.seed,
@@ -486,6 +515,7 @@ class LocalProvider:
             request.repeat_penalty,
             request.presence_penalty,
             request.frequency_penalty,
+            grammar,
         )
         job = Request(request.model, prompt[0], request.max_tokens, sampling, prompt[1], emit, done, stopped)
         shared.submit(job, loop)
