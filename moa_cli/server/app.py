@@ -164,8 +164,7 @@ def settings_for(state: ServerState, served: Served, request: ChatRequest) -> Se
 def _aggregator_can_act(settings: Settings, chat: ChatRequest) -> None:
     """A local aggregator cannot call tools (a JSON format it follows by a grammar): a 400 before
     the turn starts."""
-    with_tools = chat.tools or any(m.get("role") == "tool" or m.get("tool_calls") for m in chat.conversation)
-    if with_tools and split(settings, settings.aggregator)[0].kind == "local":
+    if chat.with_tools and split(settings, settings.aggregator)[0].kind == "local":
         field = "tools" if chat.tools else "messages"
         raise bad_request(
             f"{field}: the aggregator {settings.aggregator} is a local (llama.cpp) model, and moa's local models "

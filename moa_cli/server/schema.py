@@ -62,6 +62,11 @@ class ChatRequest:
         """Tools, a JSON format or tool calls in the history: the turn goes through structured.py."""
         return bool(self.tools or self.response_format or self.conversation)
 
+    @property
+    def with_tools(self) -> bool:
+        """Tools offered, or tool calls and results in the history: what a local aggregator cannot do."""
+        return bool(self.tools) or any(m.get("role") == "tool" or m.get("tool_calls") for m in self.conversation)
+
     def agent_fields(self) -> dict[str, Any]:
         """What an agent's request adds to the messages (empty for a plain chat request)."""
         if not self.agentic:

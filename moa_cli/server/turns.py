@@ -170,8 +170,7 @@ class Turn:
         s = self.pool.settings
         r = self.request
         provider, model = self.pool.resolve(spec)
-        with_tools = r.tools or any(m.get("role") == "tool" or m.get("tool_calls") for m in r.conversation)
-        if with_tools and getattr(provider, "kind", None) == "local":
+        if r.with_tools and getattr(provider, "kind", None) == "local":
             raise ConfigError(f"{spec} is a local (llama.cpp) model: moa's local models do not call tools")
         max_tokens = r.max_tokens or s.max_tokens
         request = CompletionRequest(
