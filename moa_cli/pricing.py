@@ -213,7 +213,7 @@ class Total:
 
 
 def total(costs: Sequence[float | None]) -> Total:
-    priced = sum(c for c in costs if c is not None)
+    priced = sum((c for c in costs if c is not None), 0.0)
     return Total(priced, sum(1 for c in costs if c is None), len(costs))
 
 

@@ -253,7 +253,9 @@ class Repl:
             self._failed(failure)
             return None
         result = task.result()
-        state.conversation.add(prompt, result)
+        recording = moa.last_recording  # this turn's: what the log holds (or would, with the log off)
+        assert recording is not None and recording.record is not None
+        state.conversation.add(prompt, result, recording.record)
         state.last_failed = False
         if self.line_mode:
             self._print_answer(result.answer)
