@@ -5,41 +5,39 @@ with the final (aggregated) answer, which is what the user read. The reference a
 are kept with each exchange for `/proposals` and the JSON transcript, but they are never
 sent back to the models: the next turn sees only the conversation the user saw.
 
-A turn is added only once it has succeeded. The REPL also takes a `snapshot()` before a
-turn and `restore()`s it if the turn fails or is cancelled, so no half turn survives.
+A turn is added only once it has succeeded, with its record (recorder.py: the turn as the
+log holds it, or would with the log off), which is what its transcript is written from: the
+same document `moa logs export` writes for it (transcript.py). The REPL also takes a
+`snapshot()` before a turn and `restore()`s it if the turn fails or is cancelled, so no half
+turn survives.
 
 Stdlib only, and files.py (no rich, no prompt_toolkit): the REPL, the server and tests can all use it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from moa_cli import transcript
 from moa_cli.files import write_atomic
 from moa_cli.transcript import TRANSCRIPT_SUFFIXES
 from moa_cli.types import Message, TurnResult
 
+if TYPE_CHECKING:
+    from moa_cli.store import TurnRecord
+
 
 @dataclass(frozen=True, slots=True)
 class Exchange:
-    """One answered turn: the user's prompt and the aggregator's final answer."""
+    """One answered turn: the user's prompt and the aggregator's final answer (as sent to the
+    models), the turn's result (for /proposals and /usage) and its record (for /save)."""
 
     prompt: str
     answer: str
-    result: TurnResult | None = None  # proposals, usage and timing of the turn, when known
-    at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-
-    def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"prompt": self.prompt, "answer": self.answer, "at": self.at}
-        if self.result is not None:
-            result = self.result.to_dict()
-            del result["answer"]  # already above
-            data.update(result)
-        return data
+    result: TurnResult
+    record: TurnRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +88,9 @@ class Conversation:
         messages.append({"role": "user", "content": prompt})
         return messages
 
-    def add(self, prompt: str, result: TurnResult) -> Exchange:
-        """Record a finished turn."""
-        exchange = Exchange(prompt, result.answer, result)
+    def add(self, prompt: str, result: TurnResult, record: TurnRecord) -> Exchange:
+        """Record a finished turn, with its record (recorder.Recording.record, or the log's)."""
+        exchange = Exchange(prompt, result.answer, result, record)
         self._exchanges.append(exchange)
         return exchange
 
@@ -113,25 +111,24 @@ class Conversation:
 
     # ------------------------------------------------------------------ transcripts
 
-    def to_markdown(self, meta: dict[str, Any] | None = None) -> str:
-        """A readable transcript (transcript.markdown)."""
-        return transcript.markdown(self, meta)
+    def transcript(self, fmt: str) -> str:
+        """The transcript, "md" or "json": what `moa logs export` writes for this conversation
+        (transcript.document). Its turns have their numbers once the log's writer has written
+        them (`store.flush_all()` first); a turn without is "not logged"."""
+        return transcript.document(transcript.chat_conversation([e.record for e in self._exchanges]), fmt)
 
-    def to_json(self, meta: dict[str, Any] | None = None) -> str:
-        """A machine-readable transcript (transcript.json_text)."""
-        return transcript.json_text(self, meta)
-
-    def save(self, path: Path, meta: dict[str, Any] | None = None, *, overwrite: bool = False) -> Path:
-        """Write a transcript; the format follows the suffix (.md or .json).
+    def save(self, path: Path, *, overwrite: bool = False) -> Path:
+        """Write the transcript; the format follows the suffix (.md or .json).
 
         The file appears whole or not at all: the text goes to a temporary file in the same
         directory, which then takes the file's name. An existing file is left alone unless
-        `overwrite` (FileExistsError). A bad suffix is a ValueError; other failures, OSError.
+        `overwrite` (FileExistsError). A bad suffix, or no turn yet, is a ValueError; other
+        failures, OSError.
         """
         suffix = path.suffix.lower()
         if suffix not in TRANSCRIPT_SUFFIXES:
             raise ValueError("the file name must end in .md or .json")
-        text = self.to_json(meta) if suffix == ".json" else self.to_markdown(meta)
+        text = self.transcript("json" if suffix == ".json" else "md")
         write_new_file(path, text.encode("utf-8"), overwrite=overwrite)
         return path
 

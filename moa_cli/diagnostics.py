@@ -9,11 +9,12 @@ loguru itself stays off the `moa --help` and `moa --version` path (it costs ~50 
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TYPE_CHECKING
 
 from loguru import logger
+
+from moa_cli.terminal import colour_off
 
 if TYPE_CHECKING:
     from loguru import Record
@@ -41,7 +42,7 @@ def configure(level: str = "WARNING") -> None:
     closed or full stderr costs the logs, never the answer; `catch=True` covers any other.
     """
     logger.remove()
-    colorize = False if os.environ.get("NO_COLOR") else None  # loguru does not read NO_COLOR itself
+    colorize = False if colour_off() else None  # loguru does not read NO_COLOR itself
     verbose = level.upper() in _LEVELS
     logger.add(
         sys.stderr,

@@ -213,7 +213,7 @@ class Total:
 
 
 def total(costs: Sequence[float | None]) -> Total:
-    priced = sum(c for c in costs if c is not None)
+    priced = sum((c for c in costs if c is not None), 0.0)
     return Total(priced, sum(1 for c in costs if c is None), len(costs))
 
 
@@ -344,10 +344,37 @@ def _openrouter_target(settings: Any) -> tuple[str, str | None] | None:
     return base + "/models", key
 
 
+#: A catalogue past this is refused, not read further: OpenRouter's, among the largest, is about
+#: 1.5 MB. An error body is cut at providers.bounded's ERROR_BODY_LIMIT, as the SDKs' are.
+CATALOGUE_BODY_LIMIT = 8 * 2**20
+
+
+async def _cap_body(response: Any) -> None:
+    """httpx response hook: providers.bounded's cap, before the body is read."""
+    from moa_cli.providers.bounded import ERROR_BODY_LIMIT, cap
+
+    if response.status_code >= 400:
+        cap(response, ERROR_BODY_LIMIT)
+    else:
+        cap(response, CATALOGUE_BODY_LIMIT, refuse=True)
+
+
 def refresh(settings: Any, store: Store, *, transport: Any = None, timeout: float = 15.0) -> list[Refreshed]:
-    """Fetch Together's and OpenRouter's catalogues into the log database (`moa models --refresh-prices`)."""
+    """Fetch Together's and OpenRouter's catalogues into the log database (`moa models --refresh-prices`).
+
+    Each body is capped (CATALOGUE_BODY_LIMIT): a bigger or endless one is that provider's
+    one-line error, never read whole. The client keeps httpx's own transports (a proxy from
+    the environment applies): the cap is a response hook.
+    """
+    import asyncio
+
+    return asyncio.run(_refresh(settings, store, transport, timeout))
+
+
+async def _refresh(settings: Any, store: Store, transport: Any, timeout: float) -> list[Refreshed]:
     import httpx  # deferred: only this command fetches prices
 
+    from moa_cli.providers.bounded import BodyTooLarge
     from moa_cli.redact import clean_server_text
 
     results: list[Refreshed] = []
@@ -360,14 +387,17 @@ def refresh(settings: Any, store: Store, *, transport: Any = None, timeout: floa
     openrouter = _openrouter_target(settings)
     if openrouter is not None:
         targets.append(("openrouter", openrouter[0], openrouter[1], parse_openrouter))
-    with httpx.Client(transport=transport, timeout=timeout) as client:
+    hooks = {"response": [_cap_body]}
+    async with httpx.AsyncClient(transport=transport, timeout=timeout, event_hooks=hooks) as client:
         for provider, url, key, parse in targets:
             result = Refreshed(provider)
             try:
-                response = client.get(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+                response = await client.get(url, headers={"Authorization": f"Bearer {key}"} if key else {})
                 response.raise_for_status()
                 entries = parse(response.json(), provider=provider)
                 result.count = store.put_prices(entries, provider=provider)
+            except BodyTooLarge as exc:
+                result.error = str(exc)
             except httpx.HTTPStatusError as exc:
                 result.error = f"HTTP {exc.response.status_code} from {provider}"
             except (httpx.HTTPError, ValueError) as exc:

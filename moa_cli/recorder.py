@@ -34,10 +34,12 @@ from moa_cli.providers.registry import split_spec
 from moa_cli.redact import redact, redact_value
 from moa_cli.settings import DEFAULTS, SPECS, Settings, coerce
 from moa_cli.store import (
+    EXCHANGE_KEY,
     CallRecord,
     Store,
     StoreError,
     TurnRecord,
+    answered_turns,
     db_path,
     flush_all,
     logging_off_marker,
@@ -64,11 +66,6 @@ def logging_enabled(settings: Settings) -> bool:
 
 def lineup_of(settings: Settings) -> dict[str, Any]:
     return {"references": list(settings.references), "aggregator": settings.aggregator, "rounds": settings.rounds}
-
-
-#: In a turn's stored settings: which exchange of the conversation it answered (1 = the first).
-#: `/retry` answers the same exchange again; `resume` keeps the later answer, as the REPL did.
-EXCHANGE_KEY = "exchange"
 
 
 def settings_of(settings: Settings) -> dict[str, Any]:
@@ -353,12 +350,13 @@ class Resumed:
         return messages
 
 
-def resume(settings: Settings, ref: str | None = None) -> Resumed:
+def resume(settings: Settings, ref: str | None = None, *, with_calls: bool = False) -> Resumed:
     """The conversation `ref` (an id or a unique prefix; None: the latest) to continue.
 
     It keeps its line-up and sampling settings, and its system prompt, unless flags say
     otherwise: a flag for a setting (or --lineup) wins over what the conversation used.
-    ConfigError (exit 2) when there is nothing to continue.
+    ConfigError (exit 2) when there is nothing to continue. `with_calls`: the turns carry
+    their calls (the REPL's `/save` writes every reference's answer).
     """
     if settings.paths is None:
         raise ConfigError("no log to continue a conversation from")
@@ -371,7 +369,7 @@ def resume(settings: Settings, ref: str | None = None) -> Resumed:
             conversation_id = store.latest_conversation_id() if ref is None else store.resolve_conversation(ref)
             if conversation_id is None:
                 raise ConfigError("no conversation to continue: nothing logged yet")
-            conversation = store.conversation(conversation_id)
+            conversation = store.conversation(conversation_id, with_calls=with_calls)
     except StoreError as exc:
         raise ConfigError(str(exc)) from None
     given = set(settings.overrides)
@@ -386,10 +384,4 @@ def resume(settings: Settings, ref: str | None = None) -> Resumed:
                     continue  # a value this version no longer accepts: keep the current one
     if changes:
         settings = settings.with_changes(**changes)
-    answered: list[TurnRecord] = []
-    for turn in (t for t in conversation.turns if t.status == "ok" and t.answer is not None):
-        exchange = turn.settings.get(EXCHANGE_KEY) if isinstance(turn.settings, dict) else None
-        if isinstance(exchange, int):  # a re-run of an earlier exchange (/retry) replaces it
-            answered = [t for t in answered if (t.settings or {}).get(EXCHANGE_KEY, 0) < exchange]
-        answered.append(turn)
-    return Resumed(conversation_id, settings, answered)
+    return Resumed(conversation_id, settings, answered_turns(conversation.turns))

@@ -22,6 +22,8 @@ FORBIDDEN: dict[str, set[str]] = {
     # Stop sequences, for the server and the local runtime alike: stdlib only.
     "stops.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp", "sqlite3"},
     "signals.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp", "sqlite3"},
+    # Whether colour is off (NO_COLOR): asked by the logger and the REPL before rich loads, so stdlib only.
+    "terminal.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp", "sqlite3"},
     "config.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "llama_cpp"},
     # Fitting prompts to context windows: stdlib and moa's value types only (the engine's helper).
     "fitting.py": {"rich", "prompt_toolkit", "typer", "together", "openai", "httpx", "loguru", "llama_cpp", "sqlite3"},
@@ -258,6 +260,17 @@ def test_moas_environment_variables_are_read_in_one_place() -> None:
     settings. The terminal's own conventions (NO_COLOR, TERM) are read where output is drawn."""
     readers = {p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py") if env_reads(p) - {"NO_COLOR", "TERM"}}
     assert readers <= {"config.py"}
+
+
+def test_no_color_is_read_in_one_place() -> None:
+    """terminal.colour_off reads NO_COLOR; the logger, the REPL and the rich consoles ask it
+    (rich and prompt_toolkit are told, rather than left to read the variable themselves)."""
+    readers = {p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py") if "NO_COLOR" in env_reads(p)}
+    assert readers == {"terminal.py"}
+    askers = {
+        p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py") if "moa_cli.terminal.colour_off" in moa_imports(p)
+    }
+    assert {"diagnostics.py", "render/console.py", "repl/loop.py", "repl/session.py"} <= askers
 
 
 def test_no_module_imports_another_modules_private_name() -> None:

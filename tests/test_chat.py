@@ -30,6 +30,7 @@ from moa_cli.repl import slash
 from moa_cli.repl.loop import Repl
 from moa_cli.repl.session import make_session
 from moa_cli.repl.slash import ChatState
+from moa_cli.store import TurnRecord
 from moa_cli.types import TurnResult, Usage
 from tests.conftest import ROOT
 from tests.fakes.llm_server import FakeLLMServer, Reply
@@ -327,8 +328,8 @@ def test_save_markdown_and_json(server: FakeLLMServer, tmp_path: Path, monkeypat
     assert "**You:**\n\nq\n\n**moa:**\n\n**Bold** answer." in md
     data = json.loads((tmp_path / "t.json").read_text())
     assert data["messages"] == [user("q"), assistant("**Bold** answer.")]
-    assert data["turns"][0]["proposals"][0]["text"] == "Answer from ref-a."
-    assert data["aggregator"] == AGG
+    assert data["turns"][0]["calls"][0]["text"] == "Answer from ref-a."
+    assert data["lineup"]["aggregator"] == AGG
     assert "must end in .md or .json" in run.err
     saved = list((run.repl.state.settings.paths.conversations_dir).glob("*.md"))  # type: ignore[union-attr]
     assert len(saved) == 1
@@ -337,9 +338,9 @@ def test_save_markdown_and_json(server: FakeLLMServer, tmp_path: Path, monkeypat
 def test_conversation_snapshot_restore_and_messages() -> None:
     conversation = Conversation("sys")
     result = TurnResult("a1", AGG, usage=Usage(1, 1, 2))
-    conversation.add("q1", result)
+    conversation.add("q1", result, TurnRecord("c", "q1", "ok", 0.0, answer="a1"))
     snapshot = conversation.snapshot()
-    conversation.add("q2", TurnResult("a2", AGG))
+    conversation.add("q2", TurnResult("a2", AGG), TurnRecord("c", "q2", "ok", 0.0, answer="a2"))
     conversation.system = None
     conversation.restore(snapshot)
     assert conversation.messages_for("q3") == [

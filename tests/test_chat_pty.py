@@ -6,16 +6,18 @@ not reading (between two prompts) would be lost.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
 from collections.abc import Callable
 from io import StringIO
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_moa
 from tests.fakes.llm_server import FakeLLMServer, Reply
 
 pexpect = pytest.importorskip("pexpect")
@@ -171,3 +173,45 @@ def test_sigterm_or_sighup_at_the_prompt_ends_the_session(
     screen = ANSI.sub("", log.getvalue())
     assert child.exitstatus == code or child.signalstatus == signum, screen
     assert "Traceback" not in screen and "Press ENTER" not in screen and "(Ctrl-D or /exit quits)" not in screen
+
+
+@pytest.mark.pty
+def test_save_writes_what_logs_export_writes_for_the_same_conversation(
+    moa_env: dict[str, str], llm_server: FakeLLMServer, moa_home: Path, tmp_path: Path
+) -> None:
+    """Two turns in the REPL, `/save` as Markdown and JSON, then `moa logs export` of that
+    conversation: the same Markdown, byte for byte; the same JSON but for what only the log
+    knows, null in the REPL's (when the log last changed, the calls' row numbers)."""
+    (moa_home / "config.toml").write_text('[pricing."agg"]\ninput = 1.0\noutput = 2.0\n')  # the rest unpriced
+    llm_server.script("agg", Reply(text="# Paris\n\nThe **capital**."), Reply(text="About 2.1 million."))
+    child, log = spawn_chat(moa_env, *LINEUP, "-s", "Be brief.")
+    for prompt in ("Capital of France?", "And its population?"):
+        child.sendline(prompt)
+        child.expect(r"\d+ tokens · 3 calls")  # the footer
+        child.expect(PROMPT)
+    for name in ("t.md", "t.json"):
+        child.sendline(f"/save {tmp_path / name}")
+        child.expect(f"saved 2 turns to .*{name}")
+        child.expect(PROMPT)
+    ctrl_d_exits_cleanly(child, log)
+
+    saved_md, saved = (tmp_path / "t.md").read_text(), json.loads((tmp_path / "t.json").read_text())
+    exported_md = run_moa(["logs", "export", saved["id"]], moa_env).stdout
+    exported = json.loads(run_moa(["logs", "export", saved["id"], "--format", "json"], moa_env).stdout)
+    assert saved_md == exported_md
+    assert (
+        "## Turn 2 · " in saved_md and "**ref-b** (" in saved_md and "at least $" in saved_md
+    )  # numbers, proposals, cost
+    assert "(not logged)" not in saved_md and "$0 " not in saved_md
+    assert saved["updated_at"] is None and isinstance(exported["updated_at"], float)
+    calls = [call for turn in saved["turns"] for call in turn["calls"]]
+    assert len(calls) == 6 and {call["id"] for call in calls} == {None}
+    for data in (saved, exported):
+        data["updated_at"] = None
+        for turn in data["turns"]:
+            for call in turn["calls"]:
+                call["id"] = None
+    assert saved == exported
+    assert [m["content"] for m in saved["messages"]] == [
+        "Be brief.", "Capital of France?", "# Paris\n\nThe **capital**.", "And its population?", "About 2.1 million."
+    ]  # fmt: skip

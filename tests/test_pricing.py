@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +27,7 @@ from moa_cli.pricing import (
     worst_case,
 )
 from moa_cli.store import CallRecord, CatalogueEntry, Store
+from tests.fakes.llm_server import FakeLLMServer, Reply
 
 TOGETHER = {
     "data": [
@@ -204,3 +207,48 @@ def test_a_provider_reported_cost_is_used_for_the_turn(tmp_path: Path, monkeypat
         calls = {c.spec: c for c in store.turn().calls}
     assert (calls["a"].price_source, calls["b"].price_source, calls["j"].price_source) == ("config", "provider", None)
     assert calls["b"].cost_usd == 0.5 and calls["j"].cost_usd is None
+
+
+# ---------------------------------------------------------------------------- a catalogue too big to read
+
+
+def test_an_endless_or_huge_catalogue_is_refused_with_one_line(
+    cli: Any, llm_server: FakeLLMServer, moa_home: Path
+) -> None:
+    """`moa models --refresh-prices` against a server whose model list never ends (at Together's
+    URL and OpenRouter's): each is one warning line, read no further than the cap, and the
+    command ends (without the cap it reads until memory runs out)."""
+    (moa_home / "config.toml").write_text(f'[providers.openrouter]\nbase_url = "{llm_server.openai_base_url}"\n')
+    piece = b'{"id": "m", "pricing": {"input": 1, "output": 1}}, ' * 1000  # about 50 KB
+    llm_server.models_reply = Reply(raw=itertools.repeat(piece), raw_content_type="application/json")
+    ran = cli(["models", "--refresh-prices", "--json"], timeout=30)
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["refreshed"] == [
+        {"provider": provider, "prices": 0, "error": "the response is larger than 8 MiB (read no further)",
+         "skipped": None}
+        for provider in ("together", "openrouter")
+    ]  # fmt: skip
+    assert ran.stderr.splitlines() == [
+        "moa: warning: could not fetch together prices: the response is larger than 8 MiB (read no further)",
+        "moa: warning: could not fetch openrouter prices: the response is larger than 8 MiB (read no further)",
+    ]
+
+
+def test_a_catalogue_of_exactly_the_cap_is_read_and_an_error_body_is_cut(
+    moa_env: dict[str, str], llm_server: FakeLLMServer, moa_home: Path
+) -> None:
+    from moa_cli.pricing import CATALOGUE_BODY_LIMIT
+
+    (moa_home / "config.toml").write_text(f'[providers.openrouter]\nbase_url = "{llm_server.openai_base_url}"\n')
+    body = json.dumps(TOGETHER).encode()
+    padded = body[:-1] + b" " * (CATALOGUE_BODY_LIMIT - len(body)) + b"}"  # exactly the cap
+    llm_server.models_reply = Reply(raw=[padded[i : i + 65536] for i in range(0, len(padded), 65536)],
+                                    raw_content_type="application/json")  # fmt: skip
+    settings = load_settings()
+    with Store(moa_home / "logs.db") as store:
+        results = refresh(settings, store)
+        assert [(r.provider, r.count, r.error) for r in results] == [("together", 2, None), ("openrouter", 0, None)]
+        llm_server.models_reply = Reply(status=503, raw=itertools.repeat(b"x" * 65536), raw_content_type="text/plain")
+        again = refresh(settings, store)
+        assert [r.error for r in again] == ["HTTP 503 from together", "HTTP 503 from openrouter"]
+        assert len(store.prices()) == 2  # a failed refresh keeps the old catalogue

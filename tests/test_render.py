@@ -460,3 +460,37 @@ def test_warnings_wrap_at_words_on_a_terminal_and_stay_one_line_in_a_file() -> N
     piped = Console(file=StringIO(), width=40, color_system=None)  # not a terminal
     TurnView(piped, plain_console(), progress=False).handle(TurnWarning(message))
     assert piped.file.getvalue() == f"moa: warning: {message}\n"  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------- NO_COLOR
+
+
+class _Tty(StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("value", "off"), [("1", True), ("", False)])
+def test_no_color_is_one_answer_for_every_writer(monkeypatch: pytest.MonkeyPatch, value: str, off: bool) -> None:
+    """An empty NO_COLOR leaves colour on (no-color.org); set, the rich consoles, the REPL's
+    prompt and its first dim line all turn colour off (the logger: test_architecture)."""
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import ColorDepth, DummyOutput
+
+    from moa_cli.render import make_console
+    from moa_cli.repl.loop import write_dim
+    from moa_cli.repl.session import make_session
+    from moa_cli.terminal import colour_off
+
+    monkeypatch.setenv("NO_COLOR", value)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    assert colour_off() is off
+    console = make_console(file=_Tty(), force_terminal=True, color_system="truecolor")
+    console.print("red", style="red")
+    assert ("\x1b[31m" in console.file.getvalue()) is not off  # type: ignore[attr-defined]
+    stream = _Tty()
+    write_dim(stream, "banner")
+    assert (stream.getvalue() == "banner\n") is off
+    with create_pipe_input() as pipe:
+        session = make_session(None, input=pipe, output=DummyOutput())
+        assert (session.color_depth == ColorDepth.DEPTH_1_BIT) is off

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from datetime import datetime
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prompt_toolkit.input import create_pipe_input
@@ -19,6 +21,7 @@ from moa_cli.repl import slash
 from moa_cli.repl.loop import Repl
 from moa_cli.repl.session import make_session
 from moa_cli.repl.slash import ChatState
+from moa_cli.store import TurnRecord
 from moa_cli.types import TurnResult
 from tests.fakes.llm_server import FakeLLMServer, Reply
 
@@ -140,7 +143,7 @@ def test_a_failed_write_leaves_the_old_file_whole(tmp_path: Path, monkeypatch: p
 
     monkeypatch.setattr("moa_cli.files.os.replace", broken_replace)
     conversation = Conversation()
-    conversation.add("q", TurnResult("a", AGG))
+    conversation.add("q", TurnResult("a", AGG), TurnRecord("c1", "q", "ok", 0.0, answer="a"))
     with pytest.raises(OSError, match="No space left"):
         conversation.save(path, overwrite=True)
     assert path.read_text() == "old"
@@ -153,17 +156,28 @@ def test_split_force() -> None:
     assert slash.split_force(" t.md ") == ("t.md", False)
 
 
-def test_save_and_logs_export_write_the_conversation_in_the_same_blocks() -> None:
-    """`/save` (the REPL's conversation) and `moa logs export` (the logged one) go through
-    transcript.py: the system prompt and each exchange read the same in both."""
-    from moa_cli import transcript
-    from moa_cli.store import ConversationRecord, TurnRecord
-
-    conversation = Conversation("Be brief.")
-    conversation.add("What is 2+2?\n", TurnResult("4 ", AGG))
-    turn = TurnRecord("c1", "What is 2+2?\n", "ok", 0.0, system="Be brief.", answer="4 ", seq=1, id=1)
-    logged = ConversationRecord("c1", "What is 2+2?", "chat", 0.0, 0.0, {"references": ["a"], "aggregator": AGG})
-    logged.turns.append(turn)
-    saved, exported = conversation.to_markdown(), transcript.conversation_markdown(logged)
-    for block in (transcript.system_lines("Be brief."), transcript.exchange_lines("What is 2+2?", "4")):
-        assert "\n".join(block) in saved and "\n".join(block) in exported
+def test_an_unlogged_conversation_says_so_and_invents_nothing(
+    cli: Any, llm_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    """With the log off, `/save` writes the document `moa logs export` would, with what only the
+    log knows shown as unknown: no turn number, no cost of $0 (the fake's models have no price)."""
+    script = f"Why?\n/save {tmp_path / 't.md'}\n/save {tmp_path / 't.json'}\n"
+    ran = cli(["chat", "--no-log", "-r", "ref-a", "-a", AGG, "-s", "Be brief."], input=script)
+    assert ran.returncode == 0, ran.stderr
+    md = (tmp_path / "t.md").read_text()
+    assert md.splitlines()[:7] == [
+        "# Why?",
+        "",
+        f"- conversation: {json.loads((tmp_path / 't.json').read_text())['id']} (not logged)",
+        "- source: chat",
+        md.splitlines()[4],  # started: the time
+        f"- line-up: ref-a → {AGG}",
+        "- cost: unknown",
+    ]
+    assert "## Turn (not logged) · " in md and " · ok · cost unknown" in md and "$0" not in md
+    assert "**System:**\n\nBe brief." in md and "**ref-a** (" in md and "unpriced" in md
+    data = json.loads((tmp_path / "t.json").read_text())
+    turn = data["turns"][0]
+    assert (data["updated_at"], turn["id"], turn["seq"], turn["cost_usd"]) == (None, None, None, None)
+    assert turn["unpriced_calls"] == 2 and data["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert not (Path(os.environ["MOA_HOME"]) / "logs.db").exists()

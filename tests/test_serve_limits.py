@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -97,7 +98,7 @@ def test_allowed_hosts_from_the_environment(serve, moa_env, llm_server: FakeLLMS
 
 def test_half_sent_requests_are_cut_and_the_server_recovers(serve, llm_server: FakeLLMServer) -> None:
     """More half-sent requests than --max-connections: /health is refused while they hold the
-    slots (uvicorn's 503), every one is closed at the header deadline, then /health answers;
+    slots (503), every one is closed at the header deadline, then /health answers;
     the log has a few throttled lines for it, no traceback."""
     served = serve("--max-connections", "20", "--header-timeout", "1")
     held = []
@@ -124,6 +125,46 @@ def test_over_max_connections_gets_503_and_one_line(serve, llm_server: FakeLLMSe
         sock.close()
     assert wait_for(lambda: httpx.get(f"http://127.0.0.1:{served.port}/health").status_code == 200)
     assert wait_for(lambda: any("--max-connections" in line for line in served.lines)), served.log
+
+
+def test_past_max_connections_the_refusal_is_an_openai_error_with_retry_after(serve, llm_server: FakeLLMServer) -> None:
+    """Past --max-connections the official client gets an OpenAI-shaped 503 with Retry-After (not
+    uvicorn's plain-text one), the connection closes, and the log has one line for the refusal;
+    a flood of them after it adds at most one line a second."""
+    served = serve("--max-connections", "4", "--header-timeout", "30")
+    held = [socket.create_connection(("127.0.0.1", served.port)) for _ in range(4)]
+    client = openai.OpenAI(base_url=served.base_url, api_key="unused", max_retries=0, timeout=20)
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model="moa", messages=HI)  # type: ignore[arg-type]
+    refused = caught.value.response
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+    assert refused.headers["content-type"] == "application/json" and refused.headers["connection"] == "close"
+    assert refused.json() == {
+        "error": {
+            "message": "the server is at its limit of 4 open connections and requests in flight; retry later",
+            "type": "server_unavailable",
+            "param": None,
+            "code": "too_many_connections",
+        }
+    }
+
+    def lines() -> list[str]:
+        return [line for line in served.lines if "past --max-connections" in line]
+
+    assert wait_for(lambda: len(lines()) == 1), served.log
+    assert lines() == ["moa serve: refused: 503 for a request past --max-connections (4 connections and requests)\n"]
+    started = time.monotonic()
+    flood = [httpx.get(f"http://127.0.0.1:{served.port}/health", timeout=10) for _ in range(50)]
+    seconds = time.monotonic() - started
+    assert {r.status_code for r in flood} == {503} and {r.json()["error"]["code"] for r in flood} == {
+        "too_many_connections"
+    }
+    assert 1 <= len(lines()) <= 2 + seconds  # throttled: at most one line a second, with the count of the rest
+    assert "Exceeded concurrency limit" not in served.log
+    for sock in held:
+        sock.close()
+    assert wait_for(lambda: httpx.get(f"http://127.0.0.1:{served.port}/health").status_code == 200)
+    assert llm_server.requests == []  # not one upstream call for a refused request
 
 
 def test_a_body_sent_too_slowly_gets_408_and_the_connection_is_closed(serve, llm_server: FakeLLMServer) -> None:

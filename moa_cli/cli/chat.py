@@ -48,7 +48,7 @@ def chat(
             from moa_cli.providers.registry import check_lineup
             from moa_cli.recorder import resume as resume_conversation
 
-            resumed = resume_conversation(settings, cid)
+            resumed = resume_conversation(settings, cid, with_calls=True)  # /save writes their proposals
             settings = resumed.settings
             check_lineup(settings)
         if is_interactive():

@@ -26,7 +26,16 @@ import typer
 
 from moa_cli.cli.errors import handle_errors
 from moa_cli.errors import ConfigError
-from moa_cli.transcript import conversation_json, conversation_markdown, cost_line, turn_json, turn_markdown, when
+from moa_cli.transcript import (
+    FORMATS,
+    conversation_json,
+    conversation_markdown,
+    cost_line,
+    document,
+    turn_json,
+    turn_markdown,
+    when,
+)
 
 if TYPE_CHECKING:
     from moa_cli.store import Store
@@ -223,17 +232,24 @@ def export(
     ] = "md",
     json_output: Json = False,
 ) -> None:
-    """Everything about a turn or a conversation, as Markdown or JSON, on stdout."""
+    """Everything about a turn or a conversation, as Markdown or JSON, on stdout.
+
+    A conversation is the document the REPL's `/save` writes for it (transcript.document)."""
     if json_output:
         fmt = "json"
     with handle_errors(json_mode=json_output):
-        if fmt not in ("md", "json"):
+        if fmt not in FORMATS:
             raise ConfigError(f"invalid --format {fmt!r}: md or json")
-        data, text = _rendered(ref, proposals=True)
+        with open_log() as store:
+            kind, key = _resolve(store, ref)
+            if kind == "conversation":
+                sys.stdout.write(document(store.conversation(key, with_calls=True), fmt))
+                return
+            turn = store.turn(key)
         if fmt == "json":
-            sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+            sys.stdout.write(json.dumps(turn_json(turn), ensure_ascii=False, indent=2) + "\n")
         else:
-            sys.stdout.write(text.rstrip("\n") + "\n")
+            sys.stdout.write(turn_markdown(turn, proposals=True, heading="#").rstrip("\n") + "\n")
 
 
 # ---------------------------------------------------------------------------- deleting, backup

@@ -11,6 +11,10 @@ A body past its cap is cut there (the connection is then closed, not reused): an
 message is cut to a line anyway, and a cut JSON body fails to parse, as `bad_response`.
 Requests sent through a proxy from the environment (HTTPS_PROXY) use httpx's proxy
 transport and are not capped.
+
+`cap(response, limit)` is the same cap for one response, as an httpx response hook does it
+(before the body is read): `refuse=True` raises `BodyTooLarge` instead of cutting, for a
+caller that must not take a cut body for a whole one (`moa models --refresh-prices`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,14 @@ ERROR_BODY_LIMIT = 64 * 1024
 JSON_BODY_LIMIT = 16 * 1024 * 1024
 
 
+class BodyTooLarge(Exception):
+    """A body longer than its cap, with `refuse`: what was read is dropped, the rest never read."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the response is larger than {limit / 2**20:g} MiB (read no further)")
+        self.limit = limit
+
+
 def body_limit(status: int, content_type: str) -> int | None:
     """The cap for a response, or None for an event stream (chat_api's budget bounds it)."""
     if status >= 400:
@@ -42,19 +54,24 @@ def _classes(lib: ModuleType) -> tuple[type, type]:
     """The capped stream and transport classes for `lib` (httpx or httpx2), made once each."""
 
     class CappedStream(lib.AsyncByteStream):  # type: ignore[misc,name-defined]
-        def __init__(self, inner: Any, limit: int) -> None:
+        def __init__(self, inner: Any, limit: int, refuse: bool = False) -> None:
             self._inner = inner
             self._limit = limit
+            self._refuse = refuse
 
         async def __aiter__(self) -> AsyncIterator[bytes]:
             left = self._limit
             async for chunk in self._inner:
-                if len(chunk) >= left:
+                if len(chunk) > left:
+                    if self._refuse:
+                        raise BodyTooLarge(self._limit)
                     if left:
                         yield chunk[:left]
                     return  # the rest is never read: aclose() drops the connection
                 left -= len(chunk)
                 yield chunk
+                if not left and not self._refuse:
+                    return  # cut at the cap, exactly: as above
 
         async def aclose(self) -> None:
             await self._inner.aclose()
@@ -81,6 +98,14 @@ def _classes(lib: ModuleType) -> tuple[type, type]:
             await self._inner.aclose()
 
     return CappedStream, CappedTransport
+
+
+def cap(response: Any, limit: int, *, refuse: bool = False) -> None:
+    """Cap `response`'s body at `limit` bytes, in place, before it is read (from an httpx or
+    httpx2 response hook): cut there as the transport cuts, or with `refuse` raise
+    BodyTooLarge from the read once the body is longer."""
+    lib = importlib.import_module(type(response).__module__.partition(".")[0])
+    response.stream = _classes(lib)[0](response.stream, limit, refuse)
 
 
 #: Connections per provider client. The together SDK's default (100, 20 kept alive) makes a

@@ -31,6 +31,7 @@ from moa_cli.providers.registry import ProviderPool
 from moa_cli.repl import slash
 from moa_cli.repl.session import make_session
 from moa_cli.repl.slash import ChatState, Next, error, note
+from moa_cli.terminal import colour_off
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -74,11 +75,7 @@ def banner(settings: Settings) -> str:
 
 def write_dim(stream: TextIO, text: str) -> None:
     """One dim line without loading rich (it loads while the user types), same rules as rich."""
-    plain = (
-        not stream.isatty()
-        or bool(os.environ.get("NO_COLOR"))
-        or os.environ.get("TERM", "").lower() in ("dumb", "unknown")
-    )
+    plain = not stream.isatty() or colour_off() or os.environ.get("TERM", "").lower() in ("dumb", "unknown")
     stream.write(f"{text}\n" if plain else f"\x1b[2m{text}\x1b[0m\n")
     stream.flush()
 
@@ -256,7 +253,9 @@ class Repl:
             self._failed(failure)
             return None
         result = task.result()
-        state.conversation.add(prompt, result)
+        recording = moa.last_recording  # this turn's: what the log holds (or would, with the log off)
+        assert recording is not None and recording.record is not None
+        state.conversation.add(prompt, result, recording.record)
         state.last_failed = False
         if self.line_mode:
             self._print_answer(result.answer)

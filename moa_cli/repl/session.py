@@ -22,9 +22,10 @@ from prompt_toolkit.enums import EditingMode
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
-from prompt_toolkit.output import Output
+from prompt_toolkit.output import ColorDepth, Output
 
 from moa_cli.repl import slash
+from moa_cli.terminal import colour_off
 
 PROMPT = ">>> "
 CONTINUATION = "... "
@@ -141,4 +142,5 @@ def make_session(
         enable_suspend=True,
         input=input,
         output=output,
+        color_depth=ColorDepth.DEPTH_1_BIT if colour_off() else None,  # NO_COLOR, as every other writer reads it
     )

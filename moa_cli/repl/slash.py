@@ -74,7 +74,8 @@ class ChatState:
         if resumed is not None:
             state.conversation_id = resumed.conversation_id
             for turn in resumed.turns:
-                state.conversation.add(turn.prompt, TurnResult(turn.answer or "", turn.lineup.get("aggregator", "")))
+                result = TurnResult(turn.answer or "", turn.lineup.get("aggregator", ""))
+                state.conversation.add(turn.prompt, result, turn)
         return state
 
 
@@ -239,7 +240,7 @@ def _proposals(state: ChatState, arg: str, console: Console) -> Next:
         # Showing the turn before would pass it off as this one's.
         note(console, "the last turn failed or was cancelled: it has no proposals (/retry runs it again)")
         return Next.CONTINUE
-    if last is None or last.result is None:
+    if last is None:
         note(console, "no answered turn yet")
         return Next.CONTINUE
     from rich.console import Group
@@ -272,10 +273,6 @@ def _retry(state: ChatState, arg: str, console: Console) -> Next:
         note(console, "nothing to retry yet")
         return Next.CONTINUE
     return Next.RETRY
-
-
-def transcript_meta(settings: Settings) -> dict[str, Any]:
-    return {"references": list(settings.references), "aggregator": settings.aggregator, "rounds": settings.rounds}
 
 
 def transcript_candidates(settings: Settings) -> Iterator[Path]:
@@ -311,15 +308,18 @@ def split_force(arg: str) -> tuple[str, bool]:
 
 
 def _save(state: ChatState, arg: str, console: Console) -> Next:
+    """The transcript `moa logs export` writes for this conversation (Conversation.save)."""
     if not len(state.conversation):
         note(console, "nothing to save yet")
         return Next.CONTINUE
-    meta = transcript_meta(state.settings)
+    from moa_cli.store import flush_all
+
+    flush_all()  # the turns on their way to the log get their numbers first
     name, force = split_force(arg)
     if name:
         path = Path(name).expanduser()
         try:
-            saved = state.conversation.save(path, meta, overwrite=force)
+            saved = state.conversation.save(path, overwrite=force)
         except FileExistsError:
             return save_failed(console, path, f"the file exists (/save {name} {FORCE} replaces it)")
         except ValueError as exc:
@@ -337,7 +337,7 @@ def _save(state: ChatState, arg: str, console: Console) -> Next:
             path.parent.mkdir(parents=True, exist_ok=True)
             while True:
                 try:
-                    saved = state.conversation.save(path, meta)
+                    saved = state.conversation.save(path)
                     break
                 except FileExistsError:  # saved earlier within the same second
                     path = next(candidates)
@@ -411,7 +411,7 @@ def _usage(state: ChatState, arg: str, console: Console) -> Next:
 
     turns = _logged_turns(state, with_calls=True)
     if turns is None:  # no log: what this session holds
-        results = [e.result for e in state.conversation.exchanges if e.result is not None]
+        results = [e.result for e in state.conversation.exchanges]
         if not results:
             note(console, "no answered turn yet")
             return Next.CONTINUE

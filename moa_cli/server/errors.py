@@ -14,6 +14,8 @@
                                  calls their check (invalid_tool_call), after one repair round
     503  upstream_error          a transient upstream failure (429, 5xx, timeouts)   Retry-After
     503  server_unavailable      the server is draining                              Retry-After
+    503  server_unavailable      past --max-connections (code too_many_connections,  Retry-After
+                                 answered by connections.py, the connection closed)
     504  timeout_error           the turn outlived --turn-timeout                    x-should-retry: false
 
 After a stream has started the same body goes out as one `data:` event, then the stream
@@ -80,6 +82,17 @@ def draining() -> ApiError:
         type="server_unavailable",
         code="shutting_down",
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def too_many_connections(limit: int) -> ApiError:
+    """Past --max-connections: uvicorn's limit_concurrency, answered in this shape (connections.py)."""
+    return ApiError(
+        503,
+        f"the server is at its limit of {limit} open connections and requests in flight; retry later",
+        type="server_unavailable",
+        code="too_many_connections",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Connection": "close"},
     )
 
 

@@ -13,6 +13,7 @@ from moa_cli.store.db import Store
 from moa_cli.store.records import (
     BUSY_TIMEOUT_MS,
     DB_NAME,
+    EXCHANGE_KEY,
     OFF_MARKER,
     RANK_WINDOW,
     STATUSES,
@@ -23,6 +24,7 @@ from moa_cli.store.records import (
     CostLine,
     StoreError,
     TurnRecord,
+    answered_turns,
     db_path,
     fts_query,
     logging_off_marker,
@@ -35,6 +37,7 @@ from moa_cli.store.writer import TurnWriter, flush_all, open_store, writer_for
 __all__ = [
     "BUSY_TIMEOUT_MS",
     "DB_NAME",
+    "EXCHANGE_KEY",
     "MIGRATIONS",
     "OFF_MARKER",
     "RANK_WINDOW",
@@ -49,6 +52,7 @@ __all__ = [
     "StoreError",
     "TurnRecord",
     "TurnWriter",
+    "answered_turns",
     "db_path",
     "flush_all",
     "fts_query",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ class ConversationRecord:
     title: str
     source: str
     created_at: float
-    updated_at: float
+    updated_at: float | None  # None: not known (the REPL's conversation, transcript.chat_conversation)
     lineup: dict[str, Any]
     turns: list[TurnRecord] = field(default_factory=list)
 
@@ -130,6 +131,23 @@ class CostLine:
     @property
     def cost_usd(self) -> float | None:
         return None if self.unpriced_calls else self.priced_usd
+
+
+#: In a turn's stored settings: which exchange of the conversation it answered (1 = the first),
+#: set when the history was sent (multi-turn). `/retry` answers the same exchange again.
+EXCHANGE_KEY = "exchange"
+
+
+def answered_turns(turns: Sequence[TurnRecord]) -> list[TurnRecord]:
+    """The turns a conversation kept, in order: the answered ones, a later answer to the same
+    exchange (`/retry`) in place of the earlier. What `-c` continues and a transcript's messages."""
+    answered: list[TurnRecord] = []
+    for turn in (t for t in turns if t.status == "ok" and t.answer is not None):
+        exchange = turn.settings.get(EXCHANGE_KEY) if isinstance(turn.settings, dict) else None
+        if isinstance(exchange, int):  # a re-run of an earlier exchange (/retry) replaces it
+            answered = [t for t in answered if (t.settings or {}).get(EXCHANGE_KEY, 0) < exchange]
+        answered.append(turn)
+    return answered
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

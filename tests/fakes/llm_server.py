@@ -49,7 +49,10 @@ Faults of a stream that the SDKs do not see, only moa's reading of it:
 * ``Reply(endless=True)`` -> the text's pieces repeated forever (``token_delay`` apart).
 * ``Reply(status=..., html=True)`` -> the error body is an HTML page (``text/html``).
 * ``Reply(raw=[b"...", ...], raw_content_type=...)`` -> a body of those bytes (status 200 unless given),
-  each sent as it is (``token_delay`` apart): SSE split oddly, HTML, JSON, nothing.
+  each sent as it is (``token_delay`` apart): SSE split oddly, HTML, JSON, nothing. Any iterable
+  will do: ``itertools.repeat(b"...")`` is a body that never ends (until the client goes away).
+* ``server.models_reply = Reply(raw=...)`` -> ``GET /v1/models`` answers with that body instead of
+  the list (a huge or endless catalogue); ``reset()`` puts the list back.
 * ``Reply(reset_after=n)`` -> after n content chunks the connection is reset (RST).
 * ``Reply(tool_calls=[{"name": "f", "arguments": '{"a": 1}'}])`` -> the reply calls tools
   (with no text unless ``text`` is given): streamed as OpenAI streams them (per call a
@@ -79,7 +82,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -144,7 +147,7 @@ class Reply:
     finish_reason: str = "stop"  # the final chunk's finish_reason
     endless: bool = False  # streaming: repeat the pieces forever
     html: bool = False  # an error status answers with an HTML page
-    raw: Sequence[bytes] | None = None  # a body of these bytes (with `status`), sent as they are, one chunk each
+    raw: Iterable[bytes] | None = None  # a body of these bytes (with `status`), sent as they are, one chunk each
     raw_content_type: str = "text/event-stream"  # the content type of a `raw` body
     reset_after: int | None = None  # streaming: after n content chunks a TCP reset (RST), not a close
     tool_calls: list[dict[str, str]] | None = None  # [{"name": ..., "arguments": ..., "id"?: ...}]
@@ -270,6 +273,7 @@ class FakeLLMServer:
         # (a model named here is listed too); `model_lists` counts the GETs.
         self.model_fields: dict[str, dict[str, Any]] = {}
         self.model_lists = 0
+        self.models_reply: Reply | None = None  # GET /v1/models answers with its `raw` body instead
         self.requests: list[RecordedRequest] = []
         self._queues: dict[str, deque[Reply]] = {}
         self._defaults: dict[str, Reply] = {}
@@ -405,6 +409,7 @@ class FakeLLMServer:
             self.models = []
             self.model_fields = {}
             self.model_lists = 0
+            self.models_reply = None
             self.unknown_models_404 = False
             self.default_reply = Reply()
 
@@ -471,6 +476,10 @@ class FakeLLMServer:
         elif path in ("/v1/models", "/models") and method == "GET":
             with self._lock:
                 self.model_lists += 1
+                reply = self.models_reply
+            if reply is not None:
+                await self._models_raw(scope, receive, send, reply)
+                return
             data = [
                 {
                     "id": m,
@@ -485,6 +494,20 @@ class FakeLLMServer:
             await _send_json(send, 200, {"object": "list", "data": data})
         else:
             await _send_bytes(send, 404, _error_body(404, f"Not found: {method} {path}"))
+
+    async def _models_raw(self, scope: Scope, receive: Receive, send: Send, reply: Reply) -> None:
+        """`models_reply`'s raw body for GET /v1/models; it stops when the client goes away."""
+        record = RecordedRequest("", [], False, {}, {}, scope["path"], received_at=time.monotonic())
+        ex = _Exchange(send, record)
+        watcher = asyncio.create_task(_watch_disconnect(receive, ex))
+        self._inflight.add(ex)
+        if self._stopping:
+            ex.trigger()
+        try:
+            await self._send_raw(ex, reply, [])
+        finally:
+            self._inflight.discard(ex)
+            watcher.cancel()
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         raw = b""
@@ -548,6 +571,22 @@ class FakeLLMServer:
                 if stream:
                     self._active_streams -= 1
 
+    async def _send_raw(self, ex: _Exchange, reply: Reply, extra: list[tuple[bytes, bytes]]) -> None:
+        """A `raw` body, part by part, until it ends or the client goes away."""
+        assert reply.raw is not None
+        ex.record.status = reply.status
+        await ex.start(reply.status, [(b"content-type", reply.raw_content_type.encode("latin-1")), *extra])
+        for n, part in enumerate(reply.raw):
+            if ex.wake.is_set() or (n and reply.token_delay > 0 and await ex.sleep(reply.token_delay)):
+                await ex.abandon()
+                return
+            await ex.body(part)
+            ex.record.raw_parts_sent += 1
+            # uvicorn drops a body for a closed connection without yielding: let the
+            # disconnect watcher run, or the loop "sends" every part into the void.
+            await asyncio.sleep(0)
+        await ex.body(b"", more_body=False)
+
     def _wake_all(self) -> None:
         """(server loop) stop() is running: make every in-flight handler wind down now."""
         for ex in list(self._inflight):
@@ -565,18 +604,7 @@ class FakeLLMServer:
             return
         extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]
         if reply.raw is not None:
-            record.status = reply.status
-            await ex.start(reply.status, [(b"content-type", reply.raw_content_type.encode("latin-1")), *extra])
-            for n, part in enumerate(reply.raw):
-                if ex.wake.is_set() or (n and reply.token_delay > 0 and await ex.sleep(reply.token_delay)):
-                    await ex.abandon()
-                    return
-                await ex.body(part)
-                record.raw_parts_sent += 1
-                # uvicorn drops a body for a closed connection without yielding: let the
-                # disconnect watcher run, or the loop "sends" every part into the void.
-                await asyncio.sleep(0)
-            await ex.body(b"", more_body=False)
+            await self._send_raw(ex, reply, extra)
             return
         if reply.status != 200:
             record.status = reply.status
