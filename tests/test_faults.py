@@ -219,3 +219,22 @@ def test_a_huge_error_body_is_cut_not_read_whole(moa, llm_server: FakeLLMServer,
     llm_server.wait_until_idle(timeout=10)
     sent = llm_server.requests_for("alpha")[0].raw_parts_sent
     assert sent < parts // 4, sent  # what the socket buffers held, not the whole body
+
+
+@pytest.mark.parametrize("provider", ["together", "openai"])
+def test_a_proxy_from_the_environment_is_used(cli, llm_server: FakeLLMServer, moa_env, moa_home, provider: str) -> None:
+    """HTTP_PROXY names the fake server; the upstream's own host does not resolve, so only a
+    request sent through the proxy is answered (moa's own transport must not shut httpx's
+    environment proxies out), and the body caps still hold there."""
+    (moa_home / "config.toml").write_text(
+        '[providers.fakeai]\nkind = "openai"\nbase_url = "http://upstream.invalid/v1"\n'
+    )
+    env = {**moa_env, "TOGETHER_BASE_URL": "http://upstream.invalid", "HTTP_PROXY": llm_server.base_url, "NO_PROXY": ""}
+    prefix = "fakeai:" if provider == "openai" else ""
+    llm_server.script("beta", Reply(status=500, raw=[b"x" * 65536] * 64, raw_content_type="application/json"))
+    proc = cli(["ask", "-r", f"{prefix}alpha,{prefix}beta", "-a", f"{prefix}judge", "--json", "q"], env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["answer"] == "Answer from judge."
+    assert out["proposals"][1]["status"] == 500 and len(out["proposals"][1]["error"]) < 400
+    assert len(llm_server.proxied) == 3 and all(p.startswith("http://upstream.invalid/v1/") for p in llm_server.proxied)

@@ -3,25 +3,25 @@
 The SDKs read an error response's whole body into memory to build its message, and a JSON
 response's whole body to parse it (the model list): a server that answers with a gigabyte
 would grow the process by a gigabyte. Streamed answers are bounded per call by chat_api's
-byte budget; these are bounded here, at the transport, for both SDKs: together's runs on
-httpx, openai's 3.x on httpx2, a fork with the same transport API, so the wrapper is built
-for whichever module the SDK uses.
+byte budget; these are bounded here, by a response hook on the SDK's client (before the body
+is read), for both SDKs: together's runs on httpx, openai's 3.x on httpx2, a fork with the
+same API, so the capped stream is built for whichever module the response comes from. A hook,
+not a transport: it holds for the proxy transports httpx builds from the environment too.
 
 A body past its cap is cut there (the connection is then closed, not reused): an error's
 message is cut to a line anyway, and a cut JSON body fails to parse, as `bad_response`.
-Requests sent through a proxy from the environment (HTTPS_PROXY) use httpx's proxy
-transport and are not capped.
 
-`cap(response, limit)` is the same cap for one response, as an httpx response hook does it
-(before the body is read): `refuse=True` raises `BodyTooLarge` instead of cutting, for a
-caller that must not take a cut body for a whole one (`moa models --refresh-prices`).
+`cap(response, limit)` is the same cap for one response: `refuse=True` raises `BodyTooLarge`
+instead of cutting, for a caller that must not take a cut body for a whole one
+(`moa models --refresh-prices`).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import AsyncIterator
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -50,8 +50,8 @@ def body_limit(status: int, content_type: str) -> int | None:
 
 
 @functools.cache
-def _classes(lib: ModuleType) -> tuple[type, type]:
-    """The capped stream and transport classes for `lib` (httpx or httpx2), made once each."""
+def _capped_stream(lib: ModuleType) -> type:
+    """The capped stream class for `lib` (httpx or httpx2), made once each."""
 
     class CappedStream(lib.AsyncByteStream):  # type: ignore[misc,name-defined]
         def __init__(self, inner: Any, limit: int, refuse: bool = False) -> None:
@@ -76,28 +76,7 @@ def _classes(lib: ModuleType) -> tuple[type, type]:
         async def aclose(self) -> None:
             await self._inner.aclose()
 
-    class CappedTransport(lib.AsyncBaseTransport):  # type: ignore[misc,name-defined]
-        def __init__(self, inner: Any) -> None:
-            self._inner = inner
-
-        async def handle_async_request(self, request: Any) -> Any:
-            response = await self._inner.handle_async_request(request)
-            limit = body_limit(response.status_code, response.headers.get("content-type", ""))
-            if limit is not None:
-                response.stream = CappedStream(response.stream, limit)
-            return response
-
-        async def __aenter__(self) -> Any:
-            await self._inner.__aenter__()
-            return self
-
-        async def __aexit__(self, *exc: Any) -> None:
-            await self._inner.__aexit__(*exc)
-
-        async def aclose(self) -> None:
-            await self._inner.aclose()
-
-    return CappedStream, CappedTransport
+    return CappedStream
 
 
 def cap(response: Any, limit: int, *, refuse: bool = False) -> None:
@@ -105,7 +84,7 @@ def cap(response: Any, limit: int, *, refuse: bool = False) -> None:
     httpx2 response hook): cut there as the transport cuts, or with `refuse` raise
     BodyTooLarge from the read once the body is longer."""
     lib = importlib.import_module(type(response).__module__.partition(".")[0])
-    response.stream = _classes(lib)[0](response.stream, limit, refuse)
+    response.stream = _capped_stream(lib)(response.stream, limit, refuse)
 
 
 #: Connections per provider client. The together SDK's default (100, 20 kept alive) makes a
@@ -114,15 +93,37 @@ def cap(response: Any, limit: int, *, refuse: bool = False) -> None:
 CONNECTION_LIMITS = {"max_connections": 1000, "max_keepalive_connections": 200, "keepalive_expiry": 30.0}
 
 
-def capped_transport(client_class: type) -> Any:
-    """A transport for an SDK's httpx client class (`DefaultAsyncHttpxClient`): its own HTTP
-    library's (httpx or httpx2, found from the class), with moa's connection limits and the
-    body caps above."""
+def environment_proxies() -> bool:
+    """Whether the environment names a proxy (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, either case),
+    read as httpx reads it (urllib's getproxies)."""
+    return any(scheme in ("http", "https", "all") for scheme in urllib.request.getproxies())
+
+
+async def cap_response(response: Any) -> None:
+    """An httpx (or httpx2) response hook: the cap for this response's kind (`body_limit`),
+    set before the body is read."""
+    limit = body_limit(response.status_code, response.headers.get("content-type", ""))
+    if limit is not None:
+        cap(response, limit)
+
+
+def sdk_http_client(client_class: type, hooks: Sequence[Callable[[Any], Awaitable[None]]] = ()) -> Any:
+    """An SDK's httpx client (`DefaultAsyncHttpxClient`, on httpx or httpx2) with moa's connection
+    limits and the body caps above (a response hook, so they hold for every transport).
+
+    With no proxy in the environment the transport is moa's own (the linear pool, for httpx).
+    With one, httpx builds its proxy transports itself, honouring NO_PROXY: a transport given
+    to the client would make it ignore the environment's proxies altogether.
+    """
     base = next(c for c in client_class.__mro__ if c.__name__ == "AsyncClient")
     lib = importlib.import_module(base.__module__.partition(".")[0])
-    inner = lib.AsyncHTTPTransport(limits=lib.Limits(**CONNECTION_LIMITS))
-    if lib.__name__ == "httpx":  # httpcore 1.0's pool is quadratic in connections (pool.py);
-        from moa_cli.providers.pool import linear  # httpx2's httpcore2 already assigns in one pass
+    limits = lib.Limits(**CONNECTION_LIMITS)
+    options: dict[str, Any] = {"limits": limits}
+    if not environment_proxies():
+        transport = lib.AsyncHTTPTransport(limits=limits)
+        if lib.__name__ == "httpx":  # httpcore 1.0's pool is quadratic in connections (pool.py);
+            from moa_cli.providers.pool import linear  # httpx2's httpcore2 already assigns in one pass
 
-        inner = linear(inner)
-    return _classes(lib)[1](inner)
+            transport = linear(transport)
+        options["transport"] = transport
+    return client_class(**options, event_hooks={"response": [cap_response, *hooks]})

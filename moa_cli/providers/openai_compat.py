@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from moa_cli.providers.bounded import capped_transport
+from moa_cli.providers.bounded import sdk_http_client
 from moa_cli.providers.chat_api import ChatAPIProvider, watch_response
 
 
@@ -25,7 +25,5 @@ class OpenAICompatProvider(ChatAPIProvider):
             base_url=self._base_url,
             timeout=self._timeout,
             max_retries=self._retries,
-            http_client=openai.DefaultAsyncHttpxClient(
-                transport=capped_transport(openai.DefaultAsyncHttpxClient), event_hooks={"response": [watch_response]}
-            ),
+            http_client=sdk_http_client(openai.DefaultAsyncHttpxClient, [watch_response]),
         )

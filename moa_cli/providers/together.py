@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
-from moa_cli.providers.bounded import capped_transport
+from moa_cli.providers.bounded import sdk_http_client
 from moa_cli.providers.chat_api import ChatAPIProvider, watch_response
 
 
@@ -95,7 +95,5 @@ class TogetherProvider(ChatAPIProvider):
             base_url=self._base_url,
             timeout=self._timeout,
             max_retries=self._retries,
-            http_client=together.DefaultAsyncHttpxClient(
-                transport=capped_transport(together.DefaultAsyncHttpxClient), event_hooks={"response": [watch_response]}
-            ),
+            http_client=sdk_http_client(together.DefaultAsyncHttpxClient, [watch_response]),
         )

@@ -81,6 +81,7 @@ import socket
 import struct
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
@@ -275,6 +276,9 @@ class FakeLLMServer:
         self.model_lists = 0
         self.models_reply: Reply | None = None  # GET /v1/models answers with its `raw` body instead
         self.requests: list[RecordedRequest] = []
+        # Absolute-form targets ("POST http://host/v1/..."): the server was asked as a forward
+        # proxy (HTTP_PROXY pointing here); it answers them as its own paths.
+        self.proxied: list[str] = []
         self._queues: dict[str, deque[Reply]] = {}
         self._defaults: dict[str, Reply] = {}
         self._lock = threading.Lock()
@@ -406,6 +410,7 @@ class FakeLLMServer:
             self._queues.clear()
             self._defaults.clear()
             self.requests = []
+            self.proxied = []
             self.models = []
             self.model_fields = {}
             self.model_lists = 0
@@ -467,7 +472,12 @@ class FakeLLMServer:
             return
         self._loop = asyncio.get_running_loop()  # for stop(), which runs in another thread
         method: str = scope["method"]
-        path: str = scope["path"].rstrip("/") or "/"
+        path: str = scope["path"]
+        if path.startswith(("http://", "https://")):  # absolute-form: a request sent to a proxy
+            with self._lock:
+                self.proxied.append(path)
+            path = urllib.parse.urlsplit(path).path
+        path = path.rstrip("/") or "/"
         if path in ("/v1/chat/completions", "/chat/completions"):
             if method != "POST":
                 await _send_bytes(send, 405, _error_body(405, "Method not allowed"))
