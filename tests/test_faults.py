@@ -9,7 +9,10 @@ in its 401 body never gets it printed, in any output or log.
 
 from __future__ import annotations
 
+import functools
 import json
+import tracemalloc
+import zlib
 from dataclasses import dataclass
 
 import pytest
@@ -238,3 +241,80 @@ def test_a_proxy_from_the_environment_is_used(cli, llm_server: FakeLLMServer, mo
     assert out["answer"] == "Answer from judge."
     assert out["proposals"][1]["status"] == 500 and len(out["proposals"][1]["error"]) < 400
     assert len(llm_server.proxied) == 3 and all(p.startswith("http://upstream.invalid/v1/") for p in llm_server.proxied)
+
+
+@functools.cache
+def _gzip_bomb(decoded_mib: int = 1024) -> list[bytes]:
+    """A gzip body of `decoded_mib` MiB of zeros (about 1 MiB compressed), in 64 KiB parts."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = bytes(1 << 20)
+    body = b"".join(packer.compress(block) for _ in range(decoded_mib)) + packer.flush()
+    return [body[i : i + 65536] for i in range(0, len(body), 65536)]
+
+
+@pytest.mark.parametrize("provider", ["together", "openai"])
+def test_a_gzip_bomb_is_capped_as_it_decodes(moa, llm_server: FakeLLMServer, moa_home, provider: str) -> None:
+    """A whole reference's JSON answer, gzip: 1 MiB on the wire, 1 GiB decoded. The cap counts
+    decoded bytes, and decoding goes in small pieces: the call fails as bad_response, and the
+    process never holds more than a few times the 16 MiB cap (before: the whole gigabyte)."""
+    (moa_home / "config.toml").write_text(
+        f'[providers.fakeai]\nkind = "openai"\nbase_url = "{llm_server.openai_base_url}"\n'
+    )
+    bomb = Reply(raw=_gzip_bomb(), raw_content_type="application/json", headers={"content-encoding": "gzip"})
+    llm_server.script("alpha", bomb)
+    prefix = "fakeai:" if provider == "openai" else ""
+    tracemalloc.start()
+    try:
+        proc = moa(["ask", "-q", "--json", "-r", f"{prefix}alpha,{prefix}beta", "-a", f"{prefix}judge", "q"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert proc.returncode == 0, proc.stderr
+    alpha = json.loads(proc.stdout)["proposals"][0]
+    assert alpha["error_kind"] == "bad_response", alpha
+    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB"  # before: 162 MiB through together's httpx
+
+
+def test_a_gzip_bomb_of_a_model_list_stops_at_the_cap(moa, llm_server: FakeLLMServer, moa_home) -> None:
+    """`moa models` reads a provider's model list whole: 1 MiB of gzip on the wire, 1 GiB decoded.
+    The 16 MiB cap counts decoded bytes (before, it counted the compressed ones: all of it, a
+    3.3 GB peak for the two providers' lists), and the cut list is one warning line each."""
+    (moa_home / "config.toml").write_text(
+        f'[providers.fakeai]\nkind = "openai"\nbase_url = "{llm_server.openai_base_url}"\n'
+    )
+    llm_server.models_reply = Reply(
+        raw=_gzip_bomb(), raw_content_type="application/json", headers={"content-encoding": "gzip"}
+    )
+    tracemalloc.start()
+    try:
+        proc = moa(["models", "--json"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("could not list") == 2 and "bad response from server" in proc.stderr
+    assert peak < 128 * 2**20, f"{peak / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("provider", ["together", "openai"])
+def test_a_body_that_is_not_in_its_encoding_is_a_bad_response(
+    moa, llm_server: FakeLLMServer, moa_home, provider: str
+) -> None:
+    """`Content-Encoding: gzip` on a body that is not gzip, and a model list that is not UTF-8:
+    bad_response with the reason, never "unexpected error"."""
+    (moa_home / "config.toml").write_text(
+        f'[providers.fakeai]\nkind = "openai"\nbase_url = "{llm_server.openai_base_url}"\n'
+    )
+    llm_server.script(
+        "alpha",
+        Reply(raw=[b'{"not": "gzip"}'], raw_content_type="application/json", headers={"content-encoding": "gzip"}),
+    )
+    prefix = "fakeai:" if provider == "openai" else ""
+    proc = moa(["ask", "-q", "--json", "-r", f"{prefix}alpha,{prefix}beta", "-a", f"{prefix}judge", "q"])
+    assert proc.returncode == 0, proc.stderr
+    alpha = json.loads(proc.stdout)["proposals"][0]
+    assert alpha["error_kind"] == "bad_response" and "not valid gzip" in alpha["error"], alpha
+    llm_server.models_reply = Reply(raw=[b"\x8b\xff not utf-8"], raw_content_type="application/json")
+    listed = moa(["models", "--json"])
+    assert listed.returncode == 0 and "unexpected error" not in listed.stderr, listed.stderr
+    assert "could not list" in listed.stderr and "bad response from server" in listed.stderr

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import importlib
 import urllib.request
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import ModuleType
 from typing import Any
@@ -79,12 +80,66 @@ def _capped_stream(lib: ModuleType) -> type:
     return CappedStream
 
 
-def cap(response: Any, limit: int, *, refuse: bool = False) -> None:
-    """Cap `response`'s body at `limit` bytes, in place, before it is read (from an httpx or
-    httpx2 response hook): cut there as the transport cuts, or with `refuse` raise
-    BodyTooLarge from the read once the body is longer."""
+@functools.cache
+def _decoded_stream(lib: ModuleType) -> type:
+    """A gzip or deflate body decoded here, never more than DECODED_PIECE bytes at a time."""
+
+    class DecodedStream(lib.AsyncByteStream):  # type: ignore[misc,name-defined]
+        def __init__(self, inner: Any, encoding: str) -> None:
+            self._inner = inner
+            self._encoding = encoding
+            self._raw = encoding == "deflate"  # deflate may come without its zlib header
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or zlib header
+            started = False
+            async for chunk in self._inner:
+                data = chunk
+                while True:
+                    try:
+                        out = decoder.decompress(data, DECODED_PIECE)
+                    except zlib.error as exc:
+                        if started or not self._raw:
+                            raise lib.DecodingError(f"the body is not valid {self._encoding}: {exc}") from None
+                        decoder, self._raw = zlib.decompressobj(-zlib.MAX_WBITS), False  # raw deflate
+                        continue
+                    started = True
+                    data = decoder.unconsumed_tail
+                    if out:
+                        yield out
+                    if not data and len(out) < DECODED_PIECE:
+                        break  # this chunk is all out (a full piece may have more behind it)
+            if tail := decoder.flush():
+                yield tail
+
+        async def aclose(self) -> None:
+            await self._inner.aclose()
+
+    return DecodedStream
+
+
+#: A compressed body is decoded in pieces of this size: a small gzip body cannot become one
+#: huge allocation (a 64 KiB chunk of zeros decodes to 64 MiB).
+DECODED_PIECE = 64 * 1024
+#: The encodings decoded (and so capped) here; the SDKs' clients ask for no others.
+DECODED = ("gzip", "x-gzip", "deflate")
+
+
+def cap(response: Any, limit: int | None, *, refuse: bool = False) -> None:
+    """Cap `response`'s body at `limit` bytes *as decoded*, in place, before it is read (from
+    an httpx or httpx2 response hook): cut there, or with `refuse` raise BodyTooLarge from the
+    read once the body is longer. A gzip or deflate body is decoded here, in bounded pieces,
+    so the cap counts what it decodes to, not its compressed size (a gzip bomb stops at the
+    cap); `limit=None` only decodes in pieces (an event stream: chat_api's budget bounds it)."""
     lib = importlib.import_module(type(response).__module__.partition(".")[0])
-    response.stream = _capped_stream(lib)(response.stream, limit, refuse)
+    stream = response.stream
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding in DECODED:
+        stream = _decoded_stream(lib)(stream, "gzip" if encoding == "x-gzip" else encoding)
+        del response.headers["content-encoding"]  # decoded here: the client must not decode it again
+    if limit is not None:
+        stream = _capped_stream(lib)(stream, limit, refuse)
+    response.stream = stream
 
 
 #: Connections per provider client. The together SDK's default (100, 20 kept alive) makes a
@@ -102,9 +157,7 @@ def environment_proxies() -> bool:
 async def cap_response(response: Any) -> None:
     """An httpx (or httpx2) response hook: the cap for this response's kind (`body_limit`),
     set before the body is read."""
-    limit = body_limit(response.status_code, response.headers.get("content-type", ""))
-    if limit is not None:
-        cap(response, limit)
+    cap(response, body_limit(response.status_code, response.headers.get("content-type", "")))
 
 
 def sdk_http_client(client_class: type, hooks: Sequence[Callable[[Any], Awaitable[None]]] = ()) -> Any:

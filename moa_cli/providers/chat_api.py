@@ -132,6 +132,8 @@ def map_error(model: str, exc: BaseException, timeout: float) -> ProviderError |
     # A read timeout mid-stream surfaces as raw httpx.ReadTimeout, not an SDK error.
     if isinstance(exc, TimeoutError) or is_httpx_error(exc, "TimeoutException") or name == "APITimeoutError":
         return ProviderTimeout(model, f"timed out (timeout {timeout:g}s)")
+    if is_httpx_error(exc, "DecodingError") or isinstance(exc, UnicodeDecodeError):  # a body not in its encoding
+        return BadResponse(model, clean_server_text(f"bad response from server: {exc}"))
     if is_httpx_error(exc, "TransportError") or name == "APIConnectionError":
         return ProviderConnectionError(model, clean_server_text(_transport_reason(exc)))
     if name in ("APIResponseValidationError", "JSONDecodeError", "APIError"):

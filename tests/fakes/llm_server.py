@@ -514,7 +514,8 @@ class FakeLLMServer:
         if self._stopping:
             ex.trigger()
         try:
-            await self._send_raw(ex, reply, [])
+            extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]
+            await self._send_raw(ex, reply, extra)
         finally:
             self._inflight.discard(ex)
             watcher.cancel()
