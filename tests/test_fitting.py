@@ -360,3 +360,119 @@ def test_a_20000_token_stdin_through_the_offline_line_up(moa_home: Path) -> None
     assert used == {fitted[0]["prompt_tokens"]}  # llama.cpp evaluated exactly what fitting counted
     said = [line for line in proc.stderr.splitlines() if "shortened the prompt" in line]
     assert len(said) == 1 and "shared by 3 calls" in said[0]  # three samples, said once
+
+
+# ---------------------------------------------------------------------------- refused by the provider
+
+VLLM_REFUSAL = (
+    "This model's maximum context length is 4096 tokens. However, you requested 9000 tokens "
+    "(8488 in the messages, 512 in the completion). Please reduce the length of the messages or completion."
+)
+
+
+def fake_ai(llm_server: FakeLLMServer) -> str:
+    """Config text for an OpenAI-compatible provider `fakeai` on the fake server."""
+    return f'[providers.fakeai]\nkind = "openai"\nbase_url = "{llm_server.openai_base_url}"\n'
+
+
+@pytest.mark.parametrize(
+    ("fields", "message", "window"),
+    [
+        ({}, VLLM_REFUSAL, 4096),  # vLLM, and OpenAI's older text
+        ({"code": "context_length_exceeded"}, "Your input exceeds the context window of this model.", None),
+        (
+            {"type": "exceed_context_size_error", "n_prompt_tokens": 4476, "n_ctx": 4096},
+            "request (4476 tokens) exceeds the available context size (4096 tokens)",
+            4096,
+        ),  # llama.cpp's server, now
+        (
+            {"type": "exceed_context_size_error"},
+            "the request exceeds the available context size, try increasing it",
+            None,
+        ),  # llama.cpp's server, before it said n_ctx
+        ({}, "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 8193. Given: 9000", 8193),
+        ({}, "Prompt contains 40000 tokens, too large for model with 32768 maximum context length", 32768),
+    ],
+)
+def test_a_refusal_as_too_long_is_read_with_its_window(
+    fields: dict[str, Any], message: str, window: int | None
+) -> None:
+    from moa_cli.errors import ContextRefused
+    from moa_cli.providers.chat_api import _error_chunk, context_refusal
+
+    refused = context_refusal("m", fields, message, "why", 400)
+    assert isinstance(refused, ContextRefused) and refused.kind == "context" and refused.window == window
+    mid_stream = _error_chunk("m", {"message": message, **fields})  # an error object in a stream or a body
+    assert isinstance(mid_stream, ContextRefused) and mid_stream.window == window
+
+
+def test_other_bad_requests_are_not_refusals_for_length() -> None:
+    from moa_cli.providers.chat_api import context_refusal
+
+    assert context_refusal("m", {"code": "invalid_value"}, "temperature must be at most 2", "why", 400) is None
+
+
+def test_a_reference_refused_as_too_long_is_fitted_to_the_stated_window_and_sent_again(
+    moa_for: Callable[..., MoA], llm_server: FakeLLMServer
+) -> None:
+    """vLLM through the openai SDK: the window moa assumed (its default) was too large; the
+    second request fits the window the refusal states, and the reference answers."""
+    llm_server.script("alpha", Reply(status=400, error_message=VLLM_REFUSAL))
+    text = "FIRST LINE\n" + long_text(5000) + "\nLAST LINE"
+    moa = moa_for(fake_ai(llm_server), references=["fakeai:alpha", "fakeai:beta"], aggregator="fakeai:judge")
+    events: list[Any] = []
+    result = asyncio.run(moa.arun(text, on_event=events.append))
+    first, second = llm_server.requests_for("alpha")
+    assert first.last_user == text and wire_tokens(first) + 512 > 4096  # sent whole: 8,192 assumed
+    assert MARK in (second.last_user or "") and (second.last_user or "").endswith("LAST LINE")
+    assert wire_tokens(second) < wire_tokens(first) and wire_tokens(second) + 512 <= 4096
+    assert [p.error_kind for p in result.proposals] == [None, None]  # both references answered
+    assert "Answer from alpha." in (llm_server.requests_for("judge")[0].system or "")
+    (entry,) = result.fitted
+    assert (entry["model"], entry["window"], entry["window_source"]) == ("fakeai:alpha", 4096, "refused")
+    said = [e.message for e in events if e.type == "context_fitted"]
+    assert len(said) == 1 and "for fakeai:alpha" in said[0] and "(4,096 tokens, as its provider said when it" in said[0]
+    assert not [e for e in events if e.type == "call_failed"]
+    llm_server.assert_complete()
+
+
+def test_an_aggregator_refused_without_a_window_is_fitted_to_half_and_sent_again(
+    moa_for: Callable[..., MoA], llm_server: FakeLLMServer
+) -> None:
+    """llama.cpp's server (through together's SDK here) before it said its n_ctx: no window in the
+    refusal, so the second request fits REFUSED_SHRINK of the first one's tokens."""
+    from moa_cli.fitting import REFUSED_SHRINK
+
+    refusal = "the request exceeds the available context size, try increasing it"
+    llm_server.script(
+        "judge", Reply(status=400, error_message=refusal, error_fields={"type": "exceed_context_size_error"})
+    )
+    llm_server.set_default("alpha", Reply(text="alpha " * 1200))
+    llm_server.set_default("beta", Reply(text="beta " * 1200))
+    moa = moa_for("", references=["alpha", "beta"], aggregator="judge", reference_max_tokens=2000)
+    result = asyncio.run(moa.arun("Compare these answers."))
+    first, second = llm_server.requests_for("judge")
+    assert first.body["max_tokens"] == second.body["max_tokens"] == 512
+    assert wire_tokens(second) + 512 <= int((wire_tokens(first) + 512) * REFUSED_SHRINK)
+    assert (second.system or "").count(ANSWER_MARK.strip()) == 2 and second.last_user == "Compare these answers."
+    assert result.answer == "Answer from judge."
+    (entry,) = result.fitted
+    assert (entry["model"], entry["window_source"]) == ("judge", "refused_guess")
+    llm_server.assert_complete()
+
+
+def test_a_provider_that_refuses_again_fails_the_call_once_as_context(
+    moa_for: Callable[..., MoA], llm_server: FakeLLMServer
+) -> None:
+    """One refit, never a loop: the second refusal is the call's failure (kind context), said once."""
+    refused = Reply(status=400, error_message=VLLM_REFUSAL, error_fields={"code": "context_length_exceeded"})
+    llm_server.script("judge", refused, refused, Reply(text="never asked for"))
+    moa = moa_for(fake_ai(llm_server), references=["fakeai:alpha"], aggregator="fakeai:judge")
+    events: list[Any] = []
+    with pytest.raises(TurnFailed) as caught:
+        asyncio.run(moa.arun(long_text(5000), on_event=events.append))
+    assert caught.value.kind == "context" and caught.value.status == 400 and caught.value.aggregator
+    assert len(llm_server.requests_for("judge")) == 2
+    failed = [e for e in events if e.type == "call_failed"]
+    assert [(e.call.model, e.kind) for e in failed] == [("fakeai:judge", "context")]
+    assert "too long for the model's context window" in failed[0].error
