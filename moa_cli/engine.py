@@ -2,7 +2,8 @@
 
     layer 1          every reference answers the conversation as it is
     layer 2..R       every reference answers with layer k-1's answers in its system message
-    aggregator       answers with layer R's answers in its system message; only it is streamed
+                     (or after the conversation: `Plan.aggregator_layout`, prompts.py)
+    aggregator       answers with layer R's answers in its system message (likewise); only it is streamed
                      to the user (the references too, as CallDelta, when `Plan.watch_references`;
                      else they are asked for whole)
 
@@ -100,6 +101,7 @@ class Plan:
     num_proc: int | None = DEFAULTS["num_proc"]
     layer_deadline: float | None = DEFAULTS["layer_deadline"]
     aggregator_prompt: str = DEFAULTS["aggregator_prompt"]
+    aggregator_layout: str = DEFAULTS["aggregator_layout"]
     seed: int | None = DEFAULTS["seed"]
     aggregation: str = DEFAULTS["aggregation"]
     repeat_penalty: float = DEFAULTS["repeat_penalty"]
@@ -321,6 +323,15 @@ class _Turn:
             call.model, call.layer, text=text, seconds=seconds, usage=usage, finish_reason=finish, tool_calls=tool_calls
         )
 
+    def _layout(self) -> str:
+        """Where the answers go (prompts.py). An agent's aggregator call keeps "system": it sends
+        the client's own conversation, led by the text conversation's system message."""
+        return "system" if self.plan.agent is not None else self.plan.aggregator_layout
+
+    def _with_answers(self) -> Callable[[list[Message], list[str]], list[Message]]:
+        """How a layer after the first gets the earlier layer's answers."""
+        return with_references(self.plan.aggregator_prompt, self._layout())
+
     def _fitted(self, call: CallInfo, fitted: Fit) -> None:
         message = fitted.summary(call.model)
         details = {"model": call.model, "layer": call.layer, "index": call.index, "role": call.role, **fitted.to_dict()}
@@ -459,7 +470,7 @@ class _Turn:
             layer_messages = Parts(messages)
         else:
             earlier = [p.text for p in given if p.layer == layer - 1 and p.text is not None]
-            layer_messages = Parts(messages, tuple(earlier), with_references(self.plan.aggregator_prompt))
+            layer_messages = Parts(messages, tuple(earlier), self._with_answers())
         fresh = await self.layer(layer, layer_messages, [call for _, call in todo], answered)
         merged = list(given)
         for (n, _), proposal in zip(todo, fresh, strict=True):
@@ -471,11 +482,7 @@ class _Turn:
         proposals: list[Proposal] = []
         answers: list[str] = []
         for layer in range(1, self.plan.rounds + 1):
-            layer_messages = (
-                Parts(messages)
-                if layer == 1
-                else Parts(messages, tuple(answers), with_references(self.plan.aggregator_prompt))
-            )
+            layer_messages = Parts(messages) if layer == 1 else Parts(messages, tuple(answers), self._with_answers())
             results = await self.layer(layer, layer_messages)
             proposals.extend(results)
             answers = [p.text for p in results if p.text is not None]
@@ -510,6 +517,7 @@ class _Turn:
             messages,
             self.plan.aggregator_prompt,
             last,
+            self._layout(),
         )
         final = step.final
         if final.text is None:

@@ -110,11 +110,11 @@ class Window:
         return f"{self.tokens:,} tokens, {where}{shared}"
 
 
-def with_references(prompt: str) -> Build:
-    """A `Parts.build` that puts the answers in the system message under `prompt` (prompts.py)."""
+def with_references(prompt: str, layout: str = "system") -> Build:
+    """A `Parts.build` that puts the answers under `prompt`, where `layout` says (prompts.py)."""
 
     def build(conversation: list[Message], answers: list[str]) -> list[Message]:
-        return inject_references(conversation, prompt, answers)
+        return inject_references(conversation, prompt, answers, layout)
 
     return build
 

@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -379,7 +380,10 @@ def test_samples_of_one_prompt_are_decoded_together(provider: LocalProvider, bun
     assert runtime(bundled).evaluated - evaluated == prompt + 3 * (size - 1), "the prompt was evaluated twice"
     texts = ["".join(pieces) for pieces, _, _ in first]
     assert len(set(texts)) == 3, "the seeds gave the same sample"
-    assert all(u == Usage(prompt, size, prompt + size) and f == "length" for _, u, f in first)
+    assert all(replace(u, cached_tokens=None) == Usage(prompt, size, prompt + size) for _, u, _ in first if u)
+    assert all(f == "length" for _, _, f in first)
+    # The lead evaluated the prompt; the other two copied its cells (usage says so).
+    assert sorted(u.cached_tokens or 0 for _, u, _ in first if u) == [0, prompt, prompt]
     asyncio.run(collect(provider, request([{"role": "user", "content": "Something else."}], 16, temperature=0.8)))
     assert ["".join(pieces) for pieces, _, _ in asyncio.run(three())] == texts
 
@@ -502,6 +506,7 @@ def test_the_next_turn_reuses_the_conversation_in_the_context(provider: LocalPro
     evaluated = runtime(bundled).evaluated
     _, usage = asyncio.run(collect(provider, request(follow, 4)))
     assert usage is not None and usage.prompt_tokens == second  # usage counts the whole prompt
+    assert usage.cached_tokens == copied  # and says how much of it was copied, not evaluated
     # What was evaluated: the prompt after the copied batches, then three steps.
     assert runtime(bundled).evaluated - evaluated == second - copied + 3
 

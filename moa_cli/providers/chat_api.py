@@ -212,7 +212,10 @@ def _usage(raw: Any) -> Usage | None:
     total = raw.get("total_tokens")
     cost = raw.get("cost")  # OpenRouter reports what the call cost, in USD
     cost = float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) and cost >= 0 else None
-    return Usage(prompt, completion, total if isinstance(total, int) else prompt + completion, cost)
+    details = raw.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    cached = cached if isinstance(cached, int) and not isinstance(cached, bool) and cached >= 0 else None
+    return Usage(prompt, completion, total if isinstance(total, int) else prompt + completion, cost, cached)
 
 
 #: The byte budget of one call's answer: generous slack per token, a fixed allowance, a ceiling.
