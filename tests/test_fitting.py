@@ -412,6 +412,25 @@ def test_other_bad_requests_are_not_refusals_for_length() -> None:
     assert context_refusal("m", {"code": "invalid_value"}, "temperature must be at most 2", "why", 400) is None
 
 
+def test_the_window_a_refit_takes() -> None:
+    """The stated window when the refused request did not fit it; else half the refused request
+    (also when the request was short enough that it was sent uncounted, with no window)."""
+    from moa_cli.fitting import REFUSED_SHRINK, Fit, refit_call
+
+    parts = Parts([{"role": "user", "content": "word " * 3000}])
+    sent = parts.messages()
+    size = estimate_tokens(sent) + 512
+    uncounted = Fit(sent, 512, None, None, True)
+    for stated, window, source in [
+        (2048, 2048, "refused"),
+        (None, int(size * REFUSED_SHRINK), "refused_guess"),
+        (size + 100, int(size * REFUSED_SHRINK), "refused_guess"),  # moa's count erred short: not the same again
+    ]:
+        fitted = asyncio.run(refit_call(object(), "m", "m", parts, 512, uncounted, stated))
+        assert fitted.window == Window(window, source) and fitted.changed
+        assert (fitted.prompt_tokens or 0) + fitted.max_tokens <= window < size
+
+
 def test_a_reference_refused_as_too_long_is_fitted_to_the_stated_window_and_sent_again(
     moa_for: Callable[..., MoA], llm_server: FakeLLMServer
 ) -> None:
