@@ -1,8 +1,8 @@
 """Where the references' answers go in the aggregator's prompt: `--aggregator-layout system|after`
 (issue 24; not run in CI).
 
-    python bench/bench_layout.py --limit 20
     python bench/bench_layout.py --limit 20 --long 4     # and 4 long inputs, for the reuse
+    python bench/bench_layout.py --limit 100 --out aggregator-layout-100
 
 For each layout, the built-in `local` line-up (three samples of SmolLM2-135M, max_tokens 256)
 answers the same IFEval prompts with `--aggregation synthesize` (the offline default,
@@ -18,8 +18,8 @@ deterministic; the times depend on the machine's load, which is recorded with th
 `--long N` also asks N long inputs (sections of this README, about 1,500 tokens each, "Summarise
 this"), unscored: where the conversation is long, the reuse is most of the aggregator's prompt.
 
-The reports go to bench/results/aggregator-layout-{system,after}.json (moa eval ifeval's),
-the figures to bench/results/aggregator-layout.json and .md.
+The reports go to bench/results/OUT-{system,after}.json (moa eval ifeval's; OUT is --out,
+aggregator-layout unless given), the figures to bench/results/OUT.json and .md.
 """
 
 from __future__ import annotations
@@ -115,9 +115,9 @@ def aggregator_figures(calls: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run_ifeval(layout: str, prompts: list[ifeval.Prompt], home: Path, restart: bool) -> dict[str, Any]:
+def run_ifeval(layout: str, prompts: list[ifeval.Prompt], home: Path, restart: bool, out: str) -> dict[str, Any]:
     settings = settings_for(layout, home)
-    work = RESULTS / "work" / f"layout-{layout}"
+    work = RESULTS / "work" / f"{out}-{layout}"
     calls: list[dict[str, Any]] = []
     router = Router(ProviderPool(settings), calls)
     # One prompt at a time: prompts decoded together would share batches (and kept prefixes),
@@ -133,8 +133,8 @@ def run_ifeval(layout: str, prompts: list[ifeval.Prompt], home: Path, restart: b
 
     report = asyncio.run(main())
     load_after = os.getloadavg()
-    (RESULTS / f"aggregator-layout-{layout}.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    shutil.copyfile(work / "scores.jsonl", RESULTS / f"scores-aggregator-layout-{layout}.jsonl")
+    (RESULTS / f"{out}-{layout}.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    shutil.copyfile(work / "scores.jsonl", RESULTS / f"scores-{out}-{layout}.jsonl")
     final = report.rows[0]
     return {
         "layout": layout,
@@ -226,6 +226,7 @@ def main() -> None:
     parser.add_argument("--layouts", default="system,after")
     parser.add_argument("--long", type=int, default=0, help="also this many long inputs (unscored)")
     parser.add_argument("--restart", action="store_true", help="answer every prompt again")
+    parser.add_argument("--out", default="aggregator-layout", help="name of the results' files in bench/results")
     args = parser.parse_args()
     home = RESULTS / "work" / "moa-home"
     home.mkdir(parents=True, exist_ok=True)
@@ -234,7 +235,7 @@ def main() -> None:
     long_rows: list[dict[str, Any]] = []
     layouts = args.layouts.split(",")
     for layout in layouts:
-        rows.append(run_ifeval(layout, prompts, home, args.restart))
+        rows.append(run_ifeval(layout, prompts, home, args.restart, args.out))
         print(markdown(rows, long_rows), flush=True)
     for layout in layouts if args.long else ():
         long_rows.append(run_long(layout, long_inputs(args.long), home))
@@ -247,7 +248,7 @@ def main() -> None:
             name = name or (f"only {rows[0]['layout']}" if a[key] else f"only {rows[1]['layout']}")
             paired[name] += 1
         rows.append({"paired_prompt_strict": paired})
-    out = RESULTS / "aggregator-layout"
+    out = RESULTS / args.out
     out.with_name(out.name + ".json").write_text(json.dumps({"ifeval": rows, "long": long_rows}, indent=2) + "\n")
     out.with_name(out.name + ".md").write_text(markdown([r for r in rows if "layout" in r], long_rows))
 
