@@ -1,9 +1,9 @@
 """The Mixture-of-Agents engine: layers of proposers, then one aggregator (arXiv 2406.04692).
 
     layer 1          every reference answers the conversation as it is
-    layer 2..R       every reference answers with layer k-1's answers in its system message
-                     (or after the conversation: `Plan.aggregator_layout`, prompts.py)
-    aggregator       answers with layer R's answers in its system message (likewise); only it is streamed
+    layer 2..R       every reference answers with layer k-1's answers after the conversation
+                     (or in its system message: `Plan.aggregator_layout`, prompts.py)
+    aggregator       answers with layer R's answers after the conversation (likewise); only it is streamed
                      to the user (the references too, as CallDelta, when `Plan.watch_references`;
                      else they are asked for whole)
 

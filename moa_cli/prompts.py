@@ -4,7 +4,7 @@ Where the answers go is the `aggregator_layout` setting (LAYOUTS):
 
     system   in the system message (the user's own, extended; else one put first), ahead of
              the conversation: the paper's layout
-    after    after the conversation, at the end of its last (user) message: the prompt then
+    after    (the default: as accurate on IFEval, measured in the README) after the conversation, at the end of its last (user) message: the prompt then
              starts with the very tokens a layer-1 reference's prompt starts with (the whole
              conversation up to its last message's end), so a prefix cache (a provider's, or
              the local runtime's kept prefixes) can reuse what the references already evaluated.
@@ -30,7 +30,7 @@ complete answer that directly addresses the user's message, in the user's langua
 
 The responses are numbered and each is enclosed in <response_N> and </response_N> tags:"""
 
-#: Where the answers go (see the module docstring); the first is the paper's.
+#: Where the answers go (see the module docstring); the first is the paper's, the second the default.
 LAYOUTS = ("system", "after")
 
 # A response that itself contains "<response_2>" must not be able to fake a boundary.

@@ -216,15 +216,15 @@ class Settings:
         ),
     )
     aggregator_layout: str = setting(
-        "system",
+        "after",
         Spec(
             "str",
-            "Where the references' answers go in the aggregator's prompt: system (in the system message, "
-            "ahead of the conversation) or after (after the conversation, at the end of its last message, so "
-            "that a prefix cache can reuse what the references' prompts evaluated).",
+            "Where the references' answers go in the aggregator's prompt: after (after the conversation, at the "
+            "end of its last message, so that a prefix cache can reuse what the references' prompts evaluated) "
+            "or system (in the system message, ahead of the conversation: the paper's layout).",
             env="MOA_AGGREGATOR_LAYOUT",
             flags=("--aggregator-layout",),
-            metavar="system|after",
+            metavar="after|system",
             checks=(one_of(*LAYOUTS),),
             settable=True,
             lineup=True,

@@ -50,7 +50,7 @@ def test_fitting_cuts_the_input_and_the_answers_in_the_after_layout() -> None:
 
 
 def test_the_aggregator_prompt_starts_as_the_references_do(moa_env: dict[str, str], llm_server: FakeLLMServer) -> None:
-    moa = MoA(["alpha", "beta"], "judge", env=moa_env, aggregator_layout="after", system="Be terse.")
+    moa = MoA(["alpha", "beta"], "judge", env=moa_env, system="Be terse.")  # the default layout
     result = asyncio.run(moa.arun("Name a prime."))
     (alpha,) = llm_server.requests_for("alpha")
     (judge,) = llm_server.requests_for("judge")
@@ -80,11 +80,12 @@ def test_an_agents_aggregator_keeps_the_system_layout(moa_env: dict[str, str], l
 
 
 def test_the_setting_is_a_flag_a_variable_and_checked(cli, llm_server: FakeLLMServer) -> None:
-    proc = cli(["ask", "--json", "--aggregator-layout", "after", "-r", "alpha", "-a", "judge", "q"])
+    proc = cli(["ask", "--json", "--aggregator-layout", "system", "-r", "alpha", "-a", "judge", "q"])
     assert proc.returncode == 0, proc.stderr
-    assert (llm_server.requests_for("judge")[0].last_user or "").startswith("q\n\n")
-    proc = cli(["ask", "-r", "alpha", "-a", "judge", "q"], env={"MOA_AGGREGATOR_LAYOUT": "system"})
-    assert proc.returncode == 0 and llm_server.requests_for("judge")[1].last_user == "q"
+    first = llm_server.requests_for("judge")[0]
+    assert first.last_user == "q" and "<response_1>" in (first.system or "")
+    proc = cli(["ask", "-r", "alpha", "-a", "judge", "q"], env={"MOA_AGGREGATOR_LAYOUT": "after"})
+    assert proc.returncode == 0 and (llm_server.requests_for("judge")[1].last_user or "").startswith("q\n\n")
     proc = cli(["ask", "--aggregator-layout", "before", "-r", "alpha", "-a", "judge", "q"])
     assert proc.returncode == 2 and "'before' is not one of system, after" in proc.stderr
 

@@ -26,6 +26,7 @@ from moa_cli.fitting import (
 from moa_cli.prompts import AGGREGATOR_PROMPT
 from moa_cli.types import Message
 from tests.conftest import run_moa
+from tests.fakes.helpers import asked, references_in, without_references
 from tests.fakes.llm_server import FakeLLMServer, RecordedRequest, Reply
 from tests.fakes.serve_process import ServeProcess
 
@@ -171,8 +172,8 @@ def test_the_oldest_turns_go_first(moa_for: Callable[..., MoA], llm_server: Fake
     (alpha,) = llm_server.requests_for("alpha")
     (judge,) = llm_server.requests_for("judge")
     assert alpha.messages == history  # 131,072 tokens, as /v1/models says: all of it
-    assert judge.messages[0]["content"].startswith("You are terse.") and judge.messages[-1]["content"] == "And now?"
-    kept = [m["content"] for m in judge.messages[1:-1]]
+    assert judge.messages[0]["content"].startswith("You are terse.") and asked(judge) == "And now?"
+    kept = [m["content"] for m in without_references(judge.messages)[1:-1]]
     assert kept and all(text in [m["content"] for m in history] for text in kept)
     assert "question 0" not in json.dumps(judge.messages)  # the oldest went first
     assert "answer 5" in json.dumps(judge.messages)  # the latest stayed
@@ -197,8 +198,8 @@ def test_the_answers_are_shortened_evenly_before_the_input(
     question = "Compare these. " * 50
     result = asyncio.run(moa.arun(question))
     (judge,) = llm_server.requests_for("judge")
-    system = judge.system or ""
-    assert judge.last_user == question  # the input is whole
+    system = references_in(judge)
+    assert asked(judge) == question  # the input is whole
     assert "short beta answer" in system and system.count(ANSWER_MARK.strip()) == 2
     alpha_kept = system.split("<response_1>")[1].split("</response_1>")[0].count("alpha")
     gamma_kept = system.split("<response_3>")[1].split("</response_3>")[0].count("gamma")
@@ -214,10 +215,10 @@ def test_the_input_is_cut_in_its_middle_and_marked(moa_for: Callable[..., MoA], 
     )
     result = asyncio.run(moa.arun(text))
     for request in (*llm_server.requests_for("alpha"), *llm_server.requests_for("judge")):
-        sent = request.last_user or ""
+        sent = asked(request) or ""
         assert sent.startswith("FIRST LINE") and sent.endswith("LAST LINE") and MARK in sent
         assert wire_tokens(request) + 512 <= 4096
-    assert "Answer from alpha." in (llm_server.requests_for("judge")[0].system or "")  # the answer was kept
+    assert "Answer from alpha." in references_in(llm_server.requests_for("judge")[0])  # the answer was kept
     assert [e["model"] for e in result.fitted] == ["alpha", "judge"]
     assert all(e["steps"][-1].startswith("the input cut in its middle") for e in result.fitted)
 
@@ -280,11 +281,11 @@ def test_a_20000_token_stdin_through_a_hosted_line_up(cli, moa_home: Path, llm_s
     (alpha,) = llm_server.requests_for("alpha")
     (beta,) = llm_server.requests_for("beta")
     (judge,) = llm_server.requests_for("judge")
-    assert alpha.last_user == text + "\n\nSummarise this."  # 131,072 tokens: sent whole
-    assert MARK in (beta.last_user or "") and wire_tokens(beta) + 512 <= 16384
-    assert MARK in (judge.last_user or "") and wire_tokens(judge) + 512 <= 8192
-    assert (judge.last_user or "").endswith("Summarise this.")  # the question at the end is kept
-    assert (judge.system or "").count(ANSWER_MARK.strip()) == 2
+    assert asked(alpha) == text + "\n\nSummarise this."  # 131,072 tokens: sent whole
+    assert MARK in (asked(beta) or "") and wire_tokens(beta) + 512 <= 16384
+    assert MARK in (asked(judge) or "") and wire_tokens(judge) + 512 <= 8192
+    assert (asked(judge) or "").endswith("Summarise this.")  # the question at the end is kept
+    assert references_in(judge).count(ANSWER_MARK.strip()) == 2
     fitted = {e["model"]: e for e in out["fitted"]}
     assert set(fitted) == {"beta", "judge"}
     assert (fitted["beta"]["window"], fitted["beta"]["window_source"]) == (16384, "provider")
@@ -442,11 +443,11 @@ def test_a_reference_refused_as_too_long_is_fitted_to_the_stated_window_and_sent
     events: list[Any] = []
     result = asyncio.run(moa.arun(text, on_event=events.append))
     first, second = llm_server.requests_for("alpha")
-    assert first.last_user == text and wire_tokens(first) + 512 > 4096  # sent whole: 8,192 assumed
-    assert MARK in (second.last_user or "") and (second.last_user or "").endswith("LAST LINE")
+    assert asked(first) == text and wire_tokens(first) + 512 > 4096  # sent whole: 8,192 assumed
+    assert MARK in (asked(second) or "") and (asked(second) or "").endswith("LAST LINE")
     assert wire_tokens(second) < wire_tokens(first) and wire_tokens(second) + 512 <= 4096
     assert [p.error_kind for p in result.proposals] == [None, None]  # both references answered
-    assert "Answer from alpha." in (llm_server.requests_for("judge")[0].system or "")
+    assert "Answer from alpha." in references_in(llm_server.requests_for("judge")[0])
     (entry,) = result.fitted
     assert (entry["model"], entry["window"], entry["window_source"]) == ("fakeai:alpha", 4096, "refused")
     said = [e.message for e in events if e.type == "context_fitted"]
@@ -473,7 +474,7 @@ def test_an_aggregator_refused_without_a_window_is_fitted_to_half_and_sent_again
     first, second = llm_server.requests_for("judge")
     assert first.body["max_tokens"] == second.body["max_tokens"] == 512
     assert wire_tokens(second) + 512 <= int((wire_tokens(first) + 512) * REFUSED_SHRINK)
-    assert (second.system or "").count(ANSWER_MARK.strip()) == 2 and second.last_user == "Compare these answers."
+    assert references_in(second).count(ANSWER_MARK.strip()) == 2 and asked(second) == "Compare these answers."
     assert result.answer == "Answer from judge."
     (entry,) = result.fitted
     assert (entry["model"], entry["window_source"]) == ("judge", "refused_guess")

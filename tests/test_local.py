@@ -33,6 +33,7 @@ from moa_cli.providers import local
 from moa_cli.providers.local import LocalProvider, check_local_model
 from moa_cli.types import CompletionRequest, Finish, Message, Usage
 from tests.conftest import ROOT, run_moa
+from tests.fakes.helpers import asked, references_in
 from tests.fakes.llm_server import FakeLLMServer, Reply
 
 LOCAL = ProviderConfig("local", "local")
@@ -231,10 +232,9 @@ def test_local_references_with_a_remote_aggregator(
     assert result["answer"] == "Rayleigh scattering, in short."
     (local_answer,) = [p["text"] for p in result["proposals"]]
     (seen,) = llm_server.requests_for("fake-agg")
-    assert seen.last_user == "Why is the sky blue?"
-    assert seen.system is not None
-    assert f"<response_1>\n{local_answer.strip()}\n</response_1>" in seen.system
-    assert "<response_2>" not in seen.system
+    assert asked(seen) == "Why is the sky blue?"
+    assert f"<response_1>\n{local_answer.strip()}\n</response_1>" in references_in(seen)
+    assert "<response_2>" not in str(seen.messages)
 
 
 @pytest.mark.local
