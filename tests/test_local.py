@@ -289,7 +289,7 @@ def test_usage_is_what_llama_cpp_counts(
     expected = llama_oracle(messages, max_tokens=max_tokens, temperature=0.0)
     assert expected["choices"][0]["finish_reason"] == finish
     assert "".join(pieces) == expected["choices"][0]["message"]["content"]
-    assert usage == Usage(**expected["usage"])
+    assert usage is not None and replace(usage, cached_tokens=None) == Usage(**expected["usage"])
 
 
 def runtime(bundled: Path) -> Any:
