@@ -20,6 +20,7 @@ __all__ = [
     "BadResponse",
     "ConfigError",
     "ContextOverflow",
+    "ContextRefused",
     "DeadlineExceeded",
     "EmptyAnswer",
     "MissingKeyError",
@@ -58,6 +59,7 @@ _LAZY = {
     "StreamCutOff": "moa_cli.errors",
     "BadResponse": "moa_cli.errors",
     "ContextOverflow": "moa_cli.errors",
+    "ContextRefused": "moa_cli.errors",
     "EmptyAnswer": "moa_cli.errors",
 }
 
@@ -68,6 +70,7 @@ if TYPE_CHECKING:  # pragma: no cover
         BadResponse,
         ConfigError,
         ContextOverflow,
+        ContextRefused,
         DeadlineExceeded,
         EmptyAnswer,
         MissingKeyError,

@@ -134,16 +134,18 @@ async def aggregate(
     messages: list[Message],
     prompt: str,
     proposals: Sequence[Proposal],
+    layout: str = "system",
 ) -> AggregatorStep:
-    """Run the aggregator step over the last layer's answered `proposals`."""
+    """Run the aggregator step over the last layer's answered `proposals`; a synthesis puts
+    them under `prompt` where `layout` says (prompts.py)."""
     if strategy == "select":
-        return await _select(caller, aggregator, layer, messages, prompt, proposals)
+        return await _select(caller, aggregator, layer, messages, prompt, proposals, layout)
     if strategy == "consensus":
         answered = [p for p in proposals if p.text is not None]
         return _verbatim(caller, answered[consensus_choice(answered)], aggregator, layer)
     if strategy != "synthesize":
         raise ValueError(f"unknown aggregation {strategy!r}")
-    return await _synthesize(caller, CallInfo(aggregator, layer, 0, "aggregator"), messages, prompt, proposals)
+    return await _synthesize(caller, CallInfo(aggregator, layer, 0, "aggregator"), messages, prompt, proposals, layout)
 
 
 def _verbatim(caller: Caller, chosen: Proposal, aggregator: str, layer: int) -> AggregatorStep:
@@ -153,10 +155,15 @@ def _verbatim(caller: Caller, chosen: Proposal, aggregator: str, layer: int) -> 
 
 
 async def _synthesize(
-    caller: Caller, call: CallInfo, messages: list[Message], prompt: str, proposals: Sequence[Proposal]
+    caller: Caller,
+    call: CallInfo,
+    messages: list[Message],
+    prompt: str,
+    proposals: Sequence[Proposal],
+    layout: str,
 ) -> AggregatorStep:
     answers = [p.text for p in proposals if p.text is not None]
-    final = await caller.call(call, Parts(messages, tuple(answers), with_references(prompt)))
+    final = await caller.call(call, Parts(messages, tuple(answers), with_references(prompt, layout)))
     return AggregatorStep(final, [final], failed_call=call if final.text is None else None)
 
 
@@ -167,6 +174,7 @@ async def _select(
     messages: list[Message],
     prompt: str,
     proposals: Sequence[Proposal],
+    layout: str,
 ) -> AggregatorStep:
     answered = [p for p in proposals if p.text is not None]
     judge = CallInfo(aggregator, layer, 0, "aggregator")
@@ -190,7 +198,9 @@ async def _select(
             f"(it said {said!r}), so it synthesized one instead"
         )
         caller.emit(TurnWarning(warning))
-        fallback = await _synthesize(caller, CallInfo(aggregator, layer, 1, "aggregator"), messages, prompt, answered)
+        fallback = await _synthesize(
+            caller, CallInfo(aggregator, layer, 1, "aggregator"), messages, prompt, answered, layout
+        )
         fallback.calls.insert(0, reply)
         fallback.warnings.append(warning)
         return fallback

@@ -1,8 +1,9 @@
 """The Mixture-of-Agents engine: layers of proposers, then one aggregator (arXiv 2406.04692).
 
     layer 1          every reference answers the conversation as it is
-    layer 2..R       every reference answers with layer k-1's answers in its system message
-    aggregator       answers with layer R's answers in its system message; only it is streamed
+    layer 2..R       every reference answers with layer k-1's answers after the conversation
+                     (or in its system message: `Plan.aggregator_layout`, prompts.py)
+    aggregator       answers with layer R's answers after the conversation (likewise); only it is streamed
                      to the user (the references too, as CallDelta, when `Plan.watch_references`;
                      else they are asked for whole)
 
@@ -18,7 +19,9 @@ a turn. Cancelling the task that runs `run_turn` cancels every call and closes i
 
 Before each call its prompt is fitted to the model's context window (fitting.py): what
 was shortened is a `ContextFitted` event and an entry of `TurnResult.fitted`; a prompt that
-cannot fit fails that call (kind "context") without sending it.
+cannot fit fails that call (kind "context") without sending it. A call its provider refuses as
+too long all the same (`ContextRefused`: the window assumed was wrong) is fitted again to the
+window the refusal states and sent once more; refused again, it fails (kind "context").
 
 `run_aggregation` runs the aggregator step alone over proposals made earlier (`moa batch
 --reuse-proposals`: compare aggregators without paying for the references again).
@@ -34,7 +37,7 @@ from typing import Any, Protocol, cast
 
 from moa_cli.aggregation import aggregate
 from moa_cli.diagnostics import logger  # disabled until the CLI configures it
-from moa_cli.errors import BadResponse, DeadlineExceeded, EmptyAnswer, ProviderError, TurnFailed
+from moa_cli.errors import BadResponse, ContextRefused, DeadlineExceeded, EmptyAnswer, ProviderError, TurnFailed
 from moa_cli.events import (
     AnswerDelta,
     CallDelta,
@@ -47,7 +50,7 @@ from moa_cli.events import (
     Event,
     TurnDone,
 )
-from moa_cli.fitting import Fit, Parts, fit_call, with_references
+from moa_cli.fitting import Fit, Parts, fit_call, refit_call, with_references
 from moa_cli.providers.base import RETRY_NOTICE, Provider, StreamItem
 from moa_cli.settings import DEFAULTS, SPECS
 from moa_cli.tools import for_aggregator, join_tool_calls
@@ -98,6 +101,7 @@ class Plan:
     num_proc: int | None = DEFAULTS["num_proc"]
     layer_deadline: float | None = DEFAULTS["layer_deadline"]
     aggregator_prompt: str = DEFAULTS["aggregator_prompt"]
+    aggregator_layout: str = DEFAULTS["aggregator_layout"]
     seed: int | None = DEFAULTS["seed"]
     aggregation: str = DEFAULTS["aggregation"]
     repeat_penalty: float = DEFAULTS["repeat_penalty"]
@@ -166,7 +170,9 @@ class _Turn:
 
         `max_tokens` and `temperature` override the plan's (aggregation.py's selection call);
         an aggregator call streams as the answer unless `answer` is False. `messages` given as
-        `Parts` may be shortened to fit the model's context window (fitting.py).
+        `Parts` may be shortened to fit the model's context window (fitting.py). A call its
+        provider refuses as too long for the model's context (`ContextRefused`, before any of
+        its answer came) is fitted again to the window the refusal states and sent once more.
         """
         provider, model = self.router.resolve(call.model)
         prompt = messages if isinstance(messages, Parts) else Parts(list(messages))
@@ -187,19 +193,52 @@ class _Turn:
             request = replace(
                 request, **{k: v for k, v in self.plan.aggregator_sampling.items() if given.get(k) is None}
             )
+        sharing = 1 if call.is_aggregator else self.plan.references.count(call.model)  # Self-MoA's samples
         try:
-            sharing = 1 if call.is_aggregator else self.plan.references.count(call.model)  # Self-MoA's samples
             fitted = await fit_call(
                 provider, model, call.model, prompt, request.max_tokens, self.plan.contexts, sharing=sharing
             )
         except ProviderError as exc:  # ContextOverflow: never sent; or the local model failed to load
             return self._failed(call, exc, time.perf_counter())
+        sent = await self._send(call, provider, self._fitted_request(call, request, fitted, answer), answer)
+        if isinstance(sent, Proposal):
+            return sent
+        refused, started = sent
+        logger.debug("layer {} call {} refused as too long ({}): fitted again", call.layer, call.model, refused.reason)
+        try:
+            refitted = await refit_call(
+                provider, model, call.model, prompt, request.max_tokens, fitted, refused.window, sharing=sharing
+            )
+        except ProviderError as exc:  # ContextOverflow: the stated window is too small for any prompt
+            return self._failed(call, exc, started)
+        again = await self._send(call, provider, self._fitted_request(call, request, refitted, answer), answer, started)
+        assert isinstance(again, Proposal)  # a second refusal is the call's failure: never a loop
+        return again
+
+    def _fitted_request(
+        self, call: CallInfo, request: CompletionRequest, fitted: Fit, answer: bool
+    ) -> CompletionRequest:
+        """`request` with the fitted prompt and max_tokens (said when something was shortened)."""
         request = replace(request, messages=fitted.messages, max_tokens=fitted.max_tokens)
         if fitted.changed:
             self._fitted(call, fitted)
         if call.is_aggregator and answer and self.plan.agent is not None:
             # After fitting: the (fitted) system message leads the agent's own conversation.
             request = for_aggregator(request, self.plan.agent, self.plan.agent_note)
+        return request
+
+    async def _send(
+        self,
+        call: CallInfo,
+        provider: Provider,
+        request: CompletionRequest,
+        answer: bool,
+        first_try: float | None = None,
+    ) -> Proposal | tuple[ContextRefused, float]:
+        """Send `request` and read its answer. A refusal as too long before any piece came, on a
+        first try (`first_try` None), is returned with the time the try started, for `call` to
+        fit the prompt again; on the second try (`first_try`: when the first started, which its
+        time counts from) it is the call's failure, like any other."""
         delta = AnswerDelta if call.is_aggregator and answer else CallDelta
         # Else no per-piece events for a reference: no one reads them. The answer's pieces
         # are always events (one piece, when it came whole).
@@ -210,7 +249,7 @@ class _Turn:
         usage: Usage | None = None
         finish: str | None = None
         async with self.slots:
-            started = time.perf_counter()
+            started = time.perf_counter() if first_try is None else first_try
             logger.debug(
                 "layer {} call {} -> {} ({} messages)", call.layer, call.model, provider.name, len(request.messages)
             )
@@ -230,6 +269,13 @@ class _Turn:
                         item = await anext(stream)
                     except StopAsyncIteration:
                         break
+                    except ContextRefused as exc:
+                        if first_try is None and not parts and call not in self.streamed:
+                            return exc, started
+                        if first_try is not None:
+                            again = f"{exc.reason} (refused again after moa shortened it: not sent a third time)"
+                            exc = ContextRefused(exc.model, again, status=exc.status, window=exc.window)
+                        return self._failed(call, exc, started)
                     except ProviderError as exc:
                         return self._failed(call, exc, started)
                     except Exception as exc:  # noqa: BLE001 - a provider bug must not crash the turn
@@ -277,10 +323,22 @@ class _Turn:
             call.model, call.layer, text=text, seconds=seconds, usage=usage, finish_reason=finish, tool_calls=tool_calls
         )
 
+    def _layout(self) -> str:
+        """Where the answers go (prompts.py). An agent's aggregator call keeps "system": it sends
+        the client's own conversation, led by the text conversation's system message."""
+        return "system" if self.plan.agent is not None else self.plan.aggregator_layout
+
+    def _with_answers(self) -> Callable[[list[Message], list[str]], list[Message]]:
+        """How a layer after the first gets the earlier layer's answers."""
+        return with_references(self.plan.aggregator_prompt, self._layout())
+
     def _fitted(self, call: CallInfo, fitted: Fit) -> None:
         message = fitted.summary(call.model)
         details = {"model": call.model, "layer": call.layer, "index": call.index, "role": call.role, **fitted.to_dict()}
         logger.info("layer {} call {}: {}", call.layer, call.model, message)
+        # One entry per call: fitted again after a refusal, the second fit is what was sent.
+        same = ("model", "layer", "index", "role")
+        self.fitted = [e for e in self.fitted if any(e[k] != details[k] for k in same)]
         self.fitted.append(details)
         self.emit(ContextFitted(call, message, details))
 
@@ -412,7 +470,7 @@ class _Turn:
             layer_messages = Parts(messages)
         else:
             earlier = [p.text for p in given if p.layer == layer - 1 and p.text is not None]
-            layer_messages = Parts(messages, tuple(earlier), with_references(self.plan.aggregator_prompt))
+            layer_messages = Parts(messages, tuple(earlier), self._with_answers())
         fresh = await self.layer(layer, layer_messages, [call for _, call in todo], answered)
         merged = list(given)
         for (n, _), proposal in zip(todo, fresh, strict=True):
@@ -424,11 +482,7 @@ class _Turn:
         proposals: list[Proposal] = []
         answers: list[str] = []
         for layer in range(1, self.plan.rounds + 1):
-            layer_messages = (
-                Parts(messages)
-                if layer == 1
-                else Parts(messages, tuple(answers), with_references(self.plan.aggregator_prompt))
-            )
+            layer_messages = Parts(messages) if layer == 1 else Parts(messages, tuple(answers), self._with_answers())
             results = await self.layer(layer, layer_messages)
             proposals.extend(results)
             answers = [p.text for p in results if p.text is not None]
@@ -463,6 +517,7 @@ class _Turn:
             messages,
             self.plan.aggregator_prompt,
             last,
+            self._layout(),
         )
         final = step.final
         if final.text is None:

@@ -14,7 +14,10 @@
     │   ├── BadResponse               invalid JSON, a stream far past max_tokens, ...           bad_response
     │   ├── EmptyAnswer               the model answered nothing                                empty
     │   └── ContextOverflow           the prompt cannot be shortened to fit the model's window  context
-    │                                 (never sent: fitting.py)
+    │       │                         (never sent: fitting.py)
+    │       └── ContextRefused        the provider refused the prompt as longer than its        context
+    │                                 window (`window`: the one it stated, if it did); the
+    │                                 engine refits the call to it and sends it again, once
     │   (ProviderError itself: any other status or failure, kind "other"; "cancelled" for a
     │    call a provider reports as cancelled on its side; "quorum" for a call the engine
     │    stopped because enough references of its layer had answered (--quorum): not a
@@ -126,6 +129,16 @@ class ContextOverflow(ProviderError):
     """The request cannot fit the model's context window, however it is shortened: not sent."""
 
     default_kind: ClassVar[ErrorKind] = "context"
+
+
+class ContextRefused(ContextOverflow):
+    """The provider refused the request as longer than the model's context window: the window
+    moa assumed was wrong. `window` is the window the provider's message states (tokens), None
+    when it states none. The engine fits the prompt again and sends it once more (fitting.py)."""
+
+    def __init__(self, model: str, reason: str, *, status: int | None = None, window: int | None = None) -> None:
+        super().__init__(model, reason, status=status)
+        self.window = window
 
 
 #: What each kind is called in a footer or a progress row.

@@ -29,6 +29,11 @@ If even that does not fit (a system prompt longer than the window), the call fai
 An HTTP provider's window is looked up only for a request that might not fit in
 LOOKUP_ABOVE tokens (estimated): a short turn never waits for a model list.
 
+When the provider refuses a request as longer than the model's context anyway (the window
+moa assumed was wrong: `ContextRefused`), `refit_call` fits it again, once, to the window the
+provider's message states; when it states none, or one that the refused request already fitted
+by moa's count (the count erred short), to REFUSED_SHRINK of the refused request's tokens.
+
 Stdlib only, besides moa's own value types and errors.
 """
 
@@ -52,6 +57,7 @@ __all__ = [
     "estimate_tokens",
     "fit",
     "fit_call",
+    "refit_call",
     "with_references",
 ]
 
@@ -67,6 +73,9 @@ BYTES_PER_TOKEN = 3
 #: What the marks say where text was left out.
 INPUT_MARK = "\n\n[... {count:,} characters left out here by moa to fit the model's context ...]\n\n"
 ANSWER_MARK = "\n[... the rest of this answer was left out by moa to fit the model's context ...]"
+#: A request its provider refused as too long, without stating a window it did not already
+#: fit by moa's count, is fitted again to this fraction of its tokens (prompt plus max_tokens).
+REFUSED_SHRINK = 0.5
 
 Counter = Callable[[list[Message]], int]
 Build = Callable[[list[Message], list[str]], list[Message]]
@@ -82,7 +91,7 @@ class Window:
     """A model's context window in tokens, and where that number came from."""
 
     tokens: int
-    source: str  # "config", "provider", "llama.cpp" or "default"
+    source: str  # "config", "provider", "llama.cpp", "default", "refused" or "refused_guess"
     shared: int = 1  # calls that share it at once, each with its own answer (a local model's samples)
 
     def describe(self) -> str:
@@ -91,16 +100,21 @@ class Window:
             "provider": "as its provider says",
             "llama.cpp": "llama.cpp's context",
             "default": "moa's default for a model whose window is unknown",
+            "refused": "as its provider said when it refused the first try as too long",
+            "refused_guess": (
+                f"{REFUSED_SHRINK:.0%} of the first try's tokens: its provider refused that as too long "
+                "and stated no smaller window"
+            ),
         }.get(self.source, self.source)
         shared = f", shared by {self.shared} calls" if self.shared > 1 else ""
         return f"{self.tokens:,} tokens, {where}{shared}"
 
 
-def with_references(prompt: str) -> Build:
-    """A `Parts.build` that puts the answers in the system message under `prompt` (prompts.py)."""
+def with_references(prompt: str, layout: str = "system") -> Build:
+    """A `Parts.build` that puts the answers under `prompt`, where `layout` says (prompts.py)."""
 
     def build(conversation: list[Message], answers: list[str]) -> list[Message]:
-        return inject_references(conversation, prompt, answers)
+        return inject_references(conversation, prompt, answers, layout)
 
     return build
 
@@ -332,11 +346,52 @@ async def fit_call(
     unless the config gives the model's window.
     """
     messages = parts.messages()
-    tokenizer = getattr(provider, "tokenizer", None)
-    count: Counter | None = await tokenizer(model) if tokenizer is not None else None
+    count = await _tokenizer(provider, model)
     if count is None and spec not in contexts and estimate_tokens(messages) + max_tokens <= LOOKUP_ABOVE:
         return Fit(messages, max_tokens, None, None, True)
     window = await window_of(provider, model, spec, contexts)
-    if sharing > 1 and getattr(provider, "shared_context", False):
+    if _sharing(provider, sharing) > 1:
         window = Window(window.tokens, window.source, sharing)
     return fit(parts, window, max_tokens, count or estimate_tokens, estimated=count is None, model=spec)
+
+
+async def refit_call(
+    provider: Any,
+    model: str,
+    spec: str,
+    parts: Parts,
+    max_tokens: int,
+    refused: Fit,
+    stated: int | None,
+    *,
+    sharing: int = 1,
+) -> Fit:
+    """The request for a call whose provider refused `refused` (what was sent) as longer than the
+    model's context window, fitted again from `parts` and `max_tokens` (as for `fit_call`).
+
+    The window is `stated`, the one the provider's error gives, when the refused request did
+    not fit it by moa's count; else REFUSED_SHRINK of the refused request's tokens (its prompt,
+    counted as `fit_call` counts, plus its max_tokens), smaller than what was refused either way.
+    ContextOverflow if the prompt cannot fit it. The engine calls this once per call: no loop.
+    """
+    count = await _tokenizer(provider, model)
+    counter = count or estimate_tokens
+    shared = _sharing(provider, sharing)
+    prompt = refused.prompt_tokens if refused.prompt_tokens is not None else counter(refused.messages)
+    size = prompt + refused.max_tokens * shared
+    if stated is not None and stated < size:
+        window = Window(stated, "refused", shared)
+    else:
+        window = Window(max(1, int(size * REFUSED_SHRINK)), "refused_guess", shared)
+    return fit(parts, window, max_tokens, counter, estimated=count is None, model=spec)
+
+
+async def _tokenizer(provider: Any, model: str) -> Counter | None:
+    tokenizer = getattr(provider, "tokenizer", None)
+    found: Counter | None = await tokenizer(model) if tokenizer is not None else None
+    return found
+
+
+def _sharing(provider: Any, sharing: int) -> int:
+    """Calls sharing one window: a local model's samples (one llama.cpp context); else 1."""
+    return sharing if sharing > 1 and getattr(provider, "shared_context", False) else 1

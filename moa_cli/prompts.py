@@ -1,4 +1,15 @@
-"""The aggregator prompt and how earlier answers are injected into a layer's messages."""
+"""The aggregator prompt and how earlier answers are injected into a layer's messages.
+
+Where the answers go is the `aggregator_layout` setting (LAYOUTS):
+
+    system   in the system message (the user's own, extended; else one put first), ahead of
+             the conversation: the paper's layout
+    after    (the default: as accurate on IFEval, measured in the README) after the conversation, at the end of its last (user) message: the prompt then
+             starts with the very tokens a layer-1 reference's prompt starts with (the whole
+             conversation up to its last message's end), so a prefix cache (a provider's, or
+             the local runtime's kept prefixes) can reuse what the references already evaluated.
+             Every chat template takes it: no second system message, no two user messages in a row
+"""
 
 from __future__ import annotations
 
@@ -18,6 +29,9 @@ you were given several responses. Write one refined, accurate, well-structured a
 complete answer that directly addresses the user's message, in the user's language.
 
 The responses are numbered and each is enclosed in <response_N> and </response_N> tags:"""
+
+#: Where the answers go (see the module docstring); the first is the paper's, the second the default.
+LAYOUTS = ("system", "after")
 
 # A response that itself contains "<response_2>" must not be able to fake a boundary.
 _TAG = re.compile(r"<(/?)(response_)", re.IGNORECASE)
@@ -39,13 +53,21 @@ def references_block(prompt: str, answers: list[str]) -> str:
     return "\n\n".join(parts)
 
 
-def inject_references(messages: list[Message], prompt: str, answers: list[str]) -> list[Message]:
-    """Return a copy of `messages` whose system message carries the earlier answers.
+def inject_references(
+    messages: list[Message], prompt: str, answers: list[str], layout: str = "system"
+) -> list[Message]:
+    """Return a copy of `messages` that carries the earlier answers, placed as `layout` says.
 
-    A user's system message keeps its text and gets the block appended; without one, a
-    system message is put first. The input list is never modified.
+    "system": a user's system message keeps its text and gets the block appended; without
+    one, a system message is put first. "after": the last message gets the block appended,
+    after a blank line; everything before it is left as it is. The input list is never modified.
     """
     block = references_block(prompt, answers)
+    if layout == "after":
+        last = messages[-1]
+        return [*messages[:-1], {"role": last["role"], "content": f"{last['content']}\n\n{block}"}]
+    if layout != "system":
+        raise ValueError(f"unknown layout {layout!r}")
     if messages and messages[0]["role"] == "system":
         first: Message = {"role": "system", "content": f"{messages[0]['content']}\n\n{block}"}
         return [first, *messages[1:]]

@@ -236,7 +236,8 @@ class Recording:
     def handle(self, event: Event) -> None:
         if isinstance(event, CallStarted):
             record = self._call(event.call)
-            record.started = time.perf_counter() - self._t0
+            if record.started is None:  # sent again after a refusal as too long: it started at its first try
+                record.started = time.perf_counter() - self._t0
             # What the request set, as sent (a call never sent: {}); what fitting shortened,
             # told just before the call started, is kept beside it.
             fitted = {"fitted": record.settings["fitted"]} if "fitted" in record.settings else {}

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from moa_cli import defaults
 from moa_cli.errors import ConfigError
-from moa_cli.prompts import AGGREGATOR_PROMPT
+from moa_cli.prompts import AGGREGATOR_PROMPT, LAYOUTS
 
 Check = Callable[[Any], "str | None"]  # returns what is wrong with a value, or None
 Kind = Literal["str", "int", "float", "bool", "models", "text"]
@@ -213,6 +213,24 @@ class Settings:
             show_default=False,
             decides="answer",
             recorded=True,
+        ),
+    )
+    aggregator_layout: str = setting(
+        "after",
+        Spec(
+            "str",
+            "Where the references' answers go in the aggregator's prompt: after (after the conversation, at the "
+            "end of its last message, so that a prefix cache can reuse what the references' prompts evaluated) "
+            "or system (in the system message, ahead of the conversation: the paper's layout).",
+            env="MOA_AGGREGATOR_LAYOUT",
+            flags=("--aggregator-layout",),
+            metavar="after|system",
+            checks=(one_of(*LAYOUTS),),
+            settable=True,
+            lineup=True,
+            decides="answer",
+            recorded=True,
+            overridable=True,
         ),
     )
     aggregation: str = setting(

@@ -22,16 +22,21 @@ class Usage:
     completion_tokens: int | None = None
     total_tokens: int | None = None
     cost: float | None = None  # USD, when the provider reported it (OpenRouter's usage.cost)
+    # Prompt tokens the provider did not evaluate again but took from a prefix cache (OpenAI's
+    # and vLLM's prompt_tokens_details.cached_tokens; the local runtime's copied cells).
+    cached_tokens: int | None = None
 
     @property
     def known(self) -> bool:
         return self.total_tokens is not None
 
     def to_dict(self) -> dict[str, int | None]:
+        cached = {"cached_tokens": self.cached_tokens} if self.cached_tokens is not None else {}
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
+            **cached,
         }
 
     @staticmethod

@@ -21,6 +21,7 @@ import pytest
 
 from moa_cli import batch
 from tests.conftest import ROOT
+from tests.fakes.helpers import asked, without_references
 from tests.fakes.llm_server import FakeLLMServer, Reply
 
 LINEUP = ["-r", "alpha", "-a", "judge"]
@@ -28,7 +29,7 @@ LINEUP = ["-r", "alpha", "-a", "judge"]
 
 def answers_by_prompt(server: FakeLLMServer, model: str = "judge") -> dict[str, str]:
     """What the aggregator answered each prompt (its last user message)."""
-    return {r.last_user: r.reply.text_for(model) for r in server.requests_for(model) if r.reply and r.last_user}
+    return {asked(r): r.reply.text_for(model) for r in server.requests_for(model) if r.reply and asked(r)}
 
 
 def distinct_answers(server: FakeLLMServer, n: int, model: str = "judge") -> None:
@@ -138,15 +139,15 @@ def test_mtbench_output_is_fastchats_model_answer(moa, llm_server: FakeLLMServer
 
     # The second turn is asked with the first turn and its answer, by every model.
     for model in ("alpha", "judge"):
-        second = next(r for r in llm_server.requests_for(model) if r.last_user == "And times 2?")
-        convo = [(m["role"], m["content"]) for m in second.messages if m["role"] != "system"]
+        second = next(r for r in llm_server.requests_for(model) if asked(r) == "And times 2?")
+        convo = [(m["role"], m["content"]) for m in without_references(second.messages) if m["role"] != "system"]
         first_answer = next(
-            r.reply.text_for(model) for r in llm_server.requests_for(model) if r.last_user == "What is 3*7?"
+            r.reply.text_for(model) for r in llm_server.requests_for(model) if asked(r) == "What is 3*7?"
         )
         assert convo == [("user", "What is 3*7?"), ("assistant", ans["What is 3*7?"]), ("user", "And times 2?")]
         assert first_answer  # each model saw the aggregator's answer, not its own
     # FastChat's per-category temperatures (0.7 for a category it does not list).
-    temperatures = {r.last_user: r.body["temperature"] for r in llm_server.requests}
+    temperatures = {asked(r): r.body["temperature"] for r in llm_server.requests}
     assert temperatures["Write a blog post."] == 0.7 and temperatures["What is 3*7?"] == 0.0
     assert temperatures["Hi"] == 0.7
 
@@ -198,7 +199,7 @@ def test_jsonl_prompts_and_messages(moa, llm_server: FakeLLMServer, tmp_path: Pa
     assert [p["model"] for p in lines[0]["proposals"]] == ["alpha"]
     assert lines[0]["usage"]["total_tokens"] > 0 and lines[0]["tokens"] == lines[0]["usage"]["total_tokens"]
     assert "cost" in lines[0] and lines[0]["aggregator"] == "judge" and lines[0]["finish_reason"] == "stop"
-    second = next(r for r in llm_server.requests_for("alpha") if r.last_user == "Bye")
+    second = next(r for r in llm_server.requests_for("alpha") if asked(r) == "Bye")
     convo = [(m["role"], m["content"]) for m in second.messages]
     assert convo == [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello"), ("user", "Bye")]
 
@@ -254,7 +255,7 @@ def test_a_failed_item_writes_no_file_and_a_rerun_retries_only_it(
     llm_server.requests.clear()
     proc = moa(["batch", str(source), "-o", str(out), *LINEUP, "--parallel", "1"])
     assert proc.returncode == 0, proc.stderr
-    assert [r.last_user for r in llm_server.requests] == ["prompt 1", "prompt 1"]  # alpha, judge: only the failed item
+    assert [asked(r) for r in llm_server.requests] == ["prompt 1", "prompt 1"]  # alpha, judge: only the failed item
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [0, 1, 2]
     assert "(2 from an earlier run)" in proc.stderr
     assert json.loads(batch.manifest_path(out).read_text())["status"] == "done"
@@ -323,8 +324,8 @@ def test_limit_and_ids_select_items(moa, llm_server: FakeLLMServer, tmp_path: Pa
     assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == [0, 1]
     assert moa(["batch", str(source), "-o", str(out), *LINEUP, "--ids", "4,1,3", "--limit", "2"]).returncode == 0
     assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == [1, 3]
-    asked = [r.last_user for r in llm_server.requests_for("judge")]
-    assert sorted(asked) == ["prompt 0", "prompt 1", "prompt 3"]  # item 1 was not asked twice
+    judged = [asked(r) for r in llm_server.requests_for("judge")]
+    assert sorted(judged) == ["prompt 0", "prompt 1", "prompt 3"]  # item 1 was not asked twice
 
 
 def test_a_torn_last_line_in_the_sidecar_is_dropped(tmp_path: Path) -> None:
@@ -404,7 +405,7 @@ def test_resume_after_kill_9_loses_nothing_and_asks_nothing_twice(
     proc2 = cli(["batch", *args])
     assert proc2.returncode == 0, proc2.stderr
     second = llm_server.requests[first_run:]
-    asked_again = {r.last_user for r in second}
+    asked_again = {asked(r) for r in second}
     assert not asked_again & {f"prompt {i}" for i in kept}  # nothing answered before is asked again
     assert asked_again == {f"prompt {i}" for i in range(n) if str(i) not in kept}
     assert len(second) == 2 * (n - len(kept))  # one reference and the aggregator, once each

@@ -16,7 +16,7 @@ from moa_cli import batch
 from moa_cli.api import MoA
 from moa_cli.providers.scripted import ScriptedProvider, ScriptedRouter, Step
 from moa_cli.types import Proposal, Usage
-from tests.fakes.helpers import home_env
+from tests.fakes.helpers import asked, home_env, references_in
 from tests.fakes.llm_server import FakeLLMServer, Reply
 
 FIRST = ["-r", "alpha,beta", "-a", "judge"]
@@ -58,10 +58,10 @@ def test_only_the_aggregator_runs_over_the_kept_proposals(moa, llm_server: FakeL
     # The server saw the new aggregator once per item, and no reference.
     assert [r.model for r in llm_server.requests] == ["judge2"] * 3
     for request in llm_server.requests:
-        item = kept[int(request.last_user.split()[-1])]
+        item = kept[int(asked(request).split()[-1])]
         texts = [p["text"] for p in item["proposals"]]
-        assert len(texts) == 2 and all(text in request.system for text in texts)
-    answered = {r.last_user: r.reply.text_for("judge2") for r in llm_server.requests}
+        assert len(texts) == 2 and all(text in references_in(request) for text in texts)
+    answered = {asked(r): r.reply.text_for("judge2") for r in llm_server.requests}
     out = lines(second)
     assert [x["id"] for x in out] == [0, 1, 2]
     for x in out:
@@ -129,19 +129,19 @@ def test_mtbench_reuses_every_turn_from_the_progress_file(moa, llm_server: FakeL
     proc = moa(["batch", str(source), "-o", str(out), *FIRST[:2], "-a", "judge2", "--reuse-proposals", str(progress)])
     assert proc.returncode == 0, proc.stderr
     assert [r.model for r in llm_server.requests] == ["judge2"] * 3
-    answered = {r.last_user: r.reply.text_for("judge2") for r in llm_server.requests}
+    answered = {asked(r): r.reply.text_for("judge2") for r in llm_server.requests}
     by_id = {x["question_id"]: x["choices"][0]["turns"] for x in lines(out)}
     assert by_id == {
         2: [answered["What is 3*7?"]],
         81: [answered["Write a blog post."], answered["Rewrite it in limericks."]],
     }
     # Turn 2 is asked after turn 1 and its new answer, over turn 2's kept proposals.
-    second = next(r for r in llm_server.requests if r.last_user == "Rewrite it in limericks.")
+    second = next(r for r in llm_server.requests if asked(r) == "Rewrite it in limericks.")
     convo = [(m["role"], m["content"]) for m in second.messages if m["role"] != "system"]
     assert convo[:2] == [("user", "Write a blog post."), ("assistant", answered["Write a blog post."])]
     kept = [json.loads(line) for line in progress.read_text().splitlines()[1:]]
     turn2 = next(o for o in kept if o["id"] == "81")["results"][1]["proposals"]
-    assert all(p["text"] in second.system for p in turn2)
+    assert all(p["text"] in references_in(second) for p in turn2)
 
 
 def test_the_reuse_file_is_part_of_the_fingerprint(moa, llm_server: FakeLLMServer, tmp_path: Path) -> None:
@@ -162,7 +162,7 @@ def test_the_reuse_file_is_part_of_the_fingerprint(moa, llm_server: FakeLLMServe
     # failed item's aggregator call.
     proc = moa(["batch", str(source), "-o", str(out), *reuse[2:], "-r", "gamma", "--rounds", "2"])
     assert proc.returncode == 0, proc.stderr
-    assert [(r.model, r.last_user) for r in llm_server.requests] == [("judge2", "prompt 1")]
+    assert [(r.model, asked(r)) for r in llm_server.requests] == [("judge2", "prompt 1")]
     # Proposals from another file (here the first run's progress file: same items, other bytes)
     # would mix two re-aggregations: refused too.
     other = [*reuse[:4], "--reuse-proposals", str(batch.sidecar_path(first))]

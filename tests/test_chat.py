@@ -33,6 +33,7 @@ from moa_cli.repl.slash import ChatState
 from moa_cli.store import TurnRecord
 from moa_cli.types import TurnResult, Usage
 from tests.conftest import ROOT
+from tests.fakes.helpers import references_in, without_references
 from tests.fakes.llm_server import FakeLLMServer, Reply
 
 REFS = ["ref-a", "ref-b"]
@@ -85,8 +86,8 @@ def run_repl(
 
 
 def turns(server: FakeLLMServer, model: str) -> list[list[dict[str, Any]]]:
-    """The messages of each request `model` received, system message left out."""
-    return [[m for m in r.messages if m["role"] != "system"] for r in server.requests_for(model)]
+    """The messages of each request `model` received, system message and references' answers left out."""
+    return [[m for m in without_references(r.messages) if m["role"] != "system"] for r in server.requests_for(model)]
 
 
 def user(text: str) -> dict[str, str]:
@@ -115,8 +116,8 @@ def test_the_second_turn_carries_the_first_to_every_model(server: FakeLLMServer)
     first, second = user("Capital of France?"), user("And its population?")
     for model in (*REFS, AGG):
         assert turns(server, model) == [[first], [first, assistant("Paris."), second]]
-    # The aggregator also gets the references' answers, in its system message.
-    assert "Answer from ref-a." in (server.requests_for(AGG)[1].system or "")
+    # The aggregator also gets the references' answers, after the conversation.
+    assert "Answer from ref-a." in references_in(server.requests_for(AGG)[1])
     assert "0.0s" not in run.out and re.search(r"\d+\.\ds · \d+ tokens · 3 calls", run.err)
 
 
@@ -132,9 +133,9 @@ def test_rounds_above_one_pass_on_only_the_answers_that_exist(server: FakeLLMSer
     layer2 = [r for r in server.requests if r.model in REFS][2:]
     assert len(layer2) == 2
     for request in layer2:
-        assert "Answer from ref-a." in (request.system or "")
-        assert "None" not in (request.system or "")
-        assert "<response_2>" not in (request.system or "")  # only one answer came through
+        assert "Answer from ref-a." in references_in(request)
+        assert "None" not in references_in(request)
+        assert "<response_2>" not in references_in(request)  # only one answer came through
     assert "3 of 4 reference answers (ref-b failed)" in run.err
     assert run.out == "Final answer.\n"
 
@@ -302,7 +303,7 @@ def test_system_new_and_retry(server: FakeLLMServer) -> None:
     server.script(AGG, Reply(text="A1"), Reply(text="A1 again"), Reply(text="A2"))
     run = run_repl("/system Be brief.\rq1\r/retry\r/new\rq2\r/system\r/exit\r")
     agg = server.requests_for(AGG)
-    assert [r.last_user for r in agg] == ["q1", "q1", "q2"]
+    assert [without_references(r.messages)[-1]["content"] for r in agg] == ["q1", "q1", "q2"]
     assert turns(server, AGG)[1] == [user("q1")]  # /retry replaced the answer, it did not stack
     assert turns(server, AGG)[2] == [user("q2")]  # /new forgot q1
     assert all((r.system or "").startswith("Be brief.") for r in agg)

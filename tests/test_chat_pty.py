@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, run_moa
+from tests.fakes.helpers import without_references
 from tests.fakes.llm_server import FakeLLMServer, Reply
 
 pexpect = pytest.importorskip("pexpect")
@@ -68,7 +69,7 @@ def wait_for(condition: Callable[[], bool], timeout: float = 5) -> None:
 
 def user_turns(server: FakeLLMServer, model: str) -> list[list[str]]:
     return [
-        [f"{m['role']}: {m['content']}" for m in r.messages if m["role"] != "system"]
+        [f"{m['role']}: {m['content']}" for m in without_references(r.messages) if m["role"] != "system"]
         for r in server.requests_for(model)
     ]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+from tests.fakes.helpers import asked, references_in
 from tests.fakes.llm_server import FakeLLMServer, Reply
 
 LINEUP = ["-r", "alpha,beta", "-a", "judge"]
@@ -23,7 +24,7 @@ def test_prompt_as_argument_prints_only_the_answer(moa, llm_server: FakeLLMServe
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "Rayleigh scattering.\n\nShort waves scatter more.\n"
     assert "Traceback" not in proc.stderr
-    assert [r.last_user for r in llm_server.requests] == ["Why is the sky blue?"] * 3
+    assert [asked(r) for r in llm_server.requests] == ["Why is the sky blue?"] * 3
 
 
 def test_prompt_from_stdin(moa, llm_server: FakeLLMServer) -> None:
@@ -73,7 +74,8 @@ def test_one_reference_failing_warns_once_and_answers(moa, llm_server: FakeLLMSe
     warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "beta" in warnings[0] and "500" in warnings[0]
     assert proc.stdout == "Answer from judge.\n"
-    assert "Answer from beta" not in (llm_server.requests_for("judge")[0].system or "")
+    judge = llm_server.requests_for("judge")[0]
+    assert "Answer from alpha" in references_in(judge) and "Answer from beta" not in str(judge.messages)
 
 
 def test_a_404_model_is_named(moa, llm_server: FakeLLMServer) -> None:

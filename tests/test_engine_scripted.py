@@ -64,9 +64,10 @@ def test_each_layer_sees_the_previous_layers_answers() -> None:
     result = run(plan(rounds=2))
     alpha = run.provider.calls_for("alpha")
     assert alpha[0].messages == Q
-    assert alpha[1].messages == [{"role": "system", "content": block(["alpha one", "beta one"])}, *Q]
+    # The default layout: after the conversation, at the end of its last message.
+    assert alpha[1].messages == [{"role": "user", "content": "q\n\n" + block(["alpha one", "beta one"])}]
     (judge,) = run.provider.calls_for("judge")
-    assert judge.messages[0]["content"] == block(["alpha two", "beta two"])
+    assert judge.messages == [{"role": "user", "content": "q\n\n" + block(["alpha two", "beta two"])}]
     assert result.answer == "final"
     assert [(p.model, p.layer) for p in result.proposals] == [("alpha", 1), ("beta", 1), ("alpha", 2), ("beta", 2)]
     run.provider.assert_complete()

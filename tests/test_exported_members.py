@@ -24,6 +24,7 @@ EXPECTED = {
     "StreamCutOff",
     "BadResponse",
     "ContextOverflow",
+    "ContextRefused",
     "EmptyAnswer",
     "TurnFailed",
     "__version__",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.fakes.helpers import references_in
 from tests.fakes.llm_server import FakeLLMServer, Reply
 
 LINEUP = ["-r", "alpha,beta", "-a", "judge", "--max-tokens", "40"]
@@ -64,7 +65,7 @@ def test_a_fault_in_a_reference(moa, llm_server: FakeLLMServer, fault: Fault, js
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     warnings = [line for line in stderr_lines(proc) if line.startswith("moa: warning:")]
-    system = llm_server.requests_for("judge")[0].system or ""
+    system = references_in(llm_server.requests_for("judge")[0])
     if fault.kind is None:  # cut at max_tokens: kept, and said so in --json
         assert warnings == []
         assert "one two three" in system

@@ -26,6 +26,7 @@ from moa_cli.fitting import (
 from moa_cli.prompts import AGGREGATOR_PROMPT
 from moa_cli.types import Message
 from tests.conftest import run_moa
+from tests.fakes.helpers import asked, references_in, without_references
 from tests.fakes.llm_server import FakeLLMServer, RecordedRequest, Reply
 from tests.fakes.serve_process import ServeProcess
 
@@ -171,8 +172,8 @@ def test_the_oldest_turns_go_first(moa_for: Callable[..., MoA], llm_server: Fake
     (alpha,) = llm_server.requests_for("alpha")
     (judge,) = llm_server.requests_for("judge")
     assert alpha.messages == history  # 131,072 tokens, as /v1/models says: all of it
-    assert judge.messages[0]["content"].startswith("You are terse.") and judge.messages[-1]["content"] == "And now?"
-    kept = [m["content"] for m in judge.messages[1:-1]]
+    assert judge.messages[0]["content"].startswith("You are terse.") and asked(judge) == "And now?"
+    kept = [m["content"] for m in without_references(judge.messages)[1:-1]]
     assert kept and all(text in [m["content"] for m in history] for text in kept)
     assert "question 0" not in json.dumps(judge.messages)  # the oldest went first
     assert "answer 5" in json.dumps(judge.messages)  # the latest stayed
@@ -197,8 +198,8 @@ def test_the_answers_are_shortened_evenly_before_the_input(
     question = "Compare these. " * 50
     result = asyncio.run(moa.arun(question))
     (judge,) = llm_server.requests_for("judge")
-    system = judge.system or ""
-    assert judge.last_user == question  # the input is whole
+    system = references_in(judge)
+    assert asked(judge) == question  # the input is whole
     assert "short beta answer" in system and system.count(ANSWER_MARK.strip()) == 2
     alpha_kept = system.split("<response_1>")[1].split("</response_1>")[0].count("alpha")
     gamma_kept = system.split("<response_3>")[1].split("</response_3>")[0].count("gamma")
@@ -214,10 +215,10 @@ def test_the_input_is_cut_in_its_middle_and_marked(moa_for: Callable[..., MoA], 
     )
     result = asyncio.run(moa.arun(text))
     for request in (*llm_server.requests_for("alpha"), *llm_server.requests_for("judge")):
-        sent = request.last_user or ""
+        sent = asked(request) or ""
         assert sent.startswith("FIRST LINE") and sent.endswith("LAST LINE") and MARK in sent
         assert wire_tokens(request) + 512 <= 4096
-    assert "Answer from alpha." in (llm_server.requests_for("judge")[0].system or "")  # the answer was kept
+    assert "Answer from alpha." in references_in(llm_server.requests_for("judge")[0])  # the answer was kept
     assert [e["model"] for e in result.fitted] == ["alpha", "judge"]
     assert all(e["steps"][-1].startswith("the input cut in its middle") for e in result.fitted)
 
@@ -280,11 +281,11 @@ def test_a_20000_token_stdin_through_a_hosted_line_up(cli, moa_home: Path, llm_s
     (alpha,) = llm_server.requests_for("alpha")
     (beta,) = llm_server.requests_for("beta")
     (judge,) = llm_server.requests_for("judge")
-    assert alpha.last_user == text + "\n\nSummarise this."  # 131,072 tokens: sent whole
-    assert MARK in (beta.last_user or "") and wire_tokens(beta) + 512 <= 16384
-    assert MARK in (judge.last_user or "") and wire_tokens(judge) + 512 <= 8192
-    assert (judge.last_user or "").endswith("Summarise this.")  # the question at the end is kept
-    assert (judge.system or "").count(ANSWER_MARK.strip()) == 2
+    assert asked(alpha) == text + "\n\nSummarise this."  # 131,072 tokens: sent whole
+    assert MARK in (asked(beta) or "") and wire_tokens(beta) + 512 <= 16384
+    assert MARK in (asked(judge) or "") and wire_tokens(judge) + 512 <= 8192
+    assert (asked(judge) or "").endswith("Summarise this.")  # the question at the end is kept
+    assert references_in(judge).count(ANSWER_MARK.strip()) == 2
     fitted = {e["model"]: e for e in out["fitted"]}
     assert set(fitted) == {"beta", "judge"}
     assert (fitted["beta"]["window"], fitted["beta"]["window_source"]) == (16384, "provider")
@@ -360,3 +361,138 @@ def test_a_20000_token_stdin_through_the_offline_line_up(moa_home: Path) -> None
     assert used == {fitted[0]["prompt_tokens"]}  # llama.cpp evaluated exactly what fitting counted
     said = [line for line in proc.stderr.splitlines() if "shortened the prompt" in line]
     assert len(said) == 1 and "shared by 3 calls" in said[0]  # three samples, said once
+
+
+# ---------------------------------------------------------------------------- refused by the provider
+
+VLLM_REFUSAL = (
+    "This model's maximum context length is 4096 tokens. However, you requested 9000 tokens "
+    "(8488 in the messages, 512 in the completion). Please reduce the length of the messages or completion."
+)
+
+
+def fake_ai(llm_server: FakeLLMServer) -> str:
+    """Config text for an OpenAI-compatible provider `fakeai` on the fake server."""
+    return f'[providers.fakeai]\nkind = "openai"\nbase_url = "{llm_server.openai_base_url}"\n'
+
+
+@pytest.mark.parametrize(
+    ("fields", "message", "window"),
+    [
+        ({}, VLLM_REFUSAL, 4096),  # vLLM, and OpenAI's older text
+        ({"code": "context_length_exceeded"}, "Your input exceeds the context window of this model.", None),
+        (
+            {"type": "exceed_context_size_error", "n_prompt_tokens": 4476, "n_ctx": 4096},
+            "request (4476 tokens) exceeds the available context size (4096 tokens)",
+            4096,
+        ),  # llama.cpp's server, now
+        (
+            {"type": "exceed_context_size_error"},
+            "the request exceeds the available context size, try increasing it",
+            None,
+        ),  # llama.cpp's server, before it said n_ctx
+        ({}, "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 8193. Given: 9000", 8193),
+        ({}, "Prompt contains 40000 tokens, too large for model with 32768 maximum context length", 32768),
+    ],
+)
+def test_a_refusal_as_too_long_is_read_with_its_window(
+    fields: dict[str, Any], message: str, window: int | None
+) -> None:
+    from moa_cli.errors import ContextRefused
+    from moa_cli.providers.chat_api import _error_chunk, context_refusal
+
+    refused = context_refusal("m", fields, message, "why", 400)
+    assert isinstance(refused, ContextRefused) and refused.kind == "context" and refused.window == window
+    mid_stream = _error_chunk("m", {"message": message, **fields})  # an error object in a stream or a body
+    assert isinstance(mid_stream, ContextRefused) and mid_stream.window == window
+
+
+def test_other_bad_requests_are_not_refusals_for_length() -> None:
+    from moa_cli.providers.chat_api import context_refusal
+
+    assert context_refusal("m", {"code": "invalid_value"}, "temperature must be at most 2", "why", 400) is None
+
+
+def test_the_window_a_refit_takes() -> None:
+    """The stated window when the refused request did not fit it; else half the refused request
+    (also when the request was short enough that it was sent uncounted, with no window)."""
+    from moa_cli.fitting import REFUSED_SHRINK, Fit, refit_call
+
+    parts = Parts([{"role": "user", "content": "word " * 3000}])
+    sent = parts.messages()
+    size = estimate_tokens(sent) + 512
+    uncounted = Fit(sent, 512, None, None, True)
+    for stated, window, source in [
+        (2048, 2048, "refused"),
+        (None, int(size * REFUSED_SHRINK), "refused_guess"),
+        (size + 100, int(size * REFUSED_SHRINK), "refused_guess"),  # moa's count erred short: not the same again
+    ]:
+        fitted = asyncio.run(refit_call(object(), "m", "m", parts, 512, uncounted, stated))
+        assert fitted.window == Window(window, source) and fitted.changed
+        assert (fitted.prompt_tokens or 0) + fitted.max_tokens <= window < size
+
+
+def test_a_reference_refused_as_too_long_is_fitted_to_the_stated_window_and_sent_again(
+    moa_for: Callable[..., MoA], llm_server: FakeLLMServer
+) -> None:
+    """vLLM through the openai SDK: the window moa assumed (its default) was too large; the
+    second request fits the window the refusal states, and the reference answers."""
+    llm_server.script("alpha", Reply(status=400, error_message=VLLM_REFUSAL))
+    text = "FIRST LINE\n" + long_text(5000) + "\nLAST LINE"
+    moa = moa_for(fake_ai(llm_server), references=["fakeai:alpha", "fakeai:beta"], aggregator="fakeai:judge")
+    events: list[Any] = []
+    result = asyncio.run(moa.arun(text, on_event=events.append))
+    first, second = llm_server.requests_for("alpha")
+    assert asked(first) == text and wire_tokens(first) + 512 > 4096  # sent whole: 8,192 assumed
+    assert MARK in (asked(second) or "") and (asked(second) or "").endswith("LAST LINE")
+    assert wire_tokens(second) < wire_tokens(first) and wire_tokens(second) + 512 <= 4096
+    assert [p.error_kind for p in result.proposals] == [None, None]  # both references answered
+    assert "Answer from alpha." in references_in(llm_server.requests_for("judge")[0])
+    (entry,) = result.fitted
+    assert (entry["model"], entry["window"], entry["window_source"]) == ("fakeai:alpha", 4096, "refused")
+    said = [e.message for e in events if e.type == "context_fitted"]
+    assert len(said) == 1 and "for fakeai:alpha" in said[0] and "(4,096 tokens, as its provider said when it" in said[0]
+    assert not [e for e in events if e.type == "call_failed"]
+    llm_server.assert_complete()
+
+
+def test_an_aggregator_refused_without_a_window_is_fitted_to_half_and_sent_again(
+    moa_for: Callable[..., MoA], llm_server: FakeLLMServer
+) -> None:
+    """llama.cpp's server (through together's SDK here) before it said its n_ctx: no window in the
+    refusal, so the second request fits REFUSED_SHRINK of the first one's tokens."""
+    from moa_cli.fitting import REFUSED_SHRINK
+
+    refusal = "the request exceeds the available context size, try increasing it"
+    llm_server.script(
+        "judge", Reply(status=400, error_message=refusal, error_fields={"type": "exceed_context_size_error"})
+    )
+    llm_server.set_default("alpha", Reply(text="alpha " * 1200))
+    llm_server.set_default("beta", Reply(text="beta " * 1200))
+    moa = moa_for("", references=["alpha", "beta"], aggregator="judge", reference_max_tokens=2000)
+    result = asyncio.run(moa.arun("Compare these answers."))
+    first, second = llm_server.requests_for("judge")
+    assert first.body["max_tokens"] == second.body["max_tokens"] == 512
+    assert wire_tokens(second) + 512 <= int((wire_tokens(first) + 512) * REFUSED_SHRINK)
+    assert references_in(second).count(ANSWER_MARK.strip()) == 2 and asked(second) == "Compare these answers."
+    assert result.answer == "Answer from judge."
+    (entry,) = result.fitted
+    assert (entry["model"], entry["window_source"]) == ("judge", "refused_guess")
+    llm_server.assert_complete()
+
+
+def test_a_provider_that_refuses_again_fails_the_call_once_as_context(
+    moa_for: Callable[..., MoA], llm_server: FakeLLMServer
+) -> None:
+    """One refit, never a loop: the second refusal is the call's failure (kind context), said once."""
+    refused = Reply(status=400, error_message=VLLM_REFUSAL, error_fields={"code": "context_length_exceeded"})
+    llm_server.script("judge", refused, refused, Reply(text="never asked for"))
+    moa = moa_for(fake_ai(llm_server), references=["fakeai:alpha"], aggregator="fakeai:judge")
+    events: list[Any] = []
+    with pytest.raises(TurnFailed) as caught:
+        asyncio.run(moa.arun(long_text(5000), on_event=events.append))
+    assert caught.value.kind == "context" and caught.value.status == 400 and caught.value.aggregator
+    assert len(llm_server.requests_for("judge")) == 2
+    failed = [e for e in events if e.type == "call_failed"]
+    assert [(e.call.model, e.kind) for e in failed] == [("fakeai:judge", "context")]
+    assert "too long for the model's context window" in failed[0].error

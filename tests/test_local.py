@@ -33,6 +33,7 @@ from moa_cli.providers import local
 from moa_cli.providers.local import LocalProvider, check_local_model
 from moa_cli.types import CompletionRequest, Finish, Message, Usage
 from tests.conftest import ROOT, run_moa
+from tests.fakes.helpers import asked, references_in
 from tests.fakes.llm_server import FakeLLMServer, Reply
 
 LOCAL = ProviderConfig("local", "local")
@@ -231,10 +232,9 @@ def test_local_references_with_a_remote_aggregator(
     assert result["answer"] == "Rayleigh scattering, in short."
     (local_answer,) = [p["text"] for p in result["proposals"]]
     (seen,) = llm_server.requests_for("fake-agg")
-    assert seen.last_user == "Why is the sky blue?"
-    assert seen.system is not None
-    assert f"<response_1>\n{local_answer.strip()}\n</response_1>" in seen.system
-    assert "<response_2>" not in seen.system
+    assert asked(seen) == "Why is the sky blue?"
+    assert f"<response_1>\n{local_answer.strip()}\n</response_1>" in references_in(seen)
+    assert "<response_2>" not in str(seen.messages)
 
 
 @pytest.mark.local
@@ -289,7 +289,7 @@ def test_usage_is_what_llama_cpp_counts(
     expected = llama_oracle(messages, max_tokens=max_tokens, temperature=0.0)
     assert expected["choices"][0]["finish_reason"] == finish
     assert "".join(pieces) == expected["choices"][0]["message"]["content"]
-    assert usage == Usage(**expected["usage"])
+    assert usage is not None and replace(usage, cached_tokens=None) == Usage(**expected["usage"])
 
 
 def runtime(bundled: Path) -> Any:
@@ -380,7 +380,10 @@ def test_samples_of_one_prompt_are_decoded_together(provider: LocalProvider, bun
     assert runtime(bundled).evaluated - evaluated == prompt + 3 * (size - 1), "the prompt was evaluated twice"
     texts = ["".join(pieces) for pieces, _, _ in first]
     assert len(set(texts)) == 3, "the seeds gave the same sample"
-    assert all(u == Usage(prompt, size, prompt + size) and f == "length" for _, u, f in first)
+    assert all(replace(u, cached_tokens=None) == Usage(prompt, size, prompt + size) for _, u, _ in first if u)
+    assert all(f == "length" for _, _, f in first)
+    # The lead evaluated the prompt; the other two copied its cells (usage says so).
+    assert sorted(u.cached_tokens or 0 for _, u, _ in first if u) == [0, prompt, prompt]
     asyncio.run(collect(provider, request([{"role": "user", "content": "Something else."}], 16, temperature=0.8)))
     assert ["".join(pieces) for pieces, _, _ in asyncio.run(three())] == texts
 
@@ -503,6 +506,7 @@ def test_the_next_turn_reuses_the_conversation_in_the_context(provider: LocalPro
     evaluated = runtime(bundled).evaluated
     _, usage = asyncio.run(collect(provider, request(follow, 4)))
     assert usage is not None and usage.prompt_tokens == second  # usage counts the whole prompt
+    assert usage.cached_tokens == copied  # and says how much of it was copied, not evaluated
     # What was evaluated: the prompt after the copied batches, then three steps.
     assert runtime(bundled).evaluated - evaluated == second - copied + 3
 

@@ -23,6 +23,7 @@ from moa_cli.providers.scripted import ScriptedProvider, ScriptedRouter, Step
 from moa_cli.render import footer_text
 from moa_cli.repl.slash import apply_setting
 from moa_cli.types import Message
+from tests.fakes.helpers import references_in
 from tests.fakes.llm_server import FakeLLMServer, Reply
 
 Q: list[Message] = [{"role": "user", "content": "q"}]
@@ -217,7 +218,7 @@ def test_a_straggler_costs_nothing_with_a_quorum(moa_env: dict[str, str], llm_se
     assert wall < 10.0 / 4
     assert wall / (fast + aggregator) < 1.5
     assert result.answer == "The final answer."
-    system = llm_server.requests_for("judge")[1].system or ""
+    system = references_in(llm_server.requests_for("judge")[1])
     assert len(re.findall(r"<response_\d+>", system)) == 3 and "d says" not in system
     assert result.proposals[3].error_kind == "quorum"
     # The straggler's stream was closed: the server saw the client go away.

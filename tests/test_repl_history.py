@@ -24,6 +24,7 @@ from moa_cli.repl.loop import Repl
 from moa_cli.repl.session import GuardedFileHistory, make_session, open_history
 from moa_cli.repl.slash import ChatState
 from tests.conftest import ROOT
+from tests.fakes.helpers import asked
 from tests.fakes.llm_server import FakeLLMServer, Reply
 
 AGG = "agg"
@@ -54,7 +55,7 @@ def test_a_history_path_that_is_a_directory_warns_once(server: FakeLLMServer, tm
 
     assert warnings == [f"cannot use the input history file {history}: Is a directory; running without saved history"]
     assert out == "Answer.\nAnswer.\n"  # the first line typed was not swallowed
-    assert [r.last_user for r in server.requests_for(AGG)] == ["first", "second"]
+    assert [asked(r) for r in server.requests_for(AGG)] == ["first", "second"]
     assert "Traceback" not in err
 
 
@@ -133,4 +134,4 @@ def test_on_a_terminal_a_directory_history_is_one_warning(
     assert child.exitstatus == 0, screen
     assert screen.count("cannot use the input history file") == 1
     assert "Traceback" not in screen and "Press ENTER" not in screen
-    assert [r.last_user for r in llm_server.requests_for(AGG)] == ["first question", "second question"]
+    assert [asked(r) for r in llm_server.requests_for(AGG)] == ["first question", "second question"]

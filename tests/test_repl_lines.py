@@ -18,6 +18,7 @@ from rich.console import Console
 from moa_cli.config import load_settings
 from moa_cli.repl.lines import run_lines
 from tests.conftest import ROOT
+from tests.fakes.helpers import asked, without_references
 from tests.fakes.llm_server import FakeLLMServer, Reply
 
 AGG = "agg"
@@ -33,7 +34,7 @@ def assistant(text: str) -> dict[str, str]:
 
 
 def turns(server: FakeLLMServer, model: str) -> list[list[dict[str, Any]]]:
-    return [[m for m in r.messages if m["role"] != "system"] for r in server.requests_for(model)]
+    return [[m for m in without_references(r.messages) if m["role"] != "system"] for r in server.requests_for(model)]
 
 
 @pytest.fixture
@@ -90,7 +91,7 @@ def test_a_double_slash_sends_the_line_with_one_slash(moa: Any, server: FakeLLMS
 def test_exit_and_known_commands_still_work(moa: Any, server: FakeLLMServer) -> None:
     result = moa(["chat", *LINEUP], input="/set temperature 0.3\nhi\nexit\nnever sent\n")
     assert result.returncode == 0, result.stderr
-    assert [r.last_user for r in server.requests_for(AGG)] == ["hi"]
+    assert [asked(r) for r in server.requests_for(AGG)] == ["hi"]
     assert server.requests_for("ref-a")[0].body["temperature"] == 0.3
 
 
@@ -134,7 +135,7 @@ def test_run_lines_in_process_counts_failed_turns(server: FakeLLMServer) -> None
     assert code == 1
     assert out.file.getvalue() == "Final answer.\nFinal answer.\n"  # type: ignore[attr-defined]
     assert err.file.getvalue().endswith("moa: 2 of 4 turns failed\n")  # type: ignore[attr-defined]
-    assert [r.last_user for r in server.requests_for(AGG)] == ["three", "three"]
+    assert [asked(r) for r in server.requests_for(AGG)] == ["three", "three"]
 
 
 class ClosedPipe(StringIO):
@@ -174,7 +175,7 @@ def test_a_closed_stdout_ends_the_interactive_repl_with_broken_pipe(
         with pytest.raises(BrokenPipeError):
             asyncio.run(repl.run())
     gc.collect()
-    assert [r.last_user for r in server.requests_for(AGG)] == ["first"]
+    assert [asked(r) for r in server.requests_for(AGG)] == ["first"]
     assert "Task exception was never retrieved" not in caplog.text
     assert "moa: error" not in err.file.getvalue()  # type: ignore[attr-defined]
 
@@ -183,4 +184,4 @@ def test_run_lines_lets_a_closed_stdout_through(server: FakeLLMServer) -> None:
     settings = load_settings({"references": ["ref-a"], "aggregator": AGG})
     with pytest.raises(BrokenPipeError):
         run_lines(settings, StringIO("first\nsecond\n"), console(), Console(file=ClosedPipe(), width=100))
-    assert [r.last_user for r in server.requests_for(AGG)] == ["first"]
+    assert [asked(r) for r in server.requests_for(AGG)] == ["first"]

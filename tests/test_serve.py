@@ -23,6 +23,7 @@ from moa_cli.server.app import create_app
 from moa_cli.server.limits import Gate
 from moa_cli.server.options import ServeOptions
 from moa_cli.stops import StopMatcher
+from tests.fakes.helpers import references_in
 from tests.fakes.llm_server import FakeLLMServer, Reply, split_pieces
 
 LINEUP = {"references": ["alpha", "beta"], "aggregator": "judge"}
@@ -110,7 +111,7 @@ def test_a_turn_answers_with_the_aggregators_text_real_ids_and_summed_usage(moa_
     moa = data["moa"]
     assert [(p["model"], p["layer"], p["status"]) for p in moa["proposals"]] == [("alpha", 1, "ok"), ("beta", 1, "ok")]
     assert moa["aggregator"]["model"] == "judge" and moa["usage_complete"] is True
-    assert "Answer from alpha." in (llm_server.requests_for("judge")[0].system or "")
+    assert "Answer from alpha." in references_in(llm_server.requests_for("judge")[0])
 
 
 def test_a_failing_reference_is_not_an_error(moa_env, llm_server: FakeLLMServer) -> None:

@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from tests.conftest import run_moa
+from tests.fakes.helpers import asked
 from tests.fakes.llm_server import FakeLLMServer, Reply, split_pieces
 from tests.fakes.serve_process import ServeProcess, wait_for
 
@@ -223,7 +224,7 @@ def test_fifty_concurrent_streams_are_all_answered(serve, llm_server: FakeLLMSer
     results = asyncio.run(run())
     assert [text for _, text in results] == ["Answer from judge."] * 50
     assert len({id_ for id_, _ in results}) == 50
-    judged = sorted(r.last_user for r in llm_server.requests_for("judge"))
+    judged = sorted(asked(r) for r in llm_server.requests_for("judge"))
     assert judged == sorted(f"question {n}" for n in range(50))
 
 

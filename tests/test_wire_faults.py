@@ -68,7 +68,7 @@ def test_a_body_that_is_not_a_proper_stream_is_a_bad_response(moa, llm_server: F
     assert len(warnings) == 1 and reason in warnings[0], proc.stderr
     assert "Traceback" not in proc.stderr and "never retrieved" not in proc.stderr
     assert proc.stdout == "Answer from judge.\n"
-    assert "12345" not in (llm_server.requests_for("judge")[0].system or "")
+    assert "12345" not in str(llm_server.requests_for("judge")[0].messages)
 
 
 def test_a_wrong_typed_content_in_the_aggregator_is_never_forwarded(moa, llm_server: FakeLLMServer) -> None:

@@ -32,6 +32,7 @@ import contextlib
 import datetime
 import email.utils
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
@@ -43,6 +44,7 @@ import httpx
 from moa_cli.diagnostics import logger  # disabled until the CLI configures it
 from moa_cli.errors import (
     BadResponse,
+    ContextRefused,
     ProviderConnectionError,
     ProviderError,
     ProviderTimeout,
@@ -74,13 +76,69 @@ def _status_detail(exc: Exception) -> str:
     return clean_server_text(str(message))
 
 
+#: An error's `code` or `type` that says the prompt is longer than the model's context window
+#: (OpenAI and Groq: context_length_exceeded; llama.cpp's server: exceed_context_size_error).
+CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error", "context_window_exceeded"})
+#: Words of an error message that say so when no code does (vLLM, TGI, OpenRouter, Mistral, ...).
+_CONTEXT_WORDS = re.compile(
+    r"maximum context length|context length|context size|context window|maximum input length"
+    r"|prompt is too long|`inputs` tokens \+ `max_new_tokens`",
+    re.IGNORECASE,
+)
+#: Where a message states the window, in tokens; the first that matches is taken.
+_STATED_WINDOW = (
+    re.compile(r"maximum context length is (\d[\d,]*)", re.IGNORECASE),  # OpenAI, vLLM, OpenRouter, Groq
+    re.compile(r"context size \((\d[\d,]*) tokens\)", re.IGNORECASE),  # llama.cpp's server
+    re.compile(r"(\d[\d,]*) maximum context length", re.IGNORECASE),  # Mistral
+    re.compile(r"max_new_tokens`? must be <= (\d[\d,]*)", re.IGNORECASE),  # TGI
+    re.compile(r"tokens > (\d[\d,]*) maximum", re.IGNORECASE),  # Anthropic's compatible API
+)
+#: Statuses a refusal for length comes with: a client error, not one moa has a kind for already.
+_REFUSAL_STATUSES = frozenset(range(400, 500)) - {401, 403, 404, 429}
+
+
+def stated_window(fields: Any, message: str) -> int | None:
+    """The context window (tokens) an error states: its `n_ctx` field (llama.cpp's server),
+    else a number its message gives as the window; None when it gives none."""
+    n_ctx = fields.get("n_ctx") if isinstance(fields, dict) else None
+    if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx > 0:
+        return n_ctx
+    for pattern in _STATED_WINDOW:
+        found = pattern.search(message)
+        if found:
+            return int(found.group(1).replace(",", "")) or None
+    return None
+
+
+def context_refusal(model: str, fields: Any, message: str, reason: str, status: int | None) -> ContextRefused | None:
+    """A `ContextRefused` if the error (`fields`: its JSON object; `message`: its text) says the
+    prompt was longer than the model's context window; None if it does not."""
+    codes = {str(fields.get(k) or "") for k in ("code", "type")} if isinstance(fields, dict) else set()
+    if not (codes & CONTEXT_CODES or _CONTEXT_WORDS.search(message)):
+        return None
+    return ContextRefused(model, reason, status=status, window=stated_window(fields, message))
+
+
+def _error_fields(exc: Exception) -> tuple[Any, str]:
+    """An HTTP error's JSON error object (or None) and its raw message (for the numbers in it)."""
+    body = getattr(exc, "body", None)
+    fields = body.get("error", body) if isinstance(body, dict) else None
+    message = fields.get("message") if isinstance(fields, dict) else None
+    if not isinstance(message, str):
+        message = body if isinstance(body, str) else str(exc)
+    return fields, message
+
+
 def _error_chunk(model: str, error: Any) -> ProviderError:
     """An `{"error": ...}` object sent in the middle of a stream."""
     message = error.get("message") if isinstance(error, dict) else error
     code = error.get("code") if isinstance(error, dict) else None
     status = code if isinstance(code, int) and 400 <= code < 600 else None
-    kind = "rate_limit" if status is None and "rate_limit" in str(code) else kind_for_status(status)
     text = clean_server_text(str(message or "no message"))
+    refused = context_refusal(model, error, str(message or ""), f"error mid-stream: {text}", status)
+    if refused is not None:
+        return refused
+    kind = "rate_limit" if status is None and "rate_limit" in str(code) else kind_for_status(status)
     return error_for(model, f"error mid-stream: {text}", kind=kind, status=status)
 
 
@@ -127,6 +185,12 @@ def map_error(model: str, exc: BaseException, timeout: float) -> ProviderError |
             429: "rate limited",
         }
         said = f"HTTP {status} {words[status]}" if status in words else f"HTTP {status}"
+        if status in _REFUSAL_STATUSES:
+            fields, message = _error_fields(exc)  # type: ignore[arg-type]
+            reason = f"HTTP {status} too long for the model's context window: {detail}"
+            refused = context_refusal(model, fields, message, reason, status)
+            if refused is not None:
+                return refused
         return error_for(model, f"{said}: {detail}", status=status)
     name = type(exc).__name__
     # A read timeout mid-stream surfaces as raw httpx.ReadTimeout, not an SDK error.
@@ -150,7 +214,10 @@ def _usage(raw: Any) -> Usage | None:
     total = raw.get("total_tokens")
     cost = raw.get("cost")  # OpenRouter reports what the call cost, in USD
     cost = float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) and cost >= 0 else None
-    return Usage(prompt, completion, total if isinstance(total, int) else prompt + completion, cost)
+    details = raw.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    cached = cached if isinstance(cached, int) and not isinstance(cached, bool) and cached >= 0 else None
+    return Usage(prompt, completion, total if isinstance(total, int) else prompt + completion, cost, cached)
 
 
 #: The byte budget of one call's answer: generous slack per token, a fixed allowance, a ceiling.

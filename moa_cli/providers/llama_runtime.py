@@ -100,6 +100,7 @@ class Request:
     # The worker's state.
     seq_id: int = -1
     kv: list[int] = field(default_factory=list)  # the tokens in the context, at positions 0..len-1
+    reused: int = 0  # prompt tokens copied from another sequence's cells, not evaluated for it
     limit: int = 0  # tokens it may generate
     generated: int = 0
     next_token: int = -1  # sampled, not yet evaluated
@@ -357,6 +358,7 @@ class Runtime:
         if source is not None and shared >= MIN_SHARED_PREFIX:
             llama.llama_memory_seq_cp(self._memory, source.seq_id, lead.seq_id, 0, shared)
             lead.kv = list(prompt[:shared])
+            lead.reused = shared
             if source in self._kept:  # its cells now belong to the lead
                 self._kept.remove(source)
                 self._drop(source)
@@ -376,6 +378,7 @@ class Runtime:
         for request in group[1:]:  # right after the lead's prompt: a whole-state copy is right too
             llama.llama_memory_seq_cp(self._memory, lead.seq_id, request.seq_id, 0, len(prompt))
             request.kv = list(prompt)
+            request.reused = len(prompt)
         for request in group:
             request.sampler = self._sampler(request.sampling)
             request.text = _Text(request.stop_strings)
@@ -545,7 +548,7 @@ class Runtime:
                     request.emit(rest)
             request.emit(Finish(reason))
             prompt = len(request.prompt)
-            request.emit(Usage(prompt, request.generated, prompt + request.generated))
+            request.emit(Usage(prompt, request.generated, prompt + request.generated, cached_tokens=request.reused))
         self._release(request)
         request.finished = True
         request.done(None)

@@ -48,6 +48,8 @@ Faults of a stream that the SDKs do not see, only moa's reading of it:
 * ``Reply(finish_reason="length")`` -> the final chunk's finish reason.
 * ``Reply(endless=True)`` -> the text's pieces repeated forever (``token_delay`` apart).
 * ``Reply(status=..., html=True)`` -> the error body is an HTML page (``text/html``).
+* ``Reply(status=400, error_message=..., error_fields={"code": "context_length_exceeded"})``
+  -> fields set in the error object (``code``, ``type``, llama.cpp's ``n_ctx``...).
 * ``Reply(raw=[b"...", ...], raw_content_type=...)`` -> a body of those bytes (status 200 unless given),
   each sent as it is (``token_delay`` apart): SSE split oddly, HTML, JSON, nothing. Any iterable
   will do: ``itertools.repeat(b"...")`` is a body that never ends (until the client goes away).
@@ -152,6 +154,7 @@ class Reply:
     raw_content_type: str = "text/event-stream"  # the content type of a `raw` body
     reset_after: int | None = None  # streaming: after n content chunks a TCP reset (RST), not a close
     tool_calls: list[dict[str, str]] | None = None  # [{"name": ..., "arguments": ..., "id"?: ...}]
+    error_fields: dict[str, Any] | None = None  # an error status: fields set in its error object (code, type, n_ctx)
 
     def text_for(self, model: str) -> str:
         if self.tool_calls is not None and self.text is None:
@@ -239,11 +242,11 @@ def _message_for(reply: Reply, record: RecordedRequest) -> str:
     return message
 
 
-def _error_body(status: int, message: str) -> bytes:
+def _error_body(status: int, message: str, fields: dict[str, Any] | None = None) -> bytes:
     err_type, code = _ERROR_TYPES.get(
         status, ("server_error" if status >= 500 else "invalid_request_error", str(status))
     )
-    return json.dumps({"error": {"message": message, "type": err_type, "code": code}}).encode()
+    return json.dumps({"error": {"message": message, "type": err_type, "code": code, **(fields or {})}}).encode()
 
 
 class _CutConnection(Exception):
@@ -628,7 +631,7 @@ class FakeLLMServer:
                 html_headers = [(b"content-type", b"text/html; charset=utf-8")]
                 await ex.send_bytes(reply.status, page, html_headers + extra, content_type=None)
                 return
-            await ex.send_bytes(reply.status, _error_body(reply.status, message), extra)
+            await ex.send_bytes(reply.status, _error_body(reply.status, message, reply.error_fields), extra)
             return
 
         text = reply.text_for(model)
