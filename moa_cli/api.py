@@ -73,6 +73,18 @@ def _agentic(
     return bool(tools) or with_tool_calls or (response_format is not None and response_format.get("type") != "text")
 
 
+def _check_grammar(response_format: dict[str, Any]) -> None:
+    """ConfigError if a local model cannot be held to `response_format` (providers/local.py)."""
+    try:
+        from moa_cli.providers.local import grammar_for
+
+        grammar_for(response_format)
+    except ImportError:  # no llama.cpp here: the call itself says so
+        return
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 class MoA:
     """A configured Mixture-of-Agents. Cheap to create; providers connect on first use."""
 
@@ -224,12 +236,15 @@ class MoA:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         aggregator = self.settings.aggregator
+        local = split(self.settings, aggregator)[0].kind == "local"
         # A JSON format binds a local model through a grammar (providers/local.py); tool calls do not.
-        if (tools or _agentic(prompt, None, None)) and split(self.settings, aggregator)[0].kind == "local":
+        if (tools or _agentic(prompt, None, None)) and local:
             raise ConfigError(
                 f"the aggregator {aggregator} is a local (llama.cpp) model, and moa's local models do not call tools: "
                 "use a hosted aggregator (--aggregator); the references may stay local"
             )
+        if local and formatted is not None:  # a schema its grammar cannot hold: said before any call
+            _check_grammar(formatted)
         native = [dict(m) for m in build_messages(prompt, system or self.settings.system)]
         note = reference_note([dict(t) for t in tools], tool_choice)
         text = conversation_as_text(native, note)

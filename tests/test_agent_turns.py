@@ -220,6 +220,15 @@ def test_moa_ask_schema_offline_holds_the_local_model_to_the_schema(cli: Any, ll
     assert "response_format" not in llm_server.requests_for("alpha")[0].body
 
 
+def test_a_schema_a_local_aggregator_cannot_hold_is_exit_2_before_any_call(cli: Any, llm_server: FakeLLMServer) -> None:
+    pytest.importorskip("llama_cpp")
+    remote = '{"type": "object", "properties": {"a": {"$ref": "https://example.com/x.json"}}}'
+    proc = cli(["ask", "-r", "alpha", "-a", "local:smollm2", "--schema", remote, "Hi"])
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot be turned into a grammar for a local model" in proc.stderr and "--allow-fetch" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and llm_server.requests == []
+
+
 def test_grammars_for_local_models() -> None:
     pytest.importorskip("llama_cpp")
     from moa_cli.providers.local import grammar_for

@@ -131,9 +131,11 @@ def cap(response: Any, limit: int | None, *, refuse: bool = False) -> None:
     read once the body is longer. A gzip or deflate body is decoded here, in bounded pieces,
     so the cap counts what it decodes to, not its compressed size (a gzip bomb stops at the
     cap); `limit=None` only decodes in pieces (an event stream: chat_api's budget bounds it)."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if limit is None and encoding not in DECODED:
+        return  # a plain event stream, the common case: nothing to do per response
     lib = importlib.import_module(type(response).__module__.partition(".")[0])
     stream = response.stream
-    encoding = response.headers.get("content-encoding", "").strip().lower()
     if encoding in DECODED:
         stream = _decoded_stream(lib)(stream, "gzip" if encoding == "x-gzip" else encoding)
         del response.headers["content-encoding"]  # decoded here: the client must not decode it again

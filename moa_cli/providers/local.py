@@ -122,7 +122,8 @@ def grammar_for(response_format: dict[str, Any] | None) -> str | None:
     try:
         return str(json_schema_to_gbnf(json.dumps(schema)))
     except Exception as exc:  # noqa: BLE001 - the converter raises several kinds for what it lacks
-        raise ValueError(f"the JSON schema cannot be turned into a grammar for a local model: {exc}") from None
+        reason = str(exc).split(" (use --allow-fetch", 1)[0]  # the converter's own CLI flag: not moa's
+        raise ValueError(f"the JSON schema cannot be turned into a grammar for a local model: {reason}") from None
 
 
 def _looks_like_path(model: str) -> bool:
