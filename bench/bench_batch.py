@@ -41,14 +41,16 @@ def write_input(path: Path, n: int) -> Path:
 
 def run(tmp: Path, n: int, parallel: int, name: str) -> tuple[float, list[float]]:
     """Wall seconds of a run, and each item's own seconds (from the sidecar)."""
-    from moa_cli import batch
+    from moa_cli import batch, longrun
     from moa_cli.config import load_settings
 
     settings = load_settings({"references": ["ref-a", "ref-b"], "aggregator": "judge"})
     job = batch.Job(input=write_input(tmp / f"{name}.in.jsonl", n), output=tmp / f"{name}.jsonl", parallel=parallel)
     prepared = batch.prepare(job, settings)
+    longrun.freeze_startup()  # as `moa batch` does, on the loop it runs on (uvloop where installed)
     started = time.perf_counter()
-    summary = asyncio.run(batch.run_batch(prepared))
+    with asyncio.Runner(loop_factory=longrun.event_loop_factory()) as runner:
+        summary = runner.run(batch.run_batch(prepared))
     seconds = time.perf_counter() - started
     assert summary.written and summary.done == n, summary
     lines = batch.sidecar_path(job.output).read_text().splitlines()[1:]
@@ -81,7 +83,10 @@ def floor_per_call(base_url: str, n: int, parallel: int) -> float:
             await asyncio.gather(*(one() for _ in range(n)))
             return (_cpu() - started) / n
 
-    return asyncio.run(go())
+    from moa_cli import longrun
+
+    with asyncio.Runner(loop_factory=longrun.event_loop_factory()) as runner:  # the loop moa batch runs on
+        return runner.run(go())
 
 
 def _cpu() -> float:

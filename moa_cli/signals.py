@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -128,8 +128,14 @@ def cancel_on_signal(task: asyncio.Task[Any] | None = None, *, signals: tuple[in
             signal.signal(signum, handler)
 
 
-def run(coro: Coroutine[Any, Any, T], *, runner: asyncio.Runner | None = None) -> T:
-    """Run `coro` to completion, like `asyncio.run` (or `runner.run`), cancelled by a signal.
+def run(
+    coro: Coroutine[Any, Any, T],
+    *,
+    runner: asyncio.Runner | None = None,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> T:
+    """Run `coro` to completion, like `asyncio.run` (or `runner.run`), cancelled by a signal;
+    on a loop from `loop_factory` when one is given (longrun.event_loop_factory: uvloop).
 
     On SIGINT, SIGTERM or SIGHUP the task is cancelled and, once it has unwound (streams
     closed), `Interrupted(signum)` is raised, even if the coroutine swallowed the cancellation.
@@ -137,7 +143,7 @@ def run(coro: Coroutine[Any, Any, T], *, runner: asyncio.Runner | None = None) -
     import asyncio
 
     if runner is None:
-        with asyncio.Runner() as own:
+        with asyncio.Runner(loop_factory=loop_factory) as own:
             return run(coro, runner=own)
     caught = Caught()
 

@@ -50,15 +50,18 @@ def test_requirements_txt_names_exactly_the_runtime_dependencies(project: dict) 
 
 
 def test_every_pin_is_exact_and_satisfies_the_pyproject_range(project: dict) -> None:
-    ranges: dict[str, SpecifierSet] = {
-        canonicalize_name(r.name): r.specifier for r in map(Requirement, project["dependencies"])
-    }
+    declared = {canonicalize_name(r.name): r for r in map(Requirement, project["dependencies"])}
+    ranges: dict[str, SpecifierSet] = {name: r.specifier for name, r in declared.items()}
     for name, req in _requirements_txt().items():
         specs = list(req.specifier)
         assert len(specs) == 1 and specs[0].operator == "==", f"{req}: pin it with == and one version"
         pin = Version(specs[0].version)
         assert ranges[name].contains(pin, prereleases=True), f"{req} is outside pyproject.toml's {name}{ranges[name]}"
-        assert req.marker is None and not req.extras, f"{req}: no markers or extras in requirements.txt"
+        assert not req.extras, f"{req}: no extras in requirements.txt"
+        marker = str(declared[name].marker) if declared[name].marker else None
+        assert (str(req.marker) if req.marker else None) == marker, (
+            f"{req}: the marker must be pyproject.toml's ({marker})"
+        )
 
 
 def test_license_is_the_apache_2_text_and_the_metadata_says_so(project: dict) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from moa_cli import longrun
 from moa_cli.cli import options as opt
 from moa_cli.cli.errors import EXIT_FAILED, handle_errors
 
@@ -193,9 +194,10 @@ def batch(
         from moa_cli.api import MoA
 
         MoA(settings=settings).preload()  # import the SDKs before the loop runs
+        longrun.freeze_startup()  # the SDKs' objects: out of every later full collection
         view = progress_view(quiet)
         try:
-            summary = signals.run(core.run_batch(prepared, view))
+            summary = signals.run(core.run_batch(prepared, view), loop_factory=longrun.event_loop_factory())
         except KeyboardInterrupt:
             view.stop()
             if view.summary is not None:

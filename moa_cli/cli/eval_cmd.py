@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from moa_cli import longrun
 from moa_cli.cli import options as opt
 from moa_cli.cli.errors import EXIT_FAILED, handle_errors
 
@@ -100,9 +101,10 @@ def ifeval(
         from moa_cli.api import MoA
 
         MoA(settings=settings).preload()
+        longrun.freeze_startup()  # the SDKs' objects: out of every later full collection
         view = progress_view(quiet)
         try:
-            report = signals.run(core.run_eval(settings, job, view))
+            report = signals.run(core.run_eval(settings, job, view), loop_factory=longrun.event_loop_factory())
         except KeyboardInterrupt:
             view.stop()
             sys.stderr.write(f"moa: finished prompts are kept in {job.work_dir}; run the same command to go on\n")

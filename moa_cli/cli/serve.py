@@ -218,7 +218,11 @@ def serve(
 
         app: Any = create_app(settings, options)  # ConfigError (exit 2) before anything listens
         lineup = describe(app.state.moa.catalogue)
-        if workers > 1:
+        if workers == 1:
+            from moa_cli.longrun import freeze_startup
+
+            freeze_startup()  # start-up objects: out of every later full collection (longrun.py)
+        else:
             # Each worker builds its own app from the same options (uvicorn needs an import string).
             os.environ[ENV_VAR] = to_environment(options, settings.overrides, local)
             app = "moa_cli.server.app:app_from_environment"

@@ -33,6 +33,7 @@ from starlette.types import Receive, Scope, Send
 from moa_cli.config import Settings
 from moa_cli.diagnostics import logger
 from moa_cli.errors import ConfigError
+from moa_cli.longrun import freeze_startup
 from moa_cli.providers.registry import ProviderPool, check_lineup, lineup_specs, split
 from moa_cli.server import errors, responses, sse
 from moa_cli.server.auth import Keys
@@ -519,4 +520,6 @@ def app_from_environment() -> Starlette:
     settings = load_settings(overrides, force_local=local)
     diagnostics.configure(settings.log_level)
     check_lineup(settings)
-    return create_app(settings, options)
+    app = create_app(settings, options)
+    freeze_startup()  # this worker's start-up objects: out of every later full collection (longrun.py)
+    return app
