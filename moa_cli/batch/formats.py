@@ -339,8 +339,16 @@ _UUID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"  # 
 
 
 def answer_id() -> str:
-    """A 22-character id like FastChat's `shortuuid.uuid()`."""
-    return "".join(secrets.choice(_UUID_ALPHABET) for _ in range(22))
+    """A 22-character id like FastChat's `shortuuid.uuid()`: a random 128-bit number in base 57.
+
+    One read of the system's randomness, not one per character (`secrets.choice` 22 times was
+    1% of `moa batch`'s CPU)."""
+    number = int.from_bytes(secrets.token_bytes(16))
+    digits = []
+    for _ in range(22):  # 57**22 > 2**128: every number fits
+        number, digit = divmod(number, len(_UUID_ALPHABET))
+        digits.append(_UUID_ALPHABET[digit])
+    return "".join(digits)
 
 
 def _dumps(value: Any, **kwargs: Any) -> str:
