@@ -2,8 +2,9 @@
 
 The event loop. uvloop (libuv, in C) where it is installed, which is everywhere but Windows
 (a dependency with that marker). Measured on this project's 2-core machine (issue 22, runs
-alternated): `moa serve` spent 10-15% less CPU a turn; `moa batch` answered 10% more items a
-second from an instant server, and the same CPU per call, within the noise, at 50 ms a call.
+alternated): `moa serve` spent 10-15% less CPU a turn; `moa batch`, with the heap below frozen
+too, answered 10% more items a second from an instant server, and spent the same CPU per call,
+within the noise, at 50 ms a call.
 uvicorn picks uvloop by itself (`loop="auto"`); batch and eval ask for it here. The REPL and
 `moa ask` keep asyncio's own loop: a turn's few calls gain nothing measurable, and the REPL's
 prompt_toolkit is tested on asyncio's.
