@@ -118,9 +118,22 @@ def start_upstream(models: list[str]) -> Upstream:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its live descendants (`--workers N`), from /proc."""
+    parents: dict[int, int] = {}
+    times: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # a process that ended meanwhile
+            continue
+        child = int(stat.parent.name)
+        parents[child], times[child] = int(fields[1]), int(fields[11]) + int(fields[12])
+    tree, grew = {pid}, True
+    while grew:
+        more = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(times.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------- the clients
@@ -350,6 +363,7 @@ def main() -> None:
         default=0.0,
         help="spread the clients' first turns over this many seconds (default 0: all at once, in step)",
     )
+    parser.add_argument("--workers", type=int, default=1, help="moa serve --workers (default 1)")
     parser.add_argument("--no-passthrough", action="store_true", help="skip the passthrough and direct runs")
     parser.add_argument("--wait-load", type=float, default=1.5, help="wait for a 1-min load below this (0: don't)")
     parser.add_argument("--wait-max", type=float, default=900, help="longest wait for the load, seconds")
@@ -369,7 +383,7 @@ def main() -> None:
             "NO_PROXY": "127.0.0.1,localhost",
         }
         most = max(counts)
-        limits = ("--max-concurrent", str(most), "--queue", str(most))
+        limits = ("--max-concurrent", str(most), "--queue", str(most), "--workers", str(args.workers))
         served = Served(
             [*("-r", ",".join(refs), "-a", AGGREGATOR, "--passthrough", PASSTHROUGH), *limits],
             env,
@@ -399,7 +413,7 @@ def main() -> None:
     print(
         f"\n{args.refs} references + aggregator, each call {LATENCY:.1f} s to the first token then {TOKENS} tokens"
         f" {TOKEN_DELAY * 1000:.0f} ms apart; {args.turns} turns per client after a warm-up;"
-        f" moa serve --max-concurrent {most}; "
+        f" moa serve --max-concurrent {most} --workers {args.workers}; "
         + (f"first turns spread over {args.stagger:g} s" if args.stagger else "every client's first turn at once")
     )
     print_table(rows)
