@@ -1,14 +1,15 @@
 """`moa serve` under concurrent streaming clients: what the server adds to each turn.
 
-    python bench/bench_serve.py [--clients 10,50] [--turns 4] [--refs 4] [--stagger 0] [--wait-load 1.5]
+    python bench/bench_serve.py [--clients 10,50] [--turns 4] [--refs 4] [--stagger 0] [--workers 1] [--wait-load 1.5]
 
 Three processes on one machine: the fake chat server (tests/fakes/llm_server.py, its own
 process so it does not share a GIL), `moa serve` (a real subprocess on a free port, the
 default turn log on), and this client: `--clients` asyncio tasks, each with its own httpx
 client and connection, sending `--turns` streaming requests one after another (a closed loop,
 so that many turns are in flight at once), after one warm-up request each; by default every
-client's first turn starts at the same instant, and `--stagger S` spreads them over S seconds. Every upstream call answers after
-LATENCY seconds with TOKENS tokens TOKEN_DELAY apart (references and aggregator alike).
+client's first turn starts at the same instant, and `--stagger S` spreads them over S seconds.
+`--workers N` runs that many `moa serve` workers (their CPU is summed). Every upstream call
+answers after LATENCY seconds with TOKENS tokens TOKEN_DELAY apart (references and aggregator alike).
 
 Each request has a unique user prompt, so the fake server's records (the prompt,
 `received_at`, `finished_at`; time.monotonic() is one clock for every process on Linux)
@@ -278,8 +279,6 @@ def measure(
         turn.append(sample.ended - sample.sent - path)
         first.append(sample.first - (agg_received + LATENCY))
         head.append(min(r for _, r, _ in [*layer, *final]) - sample.sent)
-        if os.environ.get("BENCH_DEBUG") and head[-1] > 0.2:
-            print(f"    slow start {head[-1] * 1000:.0f} ms: {sample.prompt}", file=sys.stderr)
         gap.append(agg_received - max((f for _, _, f in layer), default=agg_received))
         tail.append(sample.ended - agg_finished)
     cost = [after - before for before, after in zip(cpu, cpu_after, strict=True)]

@@ -135,7 +135,8 @@ def run(
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
 ) -> T:
     """Run `coro` to completion, like `asyncio.run` (or `runner.run`), cancelled by a signal;
-    on a loop from `loop_factory` when one is given (longrun.event_loop_factory: uvloop).
+    on a loop from `loop_factory` when one is given (longrun.event_loop_factory: uvloop; a
+    `runner` given has its loop already, and `loop_factory` is then not used).
 
     On SIGINT, SIGTERM or SIGHUP the task is cancelled and, once it has unwound (streams
     closed), `Interrupted(signum)` is raised, even if the coroutine swallowed the cancellation.
